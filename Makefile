@@ -1,0 +1,38 @@
+# edgesentry — `make demo` and `make test` are the whole quickstart.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[hub,edge,dev]'
+	touch $(STAMP)
+
+## Full suite: unit tests plus the integration tests (real Mosquitto, amqtt, training).
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## Unit tests only.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not integration"
+
+## Whole loop on an embedded broker: hub, three agents, simulator; writes demo-summary.json.
+demo: $(STAMP)
+	$(BIN)/cloud-hub demo $(DEMO_ARGS)
+
+## Interpreter speed, agent throughput and latency through a broker, bundle sizes.
+bench: $(STAMP)
+	$(BIN)/cloud-hub bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared edge_agent cloud_hub tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .demo .bench demo-summary.json bench-results.json

@@ -1,0 +1,67 @@
+"""Hub configuration (``hub.toml`` in the hub home). Unknown keys are errors."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.mqtt import BrokerConfig
+from shared.schema import SchemaError, doc, load
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    window: int = doc("Readings per window.", default=32)
+    epochs: int = doc("Maximum training epochs (early stopping on validation loss).", default=30)
+    batch_size: int = doc("Training batch size.", default=64)
+    learning_rate: float = doc("Adam learning rate.", default=0.001)
+    latent: int = doc("Autoencoder bottleneck width.", default=16)
+    hidden: int = doc("Autoencoder hidden layer width.", default=64)
+    lstm_units: int = doc("LSTM units of the prediction head.", default=32)
+    alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
+    beta: float = doc("Score weight of the prediction error.", default=0.5)
+    threshold_quantile: float = doc("Quantile of normal validation scores used for the threshold.", default=0.999)
+    threshold_margin: float = doc("Multiplier on that quantile.", default=1.5)
+    validation_fraction: float = doc("Last fraction of each segment held out for calibration.", default=0.2)
+    wavelet: str = doc("Denoising wavelet.", default="db4")
+    wavelet_level: int = doc("Denoising level (0 = off).", default=1)
+    max_windows: int = doc("Cap on training windows (evenly subsampled beyond).", default=50_000)
+    seed: int = doc("Random seed.", default=0)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold_quantile < 1 or not 0 < self.validation_fraction < 0.9:
+            raise ValueError("threshold_quantile in (0,1), validation_fraction in (0,0.9)")
+        if self.epochs < 1 or self.batch_size < 1 or self.window < 4:
+            raise ValueError("epochs >= 1, batch_size >= 1, window >= 4")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    broker: BrokerConfig = doc("MQTT broker the fleet uses.", default_factory=BrokerConfig)
+    database_url: str = doc("SQLAlchemy URL; empty = SQLite file hub.db in the hub home.", default="")
+    training: TrainingConfig = doc("Defaults for train/retrain.", default_factory=TrainingConfig)
+    default_quantization: str = doc("Quantization rolled out by default.", default="int8")
+    log_level: str = doc("Logging level.", default="INFO")
+
+
+def load_hub_config(path: Path) -> HubConfig:
+    try:
+        return load(HubConfig, tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SchemaError("", f"cannot read {path}: {exc}") from None
+
+
+DEFAULT_TOML = """\
+# edgesentry hub configuration. Every key is optional; see docs/architecture.md.
+[broker]
+url = "{broker_url}"
+
+[training]
+window = 32
+epochs = 30
+alpha = 0.5
+beta = 0.5
+"""
+
+__all__ = ["HubConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

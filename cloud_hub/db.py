@@ -1,0 +1,178 @@
+"""Hub storage (SQLAlchemy 2.0). SQLite by default; any SQLAlchemy URL works."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RolloutState(str, enum.Enum):
+    ACTIVE = "active"  # announced; agents are fetching/activating
+    SUPERSEDED = "superseded"  # a later rollout replaced it
+
+
+class DeviceRolloutState(str, enum.Enum):
+    PENDING = "pending"
+    REQUESTED = "requested"
+    ACTIVATED = "activated"
+    FAILED = "failed"
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    online: Mapped[bool] = mapped_column(default=False)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_state: Mapped[str] = mapped_column(String(16), default="none")
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    runtime: Mapped[str] = mapped_column(String(32), default="")
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    readings_scored: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Heartbeat(Base):
+    __tablename__ = "heartbeats"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    seq: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    readings_scored: Mapped[int] = mapped_column(Integer)
+    anomalies: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int] = mapped_column(Integer)
+    queue_depth: Mapped[int] = mapped_column(Integer)
+
+
+class AnomalyEvent(Base):
+    __tablename__ = "anomaly_events"
+    __table_args__ = (UniqueConstraint("device_id", "event_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    detected_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[int] = mapped_column(Integer)
+    top_features: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class SyncBatch(Base):
+    """A batch of raw readings uploaded by an agent: float64 .npy bytes [ts, features...] + flags."""
+
+    __tablename__ = "sync_batches"
+    __table_args__ = (UniqueConstraint("device_id", "batch_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float)
+    start_ts: Mapped[float] = mapped_column(Float)
+    end_ts: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    features: Mapped[list[str]] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    flags: Mapped[bytes] = mapped_column(LargeBinary)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(500))
+    artifacts_dir: Mapped[str] = mapped_column(String(1000))
+    training: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Bundle(Base):
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("version", "quantization"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(ForeignKey("model_versions.version"))
+    quantization: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    agreement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[RolloutState] = mapped_column(Enum(RolloutState, native_enum=False), default=RolloutState.ACTIVE)
+
+
+class RolloutDevice(Base):
+    __tablename__ = "rollout_devices"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[DeviceRolloutState] = mapped_column(Enum(DeviceRolloutState, native_enum=False))
+    updated_at: Mapped[float] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(String(500), default="")
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        # WAL lets `serve` write while CLI commands read; busy_timeout rides out short write locks.
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    return engine
+
+
+def init_db(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,1 @@
+"""The zero-setup demo: embedded broker, hub, three agents and a sensor simulator."""

@@ -1,0 +1,303 @@
+"""`make demo`: the whole edge-cloud loop on one machine, with a scored summary.
+
+Timeline: agents stream normal data and sync it → the hub trains v1 on the synced data, exports int8,
+signs and rolls it out → the simulator injects anomalies; agents score and report → the hub retrains
+on everything synced (minus flagged stretches) and rolls out v2 → more anomalies → summary.
+Hub, agents and broker are separate processes started through their real command lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import func, select
+
+from cloud_hub import db
+from cloud_hub.brokers import RunningBroker, start_amqtt
+from cloud_hub.demo.simulator import DeviceSimulator, Injected
+from cloud_hub.home import HubHome
+from shared.metrics import match_events, percentile
+from shared.mqtt import BrokerConfig, connect, make_client
+from shared.protocol import PROTOCOL_VERSION, AgentState, Channel, Reading, Readings, Status, decode, device_topic, \
+    encode, parse_topic, subscription
+
+DEVICES = ["gw-north", "gw-south", "gw-east"]
+RATE_HZ = 20.0
+GRACE_S = 3.0
+
+
+@dataclass
+class Phases:
+    period_s: float = 45.0
+    collect_s: float = 90.0
+    detect1_s: float = 75.0
+    detect2_s: float = 60.0
+    epochs: int = 30
+    gap_s: tuple[float, float] = (7.0, 11.0)
+
+
+QUICK = Phases(period_s=20.0, collect_s=40.0, detect1_s=25.0, detect2_s=20.0, epochs=6, gap_s=(5.0, 7.0))
+
+
+@dataclass
+class Fleet:
+    """The demo's view of agent status, updated from retained status messages."""
+
+    statuses: dict[str, Status] = field(default_factory=dict)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def update(self, device: str, status: Status) -> None:
+        with self.cond:
+            self.statuses[device] = status
+            self.cond.notify_all()
+
+    def wait(self, predicate: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while not predicate(self.statuses):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+                self.cond.wait(remaining)
+
+
+class Streamer(threading.Thread):
+    """Publishes one reading per device every 1/RATE_HZ seconds."""
+
+    def __init__(self, sims: list[DeviceSimulator], broker: BrokerConfig) -> None:
+        super().__init__(name="simulator", daemon=True)
+        self.sims = sims
+        self.client = make_client(broker, "demo-sim")
+        connect(self.client, broker)
+        self.stop_event = threading.Event()
+        self.published = 0
+
+    def run(self) -> None:
+        start = time.monotonic()
+        tick = 0
+        while not self.stop_event.is_set():
+            now = time.time()
+            for sim in self.sims:
+                msg = Readings(v=PROTOCOL_VERSION, readings=[Reading(ts=now, values=sim.reading(now))])
+                self.client.publish(device_topic(sim.device, Channel.READINGS), encode(msg), qos=1)
+                self.published += 1
+            tick += 1
+            delay = start + tick / RATE_HZ - time.monotonic()
+            if delay > 0:
+                self.stop_event.wait(delay)  # pacing of the simulated sensors, not synchronisation
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _agent_toml(device: str, state_dir: Path, broker_url: str, key: str) -> str:
+    return f"""device_id = "{device}"
+state_dir = "{state_dir}"
+trusted_keys = ["{key}"]
+heartbeat_s = 2.0
+telemetry_s = 5.0
+
+[broker]
+url = "{broker_url}"
+
+[[sources]]
+type = "mqtt"
+
+[sync]
+interval_s = 5.0
+"""
+
+
+def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: bool = False,
+             console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    phases = QUICK if quick else Phases()
+    t_start = time.monotonic()
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "logs").mkdir(parents=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    broker: RunningBroker | None = None
+    streamer: Streamer | None = None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115
+        p = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append(p)
+        return p
+
+    def hub_cli(*args: str) -> None:
+        cmd = [sys.executable, "-m", "cloud_hub.cli", "--home", str(home.path), *args]
+        console.print(f"[dim]$ cloud-hub {' '.join(args)}[/]")
+        if subprocess.run(cmd, env=env).returncode not in (0,):
+            raise RuntimeError(f"cloud-hub {' '.join(args)} failed")
+
+    try:
+        if broker_url is None:
+            broker = start_amqtt(workdir=workdir / "logs")
+            broker_url = broker.url
+            console.print(f"[bold]broker[/] embedded amqtt on {broker_url}")
+        else:
+            console.print(f"[bold]broker[/] {broker_url}")
+        bcfg = BrokerConfig(url=broker_url)
+
+        home = HubHome(workdir / "hub")
+        home.init(broker_url)
+        cfg_text = home.config_path.read_text().replace("epochs = 30", f"epochs = {phases.epochs}")
+        home.config_path.write_text(cfg_text)
+        spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve"])
+        key = home.public_key()
+        for d in DEVICES:
+            conf = workdir / f"{d}.toml"
+            conf.write_text(_agent_toml(d, workdir / "agents" / d, broker_url, key))
+            spawn(d, ["edge_agent.cli", "run", "--config", str(conf)])
+
+        fleet = Fleet()
+        watcher = make_client(bcfg, "demo-watch")
+        watcher.on_connect = lambda c, *_: c.subscribe(subscription(Channel.STATUS), qos=1)
+
+        def on_status(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                device, _ = parse_topic(msg.topic)
+                fleet.update(device, decode(Channel.STATUS, msg.payload, device=device))
+            except ValueError:
+                pass
+
+        watcher.on_message = on_status
+        connect(watcher, bcfg)
+        fleet.wait(lambda s: all(d in s and s[d].state == AgentState.ONLINE for d in DEVICES), 60, "agents online")
+        console.print(f"[bold]agents[/] {', '.join(DEVICES)} online")
+
+        sims = [DeviceSimulator(d, seed=i + 1, period_s=phases.period_s, rate_hz=RATE_HZ) for i, d in enumerate(DEVICES)]
+        streamer = Streamer(sims, bcfg)
+        streamer.start()
+        console.print(f"[bold]collect[/] {phases.collect_s:.0f}s of normal data, agents syncing to the hub")
+        streamer.stop_event.wait(phases.collect_s)
+
+        hub_cli("retrain", "--wait", "120")
+        fleet.wait(lambda s: all(s[d].model_version == 1 for d in DEVICES), 120, "v1 on every agent")
+        t_v1 = time.time()
+        for sim in sims:
+            sim.schedule(t_v1, *phases.gap_s)
+        console.print(f"[bold]detect[/] v1 active everywhere; injecting anomalies for {phases.detect1_s:.0f}s")
+        streamer.stop_event.wait(phases.detect1_s)
+
+        hub_cli("retrain", "--wait", "120")
+        fleet.wait(lambda s: all(s[d].model_version == 2 for d in DEVICES), 120, "v2 on every agent")
+        console.print(f"[bold]detect[/] v2 active everywhere; injecting anomalies for {phases.detect2_s:.0f}s")
+        streamer.stop_event.wait(phases.detect2_s)
+        for sim in sims:
+            sim.stop_injecting()
+        # Let the last anomaly's windows pass through before stopping the sensors.
+        streamer.stop_event.wait(GRACE_S)
+        streamer.stop()
+        published = streamer.published
+        streamer = None
+
+        for p in procs[1:]:  # agents: SIGTERM → drain queue, final sync, offline status
+            p.terminate()
+        for p in procs[1:]:
+            p.wait(60)
+        fleet.wait(lambda s: all(s[d].state == AgentState.OFFLINE for d in DEVICES), 30, "agents offline")
+        watcher.disconnect()
+        watcher.loop_stop()
+        _wait_hub_recorded_offline(home, timeout_s=30)
+        procs[0].terminate()
+        procs[0].wait(60)
+
+        injected = [span for sim in sims for span in sim.injected]
+        summary = _summarise(home, injected, published, time.monotonic() - t_start, broker_url)
+    finally:
+        if streamer is not None:
+            streamer.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        if broker is not None:
+            broker.stop()
+
+    summary_path.write_text(json.dumps(summary, indent=2))
+    _print_summary(console, summary, summary_path)
+    return summary
+
+
+def _wait_hub_recorded_offline(home: HubHome, timeout_s: float) -> None:
+    """The offline status is each agent's last message; once stored, everything before it is too."""
+    sessions = home.sessions()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            if not s.scalar(select(func.count()).select_from(db.Device).where(db.Device.online.is_(True))):
+                return
+        time.sleep(0.2)  # polling another process's database, bounded by the deadline
+    raise RuntimeError("hub did not record all agents offline")
+
+
+def _summarise(home: HubHome, injected: list[Injected], published: int, duration_s: float,
+               broker_url: str) -> dict[str, Any]:
+    with home.sessions()() as s:
+        versions = [v for v in s.scalars(select(db.ModelVersion.version).order_by(db.ModelVersion.version))]
+        bundles = list(s.scalars(select(db.Bundle).order_by(db.Bundle.version)))
+        events = list(s.scalars(select(db.AnomalyEvent).order_by(db.AnomalyEvent.ts)))
+        devices = list(s.scalars(select(db.Device)))
+        agents_online = int(s.scalar(select(func.count(func.distinct(db.Heartbeat.device_id)))) or 0)
+        activated = {
+            r.version: sorted(d.device_id for d in s.scalars(select(db.RolloutDevice).where(
+                db.RolloutDevice.rollout_id == r.id, db.RolloutDevice.state == db.DeviceRolloutState.ACTIVATED)))
+            for r in s.scalars(select(db.Rollout))
+        }
+        synced_rows = int(s.scalar(select(func.sum(db.SyncBatch.rows))) or 0)
+    match = match_events([(e.device_id, e.ts) for e in events],
+                         [(i.device, i.start, i.end) for i in injected], grace_s=GRACE_S)
+    latencies = [(e.received_at - e.ts) * 1000 for e in events]
+    kinds: dict[str, list[int]] = {}
+    for span, hit in zip(injected, match.detected, strict=True):
+        kinds.setdefault(span.kind, []).append(int(hit))
+    return {
+        "model_versions": versions,
+        "bundle_bytes": bundles[-1].size if bundles else 0,
+        "bundles": [{"version": b.version, "quantization": b.quantization, "bytes": b.size, "agreement": b.agreement}
+                    for b in bundles],
+        "agents_online": agents_online,
+        "activated": {str(k): v for k, v in activated.items()},
+        "readings_published": published,
+        "readings_scored": sum(d.readings_scored for d in devices),
+        "readings_synced": synced_rows,
+        "anomalies_reported": len(events),
+        "injected_anomalies": len(injected),
+        "injected_detected": int(sum(match.detected)),
+        "recall": round(float(np.mean(match.detected)), 4) if injected else None,
+        "recall_by_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(kinds.items())},
+        "false_alarms": match.false_alarms,
+        "grace_s": GRACE_S,
+        "latency_ms_p50": round(percentile(latencies, 50), 2) if latencies else None,
+        "latency_ms_p99": round(percentile(latencies, 99), 2) if latencies else None,
+        "duration_s": round(duration_s, 1),
+        "broker": broker_url,
+        "injected": [i.to_dict() for i in injected],
+    }
+
+
+def _print_summary(console: Console, s: dict[str, Any], path: Path) -> None:
+    table = Table(title="edgesentry demo summary", show_header=False)
+    for key in ("model_versions", "bundle_bytes", "agents_online", "readings_scored", "readings_synced",
+                "anomalies_reported", "injected_anomalies", "injected_detected", "recall", "recall_by_kind",
+                "false_alarms", "latency_ms_p50", "latency_ms_p99", "duration_s"):
+        table.add_row(key, str(s.get(key)))
+    console.print(table)
+    console.print(f"written to {path}")

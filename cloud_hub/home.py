@@ -1,0 +1,86 @@
+"""The hub home directory: config, database, signing key, model artifacts and bundles."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+from cloud_hub import db
+from cloud_hub.config import DEFAULT_TOML, HubConfig, load_hub_config
+from shared import signing
+
+DEFAULT_HOME = Path(os.environ.get("EDGESENTRY_HOME", "~/.edgesentry")).expanduser()
+
+
+class HubHomeError(RuntimeError):
+    pass
+
+
+@dataclass
+class HubHome:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "hub.toml"
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / "keys" / "hub_ed25519.pem"
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.path / "keys" / "hub_ed25519.pub"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path / "models"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.path / "bundles"
+
+    def init(self, broker_url: str = "mqtt://127.0.0.1:1883", force: bool = False) -> bool:
+        """Create the home. Returns False (and changes nothing) if it already exists."""
+        if self.config_path.exists() and not force:
+            return False
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(DEFAULT_TOML.format(broker_url=broker_url))
+        if not self.key_path.exists():
+            key = signing.generate_private_key()
+            signing.save_private_key(key, self.key_path)
+            self.public_key_path.write_text(signing.public_key_b64(key) + "\n")
+        self.models_dir.mkdir(exist_ok=True)
+        self.bundles_dir.mkdir(exist_ok=True)
+        db.init_db(self.engine())
+        return True
+
+    def require(self) -> None:
+        if not self.config_path.exists():
+            raise HubHomeError(f"no hub at {self.path}: run `cloud-hub init --home {self.path}` first")
+
+    def config(self) -> HubConfig:
+        self.require()
+        return load_hub_config(self.config_path)
+
+    def database_url(self) -> str:
+        return self.config().database_url or f"sqlite:///{self.path / 'hub.db'}"
+
+    def engine(self) -> Engine:
+        return db.make_engine(self.database_url())
+
+    def sessions(self) -> sessionmaker:  # type: ignore[type-arg]
+        engine = self.engine()
+        db.init_db(engine)
+        return db.session_factory(engine)
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        return signing.load_private_key(self.key_path)
+
+    def public_key(self) -> str:
+        return self.public_key_path.read_text().strip()

@@ -1,0 +1,455 @@
+"""The edge agent: MQTT in and out, model lifecycle, scoring worker, heartbeats and data sync.
+
+Threads: paho's network loop (decodes and routes messages, never scores), one scoring worker,
+one housekeeping timer (heartbeat, telemetry, sync, stalled downloads), a short-lived installer per
+new bundle, and optional source threads.  Model swaps replace one reference; readings keep flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.config import AgentConfig, CsvSource, MqttSource
+from edge_agent.detector import ActiveModel, EpisodeTracker, ScoredWindow, StreamingDetector
+from edge_agent.model_store import Assembly, ModelStore
+from edge_agent.readings_queue import Reading, ReadingQueue
+from edge_agent.sources import CsvReplay
+from shared import __version__
+from shared.bundle import BundleError
+from shared.mqtt import connect, make_client, start as start_mqtt
+from shared.protocol import (
+    MAX_SYNC_ROWS,
+    PROTOCOL_VERSION,
+    AgentState,
+    AnomalyEvent,
+    Channel,
+    Heartbeat,
+    ModelAnnouncement,
+    ModelChunk,
+    ModelRequest,
+    ModelState,
+    ProtocolError,
+    Readings,
+    RejectCounter,
+    Status,
+    SyncBatch,
+    Telemetry,
+    decode,
+    device_topic,
+    encode,
+    finite,
+    fleet_model_topic,
+)
+from shared.signing import parse_public_key
+
+log = logging.getLogger("edge_agent")
+
+DOWNLOAD_STALL_S = 10.0
+DOWNLOAD_ATTEMPTS = 5
+TOP_FEATURES = 3
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    scored: int = 0
+    anomalies: int = 0
+    sync_dropped: int = 0
+    sync_rows_sent: int = 0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.device = cfg.device_id
+        self.store = ModelStore(cfg.state_dir, [parse_public_key(k) for k in cfg.trusted_keys])
+        self.detector = StreamingDetector(cfg.detector.threshold_scale, cfg.detector.max_batch)
+        self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
+        self.queue = ReadingQueue(cfg.queue_size)
+        self.rejects = RejectCounter(log)
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()  # guards model lifecycle state below
+        self._fleet_ann: ModelAnnouncement | None = None
+        self._device_ann: ModelAnnouncement | None = None
+        self._assembly: Assembly | None = None
+        self._installing: int | None = None
+        self._failed: dict[int, str] = {}
+        self._model_state = ModelState.NONE
+        self._runtime = ""
+        self._sync: deque[tuple[float, dict[str, float | None], int]] = deque(maxlen=cfg.sync.max_buffered_rows)
+        self._tele_n = 0
+        self._tele_sum = 0.0
+        self._tele_max = 0.0
+        self._hb_seq = 0
+        self._threads: list[threading.Thread] = []
+        self._extra_clients: list[mqtt.Client] = []
+        self.sources: list[CsvReplay] = []
+
+        self.client = make_client(cfg.broker, f"edge-{self.device}")
+        offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
+        self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._reading_topics = {self._topic(Channel.READINGS)} if not cfg.sources else set()
+        for src in cfg.sources:
+            if isinstance(src, MqttSource) and src.broker is None:
+                self._reading_topics.add(src.topic or self._topic(Channel.READINGS))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _topic(self, channel: Channel) -> str:
+        return device_topic(self.device, channel)
+
+    def start(self) -> None:
+        self._load_from_disk()
+        start_mqtt(self.client, self.cfg.broker)
+        for target, name in ((self._score_loop, "scorer"), (self._housekeeping, "housekeeping")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        for src in self.cfg.sources:
+            if isinstance(src, CsvSource):
+                replay = CsvReplay(src, self.queue.put, self.stop_event)
+                replay.start()
+                self.sources.append(replay)
+            elif src.broker is not None:
+                self._start_extra_source(src)
+        log.info("agent %s started (model %s)", self.device, self.model_version)
+
+    def _start_extra_source(self, src: MqttSource) -> None:
+        assert src.broker is not None
+        topic = src.topic or self._topic(Channel.READINGS)
+        c = make_client(src.broker, f"edge-src-{self.device}")
+        c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
+        c.on_message = lambda _c, _u, msg: self._handle_readings(msg.topic, msg.payload)
+        connect(c, src.broker)
+        self._extra_clients.append(c)
+
+    def stop(self) -> None:
+        """Flush what can be flushed, announce offline, disconnect."""
+        self.stop_event.set()
+        self.queue.close()
+        for t in self._threads:
+            t.join(timeout=10)
+        if self.client.is_connected():
+            self._heartbeat()
+            self._telemetry()
+            self._flush_sync()
+            status = self._status(AgentState.OFFLINE)
+            self.client.publish(self._topic(Channel.STATUS), encode(status), qos=1, retain=True).wait_for_publish(5)
+        for c in [self.client, *self._extra_clients]:
+            c.disconnect()
+            c.loop_stop()
+
+    @property
+    def model_version(self) -> int | None:
+        m = self.detector.model
+        return m.version if m else None
+
+    def _load_from_disk(self) -> None:
+        """Start with the last active model; fall back to the previous one if it no longer verifies."""
+        for version in (self.store.active_version(), self.store.previous_version()):
+            if version is None or not self.store.has(version):
+                continue
+            try:
+                self._activate(ActiveModel.from_bundle(self.store.load(version), self.cfg.detector.runtime,
+                                                       self.cfg.detector.num_threads))
+                self.store.set_active(version)
+                return
+            except (BundleError, ValueError, RuntimeError) as exc:
+                log.error("stored model %s unusable: %s", version, exc)
+
+    def _activate(self, model: ActiveModel) -> None:
+        self.detector.swap(model)
+        self.tracker.rearm = self.cfg.detector.rearm_readings or model.preprocessing.window
+        self._runtime = model.model.runtime.value
+        self._model_state = ModelState.ACTIVE
+        log.info("model %s v%d active (%s runtime)", model.name, model.version, self._runtime)
+
+    # ------------------------------------------------------------------ MQTT
+
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            return
+        subs = [(fleet_model_topic(), 1), (self._topic(Channel.MODEL), 1), (self._topic(Channel.MODEL_CHUNK), 1)]
+        subs += [(t, 1) for t in self._reading_topics]
+        client.subscribe(subs)
+        self._publish_status()
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        try:
+            if topic in self._reading_topics:
+                self._handle_readings(topic, msg.payload)
+            elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
+                self._handle_announcement(topic, msg.payload)
+            elif topic == self._topic(Channel.MODEL_CHUNK):
+                self._handle_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
+        except ProtocolError as exc:
+            self.rejects.reject(topic, exc)
+        except Exception:  # a bug must not kill the network thread
+            log.exception("error handling message on %s", topic)
+
+    def _handle_readings(self, topic: str, payload: bytes) -> None:
+        try:
+            batch: Readings = decode(Channel.READINGS, payload)
+        except ProtocolError as exc:
+            self.rejects.reject(topic, exc)
+            return
+        self.queue.put([(r.ts, r.values) for r in batch.readings])
+
+    def _handle_announcement(self, topic: str, payload: bytes) -> None:
+        ann = None if not payload else decode(Channel.MODEL, payload)
+        with self._lock:
+            if topic == fleet_model_topic():
+                self._fleet_ann = ann
+            else:
+                self._device_ann = ann
+        self._maybe_download()
+
+    def _target(self) -> ModelAnnouncement | None:
+        return self._device_ann or self._fleet_ann
+
+    def _maybe_download(self) -> None:
+        with self._lock:
+            target = self._target()
+            if (
+                target is None
+                or target.version == self.model_version
+                or target.version in self._failed
+                or target.version == self._installing
+                or (self._assembly is not None and self._assembly.announcement == target)
+            ):
+                return
+            if self.store.has(target.version):
+                self._installing = target.version
+                threading.Thread(target=self._install_stored, args=(target.version,), daemon=True).start()
+                return
+            self._assembly = Assembly(target)
+            self._model_state = ModelState.DOWNLOADING
+        self._request(target.version)
+
+    def _request(self, version: int) -> None:
+        with self._lock:
+            if self._assembly is not None:
+                self._assembly.requests += 1
+        req = ModelRequest(v=PROTOCOL_VERSION, device=self.device, version=version)
+        self.client.publish(self._topic(Channel.MODEL_REQUEST), encode(req), qos=1)
+        log.info("requested model v%d", version)
+
+    def _handle_chunk(self, chunk: ModelChunk) -> None:
+        with self._lock:
+            asm = self._assembly
+            if asm is None or chunk.version != asm.announcement.version:
+                return  # a late chunk of a superseded download
+            try:
+                complete = asm.add(chunk)
+                archive = asm.archive() if complete else None
+            except ValueError as exc:
+                self._assembly = None
+                self._fail(chunk.version, f"download: {exc}")
+                return
+            if archive is None:
+                return
+            self._assembly = None
+            self._installing = chunk.version
+        threading.Thread(target=self._install, args=(chunk.version, archive), daemon=True).start()
+
+    def _install(self, version: int, archive: bytes) -> None:
+        try:
+            bundle = self.store.install(archive)
+            if bundle.manifest.version != version:
+                raise ValueError(f"bundle says version {bundle.manifest.version}, announced {version}")
+            model = ActiveModel.from_bundle(bundle, self.cfg.detector.runtime, self.cfg.detector.num_threads)
+        except (BundleError, ValueError, RuntimeError) as exc:
+            with self._lock:
+                self._installing = None
+                self._fail(version, str(exc))
+            return
+        self._commit(model)
+
+    def _install_stored(self, version: int) -> None:
+        try:
+            bundle = self.store.load(version)
+            model = ActiveModel.from_bundle(bundle, self.cfg.detector.runtime, self.cfg.detector.num_threads)
+        except (BundleError, ValueError, RuntimeError) as exc:
+            with self._lock:
+                self._installing = None
+                self._fail(version, str(exc))
+            return
+        self._commit(model)
+
+    def _commit(self, model: ActiveModel) -> None:
+        with self._lock:
+            self._activate(model)
+            self.store.set_active(model.version)
+            self._installing = None
+        self._publish_status()
+        self._maybe_download()  # another version may have been announced meanwhile
+
+    def _fail(self, version: int, error: str) -> None:
+        """Caller holds the lock. The refused version is not retried until announced anew."""
+        log.error("model v%d refused: %s", version, error)
+        self._failed[version] = error
+        self._model_state = ModelState.FAILED
+        threading.Thread(target=self._publish_status, daemon=True).start()
+
+    def _status(self, state: AgentState) -> Status:
+        failed = max(self._failed) if self._failed else None
+        return Status(
+            v=PROTOCOL_VERSION,
+            device=self.device,
+            ts=time.time(),
+            state=state,
+            model_state=self._model_state,
+            model_version=self.model_version,
+            agent_version=__version__,
+            runtime=self._runtime,
+            error=self._failed.get(failed, "")[:500] if failed is not None else "",
+            failed_version=failed,
+        )
+
+    def _publish_status(self) -> None:
+        self.client.publish(self._topic(Channel.STATUS), encode(self._status(AgentState.ONLINE)), qos=1, retain=True)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score_loop(self) -> None:
+        while not self.stop_event.is_set() or len(self.queue):
+            batch = self.queue.get(max_items=1024, timeout=0.5)
+            if batch:
+                self._process(batch)
+
+    def _process(self, batch: list[Reading]) -> None:
+        scored = self.detector.push(batch)
+        self.counters.received += len(batch)
+        self.counters.scored += len(scored)
+        flags = [0] * (len(batch) - len(scored)) + [int(s.anomalous) for s in scored]
+        for s in scored:
+            self._tele_n += 1
+            self._tele_sum += s.score
+            self._tele_max = max(self._tele_max, s.score)
+            if self.tracker.update(s.anomalous):
+                self._report(s)
+        if self.cfg.sync.enabled:
+            dropped = max(0, len(self._sync) + len(batch) - self.cfg.sync.max_buffered_rows)
+            self.counters.sync_dropped += dropped
+            self._sync.extend((ts, values, flag) for (ts, values), flag in zip(batch, flags, strict=True))
+
+    def _report(self, s: ScoredWindow) -> None:
+        model = self.detector.model
+        names = model.preprocessing.features if model else []
+        top = sorted(range(len(names)), key=lambda i: -s.contributions[i])[:TOP_FEATURES]
+        event = AnomalyEvent(
+            v=PROTOCOL_VERSION,
+            event_id=uuid.uuid4().hex,
+            device=self.device,
+            ts=s.ts,
+            detected_at=time.time(),
+            score=finite(s.score),
+            threshold=s.threshold,
+            model_version=s.model_version,
+            reconstruction_error=finite(s.reconstruction_error),
+            prediction_error=finite(s.prediction_error),
+            top_features=[names[i] for i in top],
+        )
+        self.counters.anomalies += 1
+        self.client.publish(self._topic(Channel.ANOMALY), encode(event), qos=1)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        next_hb, next_tele, next_sync = now, now + self.cfg.telemetry_s, now + self.cfg.sync.interval_s
+        while not self.stop_event.wait(0.5):
+            now = time.monotonic()
+            if now >= next_hb:
+                next_hb = now + self.cfg.heartbeat_s
+                self._heartbeat()
+            if now >= next_tele:
+                next_tele = now + self.cfg.telemetry_s
+                self._telemetry()
+            if self.cfg.sync.enabled and now >= next_sync:
+                next_sync = now + self.cfg.sync.interval_s
+                self._flush_sync()
+            self._check_download(now)
+
+    def _check_download(self, now: float) -> None:
+        with self._lock:
+            asm = self._assembly
+            if asm is None or now - asm.last_progress < DOWNLOAD_STALL_S:
+                return
+            if asm.requests >= DOWNLOAD_ATTEMPTS:
+                self._assembly = None
+                self._fail(asm.announcement.version, f"download stalled after {asm.requests} requests")
+                return
+            asm.last_progress = now
+        self._request(asm.announcement.version)
+
+    def _heartbeat(self) -> None:
+        self._hb_seq += 1
+        hb = Heartbeat(
+            v=PROTOCOL_VERSION,
+            device=self.device,
+            ts=time.time(),
+            seq=self._hb_seq,
+            uptime_s=time.monotonic() - self.started,
+            model_version=self.model_version,
+            readings_received=self.counters.received,
+            readings_scored=self.counters.scored,
+            anomalies=self.counters.anomalies,
+            rejected=self.rejects.total,
+            queue_depth=len(self.queue),
+        )
+        self.client.publish(self._topic(Channel.HEARTBEAT), encode(hb), qos=0)
+
+    def _telemetry(self) -> None:
+        n, total, peak = self._tele_n, self._tele_sum, self._tele_max
+        self._tele_n, self._tele_sum, self._tele_max = 0, 0.0, 0.0
+        msg = Telemetry(
+            v=PROTOCOL_VERSION,
+            device=self.device,
+            ts=time.time(),
+            interval_s=self.cfg.telemetry_s,
+            scored=n,
+            score_mean=finite(total / n) if n else 0.0,
+            score_max=finite(peak),
+            readings_scored_total=self.counters.scored,
+        )
+        self.client.publish(self._topic(Channel.TELEMETRY), encode(msg), qos=0)
+
+    def _flush_sync(self) -> None:
+        """Upload buffered readings; while offline they stay buffered (bounded)."""
+        n = MAX_SYNC_ROWS
+        while self._sync and self.client.is_connected():
+            rows = [self._sync.popleft() for _ in range(min(n, len(self._sync)))]
+            features = sorted({k for _, values, _ in rows for k in values})
+            batch = SyncBatch(
+                v=PROTOCOL_VERSION,
+                device=self.device,
+                batch_id=uuid.uuid4().hex,
+                features=features,
+                rows=[[ts, *[values.get(f) for f in features]] for ts, values, _ in rows],
+                flags=[flag for _, _, flag in rows],
+                model_version=self.model_version,
+            )
+            try:
+                payload = encode(batch)
+            except ValueError:  # too large for one message: put back, send smaller batches
+                self._sync.extendleft(reversed(rows))
+                if n == 1:
+                    log.error("a single reading exceeds the message size limit; dropped")
+                    self._sync.popleft()
+                n = max(1, n // 2)
+                continue
+            self.client.publish(self._topic(Channel.SYNC), payload, qos=1)
+            self.counters.sync_rows_sent += len(rows)

@@ -1,0 +1,119 @@
+"""Typed agent configuration (TOML). Unknown keys are errors; every field is described."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shared.inference import Runtime
+from shared.mqtt import BrokerConfig
+from shared.protocol import valid_device_id
+from shared.schema import SchemaError, describe, doc, load
+
+
+@dataclass(frozen=True)
+class MqttSource:
+    """Readings published to an MQTT topic (JSON ``Readings`` messages, see docs/protocol.md)."""
+
+    type: Literal["mqtt"] = doc("Source type.")
+    topic: str = doc("Topic to read; empty = edgesentry/<device>/readings.", default="")
+    broker: BrokerConfig | None = doc("A separate (local) broker; omitted = the agent's broker.", default=None)
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """Replay a CSV file (timestamp column + numeric feature columns) as a reading stream."""
+
+    type: Literal["csv"] = doc("Source type.")
+    path: Path = doc("CSV file to replay.")
+    rate_hz: float = doc("Readings per second; 0 = as fast as the agent scores.", default=10.0)
+    timestamp_column: str = doc("Name of the timestamp column.", default="timestamp")
+    restamp: bool = doc("Replace file timestamps with the replay clock (for live latency).", default=True)
+    loop: bool = doc("Start again at the end of the file.", default=False)
+
+    def __post_init__(self) -> None:
+        if self.rate_hz < 0:
+            raise ValueError("rate_hz must be >= 0")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    runtime: Runtime = doc("TFLite runtime: auto (LiteRT, then tflite_runtime, then tensorflow) or one of them.",
+                           default=Runtime.AUTO)
+    threshold_scale: float = doc("Multiply the bundle's threshold (per-device sensitivity).", default=1.0)
+    rearm_readings: int = doc(
+        "Normal readings needed after an event before the next can be raised; 0 = the model's window length.",
+        default=0,
+    )
+    num_threads: int = doc("Interpreter threads.", default=1)
+    max_batch: int = doc("Most windows scored in one interpreter call when readings queue up.", default=64)
+
+    def __post_init__(self) -> None:
+        if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 1 or self.max_batch < 1:
+            raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 1, max_batch >= 1")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    enabled: bool = doc("Upload raw readings to the hub for retraining.", default=True)
+    interval_s: float = doc("Seconds between uploads.", default=30.0)
+    max_buffered_rows: int = doc("Rows kept while the hub is unreachable; oldest dropped beyond.", default=200_000)
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.max_buffered_rows < 1:
+            raise ValueError("interval_s > 0 and max_buffered_rows >= 1")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """edge-agent configuration file."""
+
+    device_id: str = doc("This gateway's id; it owns the topic tree edgesentry/<device_id>/.")
+    state_dir: Path = doc("Where verified bundles and the active-model pointer are kept.")
+    trusted_keys: list[str] = doc("Base64 Ed25519 public keys whose bundles are accepted (cloud-hub init prints one).")
+    broker: BrokerConfig = doc("Connection to the hub's broker.", default_factory=BrokerConfig)
+    sources: list[MqttSource | CsvSource] = doc("Where readings come from.", default_factory=list)
+    detector: DetectorConfig = doc("Scoring options.", default_factory=DetectorConfig)
+    sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
+    heartbeat_s: float = doc("Seconds between heartbeats.", default=10.0)
+    telemetry_s: float = doc("Seconds between telemetry (score statistics) messages.", default=10.0)
+    queue_size: int = doc("Readings held for scoring before the MQTT reader waits.", default=100_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = doc("Logging level.", default="INFO")
+
+    def __post_init__(self) -> None:
+        if not valid_device_id(self.device_id):
+            raise ValueError(f"device_id {self.device_id!r} must be 1-64 of [A-Za-z0-9_.-] and not 'fleet'")
+        if not self.trusted_keys:
+            raise ValueError("trusted_keys must list at least one hub public key")
+        if self.heartbeat_s <= 0 or self.telemetry_s <= 0 or self.queue_size < 1:
+            raise ValueError("heartbeat_s, telemetry_s must be > 0 and queue_size >= 1")
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SchemaError("", f"cannot read {path}: {exc}") from None
+    cfg = load(AgentConfig, data)
+    # Relative paths are relative to the config file, as users expect.
+    base = path.parent
+    state = cfg.state_dir if cfg.state_dir.is_absolute() else base / cfg.state_dir
+    sources = [
+        CsvSource(**{**s.__dict__, "path": s.path if s.path.is_absolute() else base / s.path})
+        if isinstance(s, CsvSource) else s
+        for s in cfg.sources
+    ]
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources})
+
+
+def reference() -> str:
+    """Markdown table of every option (used by docs and ``edge-agent config-reference``)."""
+    rows = ["| key | type | description |", "|---|---|---|"]
+    for cls, prefix in ((AgentConfig, ""), (MqttSource, "sources[type=mqtt]."), (CsvSource, "sources[type=csv].")):
+        rows += [f"| `{prefix}{k}` | {t} | {d} |" for k, t, d in describe(cls)]
+    return "\n".join(rows)
+
+
+__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "SyncConfig", "load_config"]

@@ -1,0 +1,110 @@
+"""Verified bundles on the gateway's disk, and assembly of bundles arriving in chunks.
+
+Layout under ``state_dir``::
+
+    models/<version>/   verified bundle files (re-verified on every load)
+    active              the version to load at start-up
+    previous            the version before it (fallback if the active one no longer loads)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from shared import bundle as bundle_fmt
+from shared.protocol import ModelAnnouncement, ModelChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Assembly:
+    """Chunks of one announced archive, collected until complete."""
+
+    announcement: ModelAnnouncement
+    started: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+    def add(self, chunk: ModelChunk) -> bool:
+        """Store a chunk; True when the archive is complete. Mismatched chunks raise ValueError."""
+        a = self.announcement
+        if chunk.version != a.version or chunk.sha256 != a.sha256 or chunk.total != a.chunks:
+            raise ValueError("chunk does not belong to the announced archive")
+        try:
+            data = base64.b64decode(chunk.data, validate=True)
+        except binascii.Error:
+            raise ValueError("chunk data is not base64") from None
+        self.parts[chunk.index] = data
+        self.last_progress = time.monotonic()
+        if sum(len(p) for p in self.parts.values()) > a.size:
+            raise ValueError("chunks exceed the announced size")
+        return len(self.parts) == a.chunks
+
+    def archive(self) -> bytes:
+        data = b"".join(self.parts[i] for i in range(self.announcement.chunks))
+        if len(data) != self.announcement.size or hashlib.sha256(data).hexdigest() != self.announcement.sha256:
+            raise ValueError("assembled archive does not match the announced size/sha256")
+        return data
+
+
+class ModelStore:
+    def __init__(self, state_dir: Path, trusted: list[Ed25519PublicKey]) -> None:
+        self.root = state_dir
+        self.models = state_dir / "models"
+        self.models.mkdir(parents=True, exist_ok=True)
+        self.trusted = trusted
+
+    def install(self, archive: bytes) -> bundle_fmt.Bundle:
+        """Verify an archive and write it to disk. Raises BundleError; nothing is written then."""
+        bundle = bundle_fmt.load_archive(archive, self.trusted)
+        version = bundle.manifest.version
+        tmp = self.models / f".{version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        bundle_fmt.write_dir(tmp, bundle.files)
+        final = self.models / str(version)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return bundle
+
+    def load(self, version: int) -> bundle_fmt.Bundle:
+        return bundle_fmt.load_dir(self.models / str(version), self.trusted)
+
+    def has(self, version: int) -> bool:
+        return (self.models / str(version) / bundle_fmt.MANIFEST).exists()
+
+    def set_active(self, version: int) -> None:
+        current = self.active_version()
+        if current is not None and current != version:
+            _write_atomic(self.root / "previous", str(current))
+        _write_atomic(self.root / "active", str(version))
+
+    def active_version(self) -> int | None:
+        return _read_int(self.root / "active")
+
+    def previous_version(self) -> int | None:
+        return _read_int(self.root / "previous")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,90 @@
+"""Reading time-series CSV files (timestamp column + numeric columns) without pandas."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Series:
+    timestamps: np.ndarray  # (n,) float seconds since epoch, ascending
+    features: list[str]
+    values: np.ndarray  # (n, f) float64, NaN = missing
+
+
+def parse_timestamp(text: str) -> float:
+    """Epoch seconds or ISO-8601 (naive times are taken as UTC)."""
+    text = text.strip()
+    try:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"unparseable timestamp {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _cell(text: str, where: str) -> float:
+    text = text.strip()
+    if text == "" or text.lower() in ("nan", "null", "na"):
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{where}: not a number: {text!r}") from None
+
+
+def read_series(
+    path: Path, timestamp_column: str = "timestamp", features: list[str] | None = None, exclude: tuple[str, ...] = ()
+) -> Series:
+    """Load a CSV, sorted by time. ``features`` picks columns (default: all but timestamp/exclude)."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise ValueError(f"{path} is empty") from None
+        if timestamp_column not in header:
+            raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {header})")
+        names = features or [h for h in header if h != timestamp_column and h not in exclude]
+        missing = [n for n in names if n not in header]
+        if missing or not names:
+            raise ValueError(f"{path}: columns {missing or 'to use'} not found (columns: {header})")
+        t_idx = header.index(timestamp_column)
+        idx = [header.index(n) for n in names]
+        ts, rows = [], []
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line_no}: expected {len(header)} cells, got {len(row)}")
+            ts.append(parse_timestamp(row[t_idx]))
+            rows.append([_cell(row[i], f"{path}:{line_no}") for i in idx])
+    if not rows:
+        raise ValueError(f"{path} has no data rows")
+    t = np.asarray(ts)
+    order = np.argsort(t, kind="stable")
+    return Series(timestamps=t[order], features=names, values=np.asarray(rows, dtype=np.float64)[order])
+
+
+def split_on_gaps(timestamps: np.ndarray, max_gap_factor: float = 5.0) -> list[slice]:
+    """Contiguous stretches: a gap longer than ``max_gap_factor`` × the median step starts a new one."""
+    if len(timestamps) < 2:
+        return [slice(0, len(timestamps))]
+    dt = np.diff(timestamps)
+    step = float(np.median(dt)) or 1.0
+    cuts = np.nonzero(dt > max_gap_factor * step)[0] + 1
+    bounds = [0, *cuts.tolist(), len(timestamps)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

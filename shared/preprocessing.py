@@ -1,0 +1,173 @@
+"""Preprocessing shared by training (hub) and scoring (edge).
+
+Everything operates on *windows* of raw readings, shape ``(batch, window, features)``: the hub turns a
+series into sliding windows and preprocesses them in one vectorised call, the edge preprocesses the
+latest window of its ring buffer with the very same function.  That is what makes the two sides
+produce identical arrays (tests/test_preprocessing.py proves it).
+
+Steps, in the order of the AE-LSTM paper: linear interpolation of missing values → wavelet denoising
+(soft thresholding with a per-feature threshold fitted on training data) → min-max scaling fitted on
+training data.  Values outside the training range are *not* clipped: they are the anomaly signal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pywt
+
+from shared.schema import doc, dump, load
+
+FloatArray = np.ndarray
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Everything needed to reproduce preprocessing; carried in every model bundle."""
+
+    features: list[str] = doc("Feature (channel) names, in model input order.")
+    window: int = doc("Readings per window fed to the model.")
+    wavelet: str = doc("PyWavelets wavelet name used for denoising.", default="db4")
+    wavelet_level: int = doc("Decomposition level; 0 disables denoising.", default=1)
+    denoise_threshold: list[float] = doc("Soft threshold per feature, in raw units.", default_factory=list)
+    scale_min: list[float] = doc("Per-feature minimum seen in training (after denoising).", default_factory=list)
+    scale_max: list[float] = doc("Per-feature maximum seen in training (after denoising).", default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if n == 0:
+            raise ValueError("at least one feature is required")
+        if len(set(self.features)) != n:
+            raise ValueError("feature names must be unique")
+        if self.window < 4:
+            raise ValueError("window must be at least 4 readings")
+        if self.wavelet_level < 0:
+            raise ValueError("wavelet_level must be >= 0")
+        for name in ("denoise_threshold", "scale_min", "scale_max"):
+            values = getattr(self, name)
+            if values and len(values) != n:
+                raise ValueError(f"{name} needs one value per feature ({n})")
+        if self.wavelet_level > 0 and self.wavelet not in pywt.wavelist(kind="discrete"):
+            raise ValueError(f"unknown wavelet {self.wavelet!r}")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.scale_min) and bool(self.scale_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PreprocessParams:
+        return load(cls, data)
+
+
+def sliding_windows(series: FloatArray, window: int) -> FloatArray:
+    """All windows of ``window`` consecutive rows: (n, f) → (n - window + 1, window, f)."""
+    series = np.asarray(series, dtype=np.float64)
+    if series.ndim != 2:
+        raise ValueError("series must be 2-D (rows, features)")
+    if len(series) < window:
+        return np.empty((0, window, series.shape[1]))
+    view = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)  # (n-w+1, f, w)
+    return np.ascontiguousarray(view.transpose(0, 2, 1))
+
+
+def interpolate_gaps(windows: FloatArray, fallback: FloatArray | None = None) -> FloatArray:
+    """Fill NaNs along the time axis by linear interpolation; ends hold the nearest value.
+
+    A channel that is missing for the whole window takes ``fallback`` (per feature, default 0).
+    """
+    x = np.array(windows, dtype=np.float64, copy=True)
+    missing = np.isnan(x)
+    if not missing.any():
+        return x
+    steps = np.arange(x.shape[1])
+    for b, f in zip(*np.nonzero(missing.any(axis=1)), strict=True):
+        col = x[b, :, f]
+        ok = ~missing[b, :, f]
+        if ok.any():
+            x[b, :, f] = np.interp(steps, steps[ok], col[ok])
+        else:
+            x[b, :, f] = 0.0 if fallback is None else fallback[f]
+    return x
+
+
+def _soft(coeffs: FloatArray, thresh: FloatArray) -> FloatArray:
+    return np.sign(coeffs) * np.maximum(np.abs(coeffs) - thresh, 0.0)
+
+
+def wavelet_denoise(windows: FloatArray, wavelet: str, level: int, threshold: FloatArray) -> FloatArray:
+    """Soft-threshold the detail coefficients of every window and channel (time axis = 1)."""
+    if level <= 0:
+        return windows
+    n = windows.shape[1]
+    coeffs = pywt.wavedec(windows, wavelet, level=level, axis=1, mode="symmetric")
+    t = np.asarray(threshold, dtype=np.float64).reshape(1, 1, -1)
+    coeffs = [coeffs[0]] + [_soft(c, t) for c in coeffs[1:]]
+    out = pywt.waverec(coeffs, wavelet, axis=1, mode="symmetric")
+    return np.asarray(out[:, :n, :])
+
+
+def preprocess_windows(windows: FloatArray, params: PreprocessParams) -> FloatArray:
+    """Raw windows (b, w, f) → model input (b, w, f) float32. The single preprocessing path."""
+    if not params.fitted:
+        raise ValueError("preprocessing parameters are not fitted")
+    x = np.asarray(windows, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] != params.window or x.shape[2] != params.n_features:
+        raise ValueError(f"expected windows of shape (b, {params.window}, {params.n_features}), got {x.shape}")
+    lo = np.asarray(params.scale_min)
+    hi = np.asarray(params.scale_max)
+    x = interpolate_gaps(x, fallback=(lo + hi) / 2.0)
+    x = wavelet_denoise(x, params.wavelet, params.wavelet_level, np.asarray(params.denoise_threshold))
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    return ((x - lo) / span).astype(np.float32)
+
+
+def fit_preprocessing(
+    segments: list[FloatArray],
+    features: list[str],
+    window: int,
+    wavelet: str = "db4",
+    wavelet_level: int = 1,
+) -> PreprocessParams:
+    """Fit denoising thresholds and the min-max scaler on normal training segments.
+
+    The noise level σ of each feature is the median absolute finest-scale detail coefficient / 0.6745
+    (Donoho's estimator) pooled over all training windows; the threshold is the universal
+    σ·sqrt(2·ln(window)).  Fitting it once, rather than per window, keeps noise bursts visible.
+    """
+    wins = [sliding_windows(s, window) for s in segments if len(s) >= window]
+    if not wins:
+        raise ValueError(f"no segment has the {window} readings one window needs")
+    x = np.concatenate(wins)
+    x = interpolate_gaps(x)
+    n_feat = len(features)
+    if wavelet_level > 0:
+        max_level = pywt.dwt_max_level(window, pywt.Wavelet(wavelet).dec_len)
+        if wavelet_level > max_level:
+            raise ValueError(f"wavelet level {wavelet_level} too deep for window {window} (max {max_level})")
+        finest = pywt.wavedec(x, wavelet, level=1, axis=1, mode="symmetric")[1]
+        sigma = np.median(np.abs(finest), axis=(0, 1)) / 0.6745
+        thresh = sigma * math.sqrt(2.0 * math.log(window))
+        x = wavelet_denoise(x, wavelet, wavelet_level, thresh)
+    else:
+        thresh = np.zeros(n_feat)
+    lo = x.min(axis=(0, 1))
+    hi = x.max(axis=(0, 1))
+    return PreprocessParams(
+        features=list(features),
+        window=window,
+        wavelet=wavelet,
+        wavelet_level=wavelet_level,
+        denoise_threshold=[float(v) for v in thresh],
+        scale_min=[float(v) for v in lo],
+        scale_max=[float(v) for v in hi],
+    )

@@ -1,0 +1,335 @@
+"""MQTT topic tree and versioned message schemas (see docs/protocol.md).
+
+Every message is a JSON object with ``"v": 1``.  :func:`decode` is the only way bytes from the
+network become messages: it enforces the size limit, rejects NaN/Infinity, checks the schema and the
+topic's device id, and raises :class:`ProtocolError` with a :class:`RejectReason`.  Callers count and
+log rejections with :class:`RejectCounter` and carry on — a malformed message never crashes a peer.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from shared.schema import SchemaError, doc, dump, load
+
+PROTOCOL_VERSION = 1
+ROOT = "edgesentry"
+FLEET = "fleet"
+MAX_MESSAGE_BYTES = 256 * 1024
+CHUNK_BYTES = 96 * 1024  # raw bytes per model chunk; base64 keeps a chunk message well under the limit
+MAX_SYNC_ROWS = 2000
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+log = logging.getLogger(__name__)
+
+
+class Channel(str, enum.Enum):
+    """Per-device sub-topics: ``edgesentry/<device>/<channel>``."""
+
+    READINGS = "readings"  # sensor readings into the agent (local source)
+    TELEMETRY = "telemetry"  # agent → hub: periodic score statistics
+    ANOMALY = "anomaly"  # agent → hub: anomaly events (QoS 1)
+    HEARTBEAT = "heartbeat"  # agent → hub: liveness and counters
+    STATUS = "status"  # agent → hub, retained: online/offline, active model (LWT = offline)
+    SYNC = "sync"  # agent → hub: batches of raw readings for retraining
+    MODEL = "model"  # hub → agent, retained: model announcement for this device
+    MODEL_REQUEST = "model/request"  # agent → hub: send me the chunks of version N
+    MODEL_CHUNK = "model/chunk"  # hub → agent: one chunk of a bundle archive
+
+
+class RejectReason(str, enum.Enum):
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    BAD_VERSION = "bad_version"
+    SCHEMA = "schema"
+    BAD_TOPIC = "bad_topic"
+    DEVICE_MISMATCH = "device_mismatch"
+
+
+class ProtocolError(ValueError):
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def valid_device_id(device: str) -> bool:
+    return bool(DEVICE_ID_RE.match(device)) and device != FLEET
+
+
+def device_topic(device: str, channel: Channel) -> str:
+    if not valid_device_id(device):
+        raise ValueError(f"invalid device id {device!r}: use 1-64 of [A-Za-z0-9_.-], not 'fleet'")
+    return f"{ROOT}/{device}/{channel.value}"
+
+
+def fleet_model_topic() -> str:
+    return f"{ROOT}/{FLEET}/{Channel.MODEL.value}"
+
+
+def subscription(channel: Channel) -> str:
+    """Wildcard subscription for one channel across all devices."""
+    return f"{ROOT}/+/{channel.value}"
+
+
+def parse_topic(topic: str) -> tuple[str, Channel]:
+    """``edgesentry/<device>/<channel>`` → (device, channel); fleet topics give device 'fleet'."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != ROOT:
+        raise ProtocolError(RejectReason.BAD_TOPIC, f"not an {ROOT} topic: {topic!r}")
+    device, rest = parts[1], "/".join(parts[2:])
+    try:
+        channel = Channel(rest)
+    except ValueError:
+        raise ProtocolError(RejectReason.BAD_TOPIC, f"unknown channel in {topic!r}") from None
+    if device != FLEET and not valid_device_id(device):
+        raise ProtocolError(RejectReason.BAD_TOPIC, f"invalid device id in {topic!r}")
+    return device, channel
+
+
+# ----------------------------------------------------------------------------------------- messages
+
+
+class AgentState(str, enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class ModelState(str, enum.Enum):
+    NONE = "none"  # no model yet: the agent buffers and syncs but does not score
+    DOWNLOADING = "downloading"
+    ACTIVE = "active"
+    FAILED = "failed"  # the last offered bundle was refused; see ``error``
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sensor reading; missing values are null."""
+
+    ts: float = doc("Sample time, seconds since the Unix epoch.")
+    values: dict[str, float | None] = doc("Feature name → value (null = missing).")
+
+
+@dataclass(frozen=True)
+class Readings:
+    v: int = doc("Protocol version.")
+    readings: list[Reading] = doc("Readings in time order (batch them: one message per reading is slow).")
+
+    def __post_init__(self) -> None:
+        if not self.readings:
+            raise ValueError("readings must not be empty")
+        if len(self.readings) > 10_000:
+            raise ValueError("too many readings in one message (max 10000)")
+
+
+@dataclass(frozen=True)
+class AnomalyEvent:
+    v: int = doc("Protocol version.")
+    event_id: str = doc("Unique id chosen by the agent (idempotent storage).")
+    device: str = doc("Reporting device.")
+    ts: float = doc("Time of the newest reading in the anomalous window.")
+    detected_at: float = doc("Agent clock when the event was raised.")
+    score: float = doc("Anomaly score A(t).")
+    threshold: float = doc("Threshold in force.")
+    model_version: int = doc("Model version that scored the window.")
+    reconstruction_error: float = doc("Raw reconstruction MSE.", default=0.0)
+    prediction_error: float = doc("Raw prediction MSE.", default=0.0)
+    top_features: list[str] = doc("Features that contributed most, largest first.", default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.event_id) <= 64:
+            raise ValueError("event_id must be 1-64 characters")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    v: int = doc("Protocol version.")
+    device: str = doc("Device id.")
+    ts: float = doc("Agent clock.")
+    seq: int = doc("Increments by one per heartbeat since start.")
+    uptime_s: float = doc("Seconds since the agent started.")
+    model_version: int | None = doc("Active model version, null if none.")
+    readings_received: int = doc("Readings accepted since start.")
+    readings_scored: int = doc("Readings scored since start.")
+    anomalies: int = doc("Anomaly events raised since start.")
+    rejected: int = doc("Messages rejected since start.")
+    queue_depth: int = doc("Readings waiting to be scored.")
+
+
+@dataclass(frozen=True)
+class Status:
+    v: int = doc("Protocol version.")
+    device: str = doc("Device id.")
+    ts: float = doc("Agent clock.")
+    state: AgentState = doc("online | offline (offline is the broker-delivered last will).")
+    model_state: ModelState = doc("none | downloading | active | failed.", default=ModelState.NONE)
+    model_version: int | None = doc("Active model version.", default=None)
+    agent_version: str = doc("edgesentry version on the agent.", default="")
+    runtime: str = doc("TFLite runtime in use (litert, tflite_runtime, tensorflow).", default="")
+    error: str = doc("Why the last bundle was refused, if it was.", default="")
+    failed_version: int | None = doc("Version of the refused bundle.", default=None)
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    v: int = doc("Protocol version.")
+    device: str = doc("Device id.")
+    ts: float = doc("End of the interval (agent clock).")
+    interval_s: float = doc("Length of the interval.")
+    scored: int = doc("Windows scored in the interval.")
+    score_mean: float = doc("Mean score in the interval.")
+    score_max: float = doc("Max score in the interval.")
+    readings_scored_total: int = doc("Readings scored since start.")
+
+
+@dataclass(frozen=True)
+class SyncBatch:
+    v: int = doc("Protocol version.")
+    device: str = doc("Device id.")
+    batch_id: str = doc("Unique id chosen by the agent (idempotent storage).")
+    features: list[str] = doc("Column names of ``rows`` after the timestamp.")
+    rows: list[list[float | None]] = doc("[ts, value...] per reading, null = missing.")
+    flags: list[int] = doc("Per row: 1 if the agent's model flagged it anomalous.", default_factory=list)
+    model_version: int | None = doc("Model active while the rows were scored.", default=None)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.batch_id) <= 64:
+            raise ValueError("batch_id must be 1-64 characters")
+        if not self.features or len(self.rows) > MAX_SYNC_ROWS:
+            raise ValueError(f"need features and at most {MAX_SYNC_ROWS} rows")
+        width = len(self.features) + 1
+        if any(len(r) != width or r[0] is None for r in self.rows):
+            raise ValueError(f"every row needs a timestamp and {len(self.features)} values")
+        if self.flags and len(self.flags) != len(self.rows):
+            raise ValueError("flags must have one entry per row")
+
+
+@dataclass(frozen=True)
+class ModelAnnouncement:
+    v: int = doc("Protocol version.")
+    version: int = doc("Model version to run.")
+    name: str = doc("Model architecture.")
+    sha256: str = doc("SHA-256 of the bundle archive.")
+    size: int = doc("Archive size in bytes.")
+    chunks: int = doc("Number of chunks the archive is sent in.")
+    rollout_id: int = doc("Hub rollout id.")
+
+    def __post_init__(self) -> None:
+        if self.version < 1 or self.chunks < 1 or self.size < 1:
+            raise ValueError("version, chunks and size must be positive")
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    v: int = doc("Protocol version.")
+    device: str = doc("Requesting device.")
+    version: int = doc("Version wanted.")
+
+
+@dataclass(frozen=True)
+class ModelChunk:
+    v: int = doc("Protocol version.")
+    version: int = doc("Model version.")
+    sha256: str = doc("SHA-256 of the whole archive.")
+    index: int = doc("Chunk index, from 0.")
+    total: int = doc("Number of chunks.")
+    data: str = doc("Base64 of the chunk's bytes.")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.total:
+            raise ValueError("index out of range")
+
+
+Message = Readings | AnomalyEvent | Heartbeat | Status | Telemetry | SyncBatch | ModelAnnouncement | ModelRequest | ModelChunk
+
+SCHEMAS: dict[Channel, type] = {
+    Channel.READINGS: Readings,
+    Channel.ANOMALY: AnomalyEvent,
+    Channel.HEARTBEAT: Heartbeat,
+    Channel.STATUS: Status,
+    Channel.TELEMETRY: Telemetry,
+    Channel.SYNC: SyncBatch,
+    Channel.MODEL: ModelAnnouncement,
+    Channel.MODEL_REQUEST: ModelRequest,
+    Channel.MODEL_CHUNK: ModelChunk,
+}
+
+M = TypeVar("M")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def encode(message: Any) -> bytes:
+    data = json.dumps(dump(message), separators=(",", ":"), allow_nan=False).encode()
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    return data
+
+
+def decode(channel: Channel, payload: bytes, *, device: str | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Validate ``payload`` for ``channel``; if ``device`` is given, the message must name it."""
+    if len(payload) > max_bytes:
+        raise ProtocolError(RejectReason.TOO_LARGE, f"{len(payload)} bytes > {max_bytes}")
+    try:
+        data = json.loads(payload, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(RejectReason.NOT_JSON, str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(data).__name__}")
+    if data.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(RejectReason.BAD_VERSION, f"unsupported protocol version {data.get('v')!r}")
+    try:
+        msg = load(SCHEMAS[channel], data, strict=False)
+    except SchemaError as exc:
+        raise ProtocolError(RejectReason.SCHEMA, str(exc)[:300]) from None
+    msg_device = getattr(msg, "device", None)
+    if device is not None and msg_device is not None and msg_device != device:
+        raise ProtocolError(RejectReason.DEVICE_MISMATCH, f"topic says {device!r}, message says {msg_device!r}")
+    return msg
+
+
+def finite(x: float) -> float:
+    """Scores can overflow to inf on absurd inputs; the wire format carries only finite numbers."""
+    return x if math.isfinite(x) else 1e300
+
+
+class RejectCounter:
+    """Thread-safe counts of rejected messages by reason, with rate-limited logging."""
+
+    def __init__(self, logger: logging.Logger | None = None, log_every_s: float = 10.0) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._log = logger or log
+        self._every = log_every_s
+        self._last_log = 0.0
+
+    def reject(self, topic: str, error: ProtocolError) -> None:
+        with self._lock:
+            self._counts[error.reason.value] += 1
+            now = time.monotonic()
+            emit = now - self._last_log >= self._every
+            if emit:
+                self._last_log = now
+        if emit:
+            self._log.warning("rejected message on %s: %s (totals: %s)", topic, error, dict(self._counts))
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)

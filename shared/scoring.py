@@ -1,0 +1,83 @@
+"""Anomaly score of the AE-LSTM hybrid: A(t) = α·reconstruction error + β·prediction error.
+
+The model outputs a reconstruction of the window and a prediction of its newest reading (made from
+the readings before it).  Errors are computed here, in float, against the *unquantised* input: an
+int8 model clips inputs to its calibrated range, but the error against the true value still shows.
+Each error is divided by its mean on normal calibration data so α and β weigh comparable numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.schema import doc, dump, load
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """Score weights, error normalisers and the calibrated threshold; carried in the bundle."""
+
+    alpha: float = doc("Weight of the (normalised) reconstruction error.", default=0.5)
+    beta: float = doc("Weight of the (normalised) prediction error.", default=0.5)
+    rec_ref: float = doc("Mean reconstruction error on normal calibration windows.", default=1.0)
+    pred_ref: float = doc("Mean prediction error on normal calibration windows.", default=1.0)
+    threshold: float = doc("Score above which a window is anomalous.", default=1.0)
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta <= 0:
+            raise ValueError("alpha and beta must be >= 0 and not both 0")
+        if self.rec_ref <= 0 or self.pred_ref <= 0:
+            raise ValueError("error normalisers must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ScoringParams:
+        return load(cls, data)
+
+
+@dataclass(frozen=True)
+class WindowErrors:
+    """Raw errors per window, and each feature's share of the score."""
+
+    reconstruction: np.ndarray  # (b,)
+    prediction: np.ndarray  # (b,)
+    per_feature_rec: np.ndarray  # (b, f)
+    per_feature_pred: np.ndarray  # (b, f)
+
+
+def window_errors(x: np.ndarray, reconstruction: np.ndarray, prediction: np.ndarray) -> WindowErrors:
+    """MSE of the reconstruction over the window and of the prediction of its last reading."""
+    rec_sq = (np.asarray(reconstruction, np.float64) - x) ** 2  # (b, w, f)
+    pred_sq = (np.asarray(prediction, np.float64) - x[:, -1, :]) ** 2  # (b, f)
+    per_rec = rec_sq.mean(axis=1)
+    return WindowErrors(per_rec.mean(axis=1), pred_sq.mean(axis=1), per_rec, pred_sq)
+
+
+def anomaly_score(errors: WindowErrors, params: ScoringParams) -> np.ndarray:
+    return params.alpha * errors.reconstruction / params.rec_ref + params.beta * errors.prediction / params.pred_ref
+
+
+def feature_contributions(errors: WindowErrors, params: ScoringParams) -> np.ndarray:
+    """(b, f) contributions whose mean over features equals the score: which channels drove it."""
+    return params.alpha * errors.per_feature_rec / params.rec_ref + params.beta * errors.per_feature_pred / params.pred_ref
+
+
+def calibrate(
+    errors: WindowErrors,
+    alpha: float,
+    beta: float,
+    quantile: float,
+    margin: float,
+) -> ScoringParams:
+    """Normalisers from the mean errors, threshold = margin × quantile of normal scores."""
+    rec_ref = float(max(errors.reconstruction.mean(), 1e-12))
+    pred_ref = float(max(errors.prediction.mean(), 1e-12))
+    params = ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=1.0)
+    scores = anomaly_score(errors, params)
+    threshold = float(np.quantile(scores, quantile) * margin)
+    return ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=threshold)

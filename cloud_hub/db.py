@@ -73,6 +73,7 @@ class Heartbeat(Base):
     received_at: Mapped[float] = mapped_column(Float)
     seq: Mapped[int] = mapped_column(Integer)
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    readings_received: Mapped[int] = mapped_column(Integer, default=0)
     readings_scored: Mapped[int] = mapped_column(Integer)
     anomalies: Mapped[int] = mapped_column(Integer)
     rejected: Mapped[int] = mapped_column(Integer)

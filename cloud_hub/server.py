@@ -127,7 +127,7 @@ class HubServer:
 
     def _heartbeat(self, s: Session, device: str, m: p.Heartbeat, now: float) -> None:
         s.add(db.Heartbeat(device_id=device, ts=m.ts, received_at=now, seq=m.seq, model_version=m.model_version,
-                           readings_scored=m.readings_scored, anomalies=m.anomalies, rejected=m.rejected,
+                           readings_received=m.readings_received, readings_scored=m.readings_scored, anomalies=m.anomalies, rejected=m.rejected,
                            queue_depth=m.queue_depth))
         dev = s.get(db.Device, device)
         assert dev is not None

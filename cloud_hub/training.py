@@ -18,7 +18,7 @@ from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import HubHome
 from cloud_hub.models import ae_lstm
-from shared.preprocessing import PreprocessParams, fit_preprocessing, preprocess_windows, sliding_windows
+from shared.preprocessing import PreprocessParams, fit_preprocessing, series_windows
 from shared.scoring import ScoringParams, WindowErrors, calibrate, window_errors
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def prepare_windows(data: TrainingData, cfg: TrainingConfig) -> Windows:
     def windows(parts: list[np.ndarray]) -> np.ndarray:
         if not parts:
             return np.empty((0, w, len(data.features)), np.float32)
-        return np.concatenate([preprocess_windows(sliding_windows(p, w), params) for p in parts])
+        return np.concatenate([series_windows(p, params) for p in parts])
 
     train, val = windows(train_parts), windows(val_parts)
     rng = np.random.default_rng(cfg.seed)

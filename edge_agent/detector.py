@@ -15,7 +15,7 @@ import numpy as np
 from shared.bundle import Bundle
 from shared.inference import Runtime, TFLiteModel
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
-from shared.scoring import ScoringParams, anomaly_score, feature_contributions, window_errors
+from shared.scoring import ScoringParams, feature_scores, window_errors
 
 BUFFER_READINGS = 4096
 _BUCKETS = (1, 4, 16, 64, 256)
@@ -106,8 +106,8 @@ class StreamingDetector:
         padded = x if bucket == n else np.concatenate([x, np.repeat(x[-1:], bucket - n, axis=0)])
         rec, pred = model.model.predict(padded)
         errors = window_errors(x, rec[:n], pred[:n])
-        scores = anomaly_score(errors, model.scoring)
-        contrib = feature_contributions(errors, model.scoring)
+        contrib = feature_scores(errors, model.scoring)
+        scores = contrib.max(axis=1)
         threshold = model.scoring.threshold * self.threshold_scale
         return [
             ScoredWindow(

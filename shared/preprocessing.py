@@ -131,6 +131,11 @@ def preprocess_windows(windows: FloatArray, params: PreprocessParams) -> FloatAr
     return ((x - lo) / span).astype(np.float32)
 
 
+def series_windows(series: FloatArray, params: PreprocessParams) -> FloatArray:
+    """Every model-input window of a contiguous series: how the hub builds training data."""
+    return preprocess_windows(sliding_windows(series, params.window), params)
+
+
 def fit_preprocessing(
     segments: list[FloatArray],
     features: list[str],

@@ -3,7 +3,11 @@
 The model outputs a reconstruction of the window and a prediction of its newest reading (made from
 the readings before it).  Errors are computed here, in float, against the *unquantised* input: an
 int8 model clips inputs to its calibrated range, but the error against the true value still shows.
-Each error is divided by its mean on normal calibration data so α and β weigh comparable numbers.
+Each channel's errors are divided by their mean on normal calibration data, so α and β weigh
+comparable numbers and a quiet channel counts as much as a loud one.  The window's score is the
+largest channel score: a fault in one sensor of many is not diluted by the healthy ones.
+
+    A_f(t) = α · rec_f(t) / rec_ref_f + β · pred_f(t) / pred_ref_f        A(t) = max_f A_f(t)
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ from shared.schema import doc, dump, load
 class ScoringParams:
     """Score weights, error normalisers and the calibrated threshold; carried in the bundle."""
 
+    rec_ref: list[float] = doc("Per-feature mean reconstruction error on normal calibration windows.")
+    pred_ref: list[float] = doc("Per-feature mean prediction error on normal calibration windows.")
+    threshold: float = doc("Score above which a window is anomalous.")
     alpha: float = doc("Weight of the (normalised) reconstruction error.", default=0.5)
     beta: float = doc("Weight of the (normalised) prediction error.", default=0.5)
-    rec_ref: float = doc("Mean reconstruction error on normal calibration windows.", default=1.0)
-    pred_ref: float = doc("Mean prediction error on normal calibration windows.", default=1.0)
-    threshold: float = doc("Score above which a window is anomalous.", default=1.0)
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta <= 0:
             raise ValueError("alpha and beta must be >= 0 and not both 0")
-        if self.rec_ref <= 0 or self.pred_ref <= 0:
+        if len(self.rec_ref) != len(self.pred_ref) or not self.rec_ref:
+            raise ValueError("rec_ref and pred_ref need one value per feature")
+        if min(self.rec_ref) <= 0 or min(self.pred_ref) <= 0:
             raise ValueError("error normalisers must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,13 +64,16 @@ def window_errors(x: np.ndarray, reconstruction: np.ndarray, prediction: np.ndar
     return WindowErrors(per_rec.mean(axis=1), pred_sq.mean(axis=1), per_rec, pred_sq)
 
 
+def feature_scores(errors: WindowErrors, params: ScoringParams) -> np.ndarray:
+    """(b, f) per-channel scores A_f: which channels drove the window's score."""
+    rec_ref = np.asarray(params.rec_ref)
+    pred_ref = np.asarray(params.pred_ref)
+    return params.alpha * errors.per_feature_rec / rec_ref + params.beta * errors.per_feature_pred / pred_ref
+
+
 def anomaly_score(errors: WindowErrors, params: ScoringParams) -> np.ndarray:
-    return params.alpha * errors.reconstruction / params.rec_ref + params.beta * errors.prediction / params.pred_ref
-
-
-def feature_contributions(errors: WindowErrors, params: ScoringParams) -> np.ndarray:
-    """(b, f) contributions whose mean over features equals the score: which channels drove it."""
-    return params.alpha * errors.per_feature_rec / params.rec_ref + params.beta * errors.per_feature_pred / params.pred_ref
+    """(b,) window scores A = max over channels of A_f."""
+    return feature_scores(errors, params).max(axis=1)
 
 
 def calibrate(
@@ -74,10 +83,9 @@ def calibrate(
     quantile: float,
     margin: float,
 ) -> ScoringParams:
-    """Normalisers from the mean errors, threshold = margin × quantile of normal scores."""
-    rec_ref = float(max(errors.reconstruction.mean(), 1e-12))
-    pred_ref = float(max(errors.prediction.mean(), 1e-12))
+    """Per-channel normalisers from mean errors; threshold = margin × quantile of normal scores."""
+    rec_ref = [float(max(v, 1e-12)) for v in errors.per_feature_rec.mean(axis=0)]
+    pred_ref = [float(max(v, 1e-12)) for v in errors.per_feature_pred.mean(axis=0)]
     params = ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=1.0)
-    scores = anomaly_score(errors, params)
-    threshold = float(np.quantile(scores, quantile) * margin)
+    threshold = float(np.quantile(anomaly_score(errors, params), quantile) * margin)
     return ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=threshold)

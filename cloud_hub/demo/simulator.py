@@ -104,7 +104,7 @@ class DeviceSimulator:
         elif kind == "drift":
             duration, magnitude = 5.0, sign * _AMP[channel] * 0.8
         elif kind == "stuck":
-            duration, magnitude = 6.0, 0.0
+            duration, magnitude = 8.0, 0.0
         else:
             duration, magnitude = 3.0, 12.0
         span = Injected(self.device, kind, FEATURES[channel], t, t + duration)

@@ -1,0 +1,241 @@
+"""`make bench`: speed and size figures for the exported model, measured on this machine.
+
+1. raw interpreter throughput (windows/s) for int8 and float32, batch 1 (streaming) and batch 64;
+2. an `edge-agent run` process behind a real broker: readings/s end to end (published in batches of
+   100, until the agent's heartbeat says all were scored);
+3. reading→report latency: single readings at 400/s with a spike every 64; latency is the time from
+   publishing the spike to receiving the agent's anomaly event, both through the broker;
+4. bundle and model sizes, float32 vs int8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from cloud_hub.brokers import RunningBroker, mosquitto_path, start_amqtt, start_mosquitto
+from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
+from cloud_hub.home import HubHome
+from shared import bundle as bundle_fmt
+from shared.inference import TFLiteModel
+from shared.metrics import percentile
+from shared.mqtt import BrokerConfig, connect, make_client
+from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, decode, device_topic, encode
+
+DEVICE = "bench-gw"
+
+
+def _train(home: HubHome, console: Console) -> dict[str, Any]:
+    from cloud_hub import training
+    from cloud_hub.data import TrainingData
+    from cloud_hub.export import Quantization, export
+
+    segments = []
+    for i in range(3):
+        sim = DeviceSimulator(f"d{i}", i + 1, 45.0, 20.0)
+        rows = [[np.nan if v is None else v for v in sim.reading(1.7e9 + k / 20).values()] for k in range(2400)]
+        segments.append(np.asarray(rows))
+    cfg = replace(home.config().training, epochs=15)
+    with console.status("training the benchmark model…"):
+        result = training.train(home, TrainingData(FEATURES, segments, "bench-sim", 7200), cfg)
+    out = {}
+    for q in (Quantization.INT8, Quantization.FLOAT32):
+        with console.status(f"exporting {q.value}…"):
+            out[q.value] = export(home, result.version, q)
+    return out
+
+
+def _interpreter_speed(model_bytes: bytes, window: np.ndarray) -> dict[str, float]:
+    model = TFLiteModel(model_bytes)
+    res = {}
+    for batch, n in ((1, 3000), (64, 100)):
+        x = np.repeat(window[None], batch, axis=0)
+        model.predict(x)
+        t = time.perf_counter()
+        for _ in range(n):
+            model.predict(x)
+        res[f"batch{batch}_windows_per_s"] = round(batch * n / (time.perf_counter() - t), 1)
+    return res
+
+
+class _Watcher:
+    """Collects the agent's heartbeats and anomaly events through the broker."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self.cond = threading.Condition()
+        self.scored = 0
+        self.events: list[tuple[float, float]] = []  # (event ts, received at)
+        self.client = make_client(broker, "bench-watch")
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [(device_topic(DEVICE, Channel.HEARTBEAT), 0), (device_topic(DEVICE, Channel.ANOMALY), 1)])
+        self.client.on_message = self._on_message
+        connect(self.client, broker)
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        now = time.time()
+        with self.cond:
+            if msg.topic.endswith("/heartbeat"):
+                self.scored = decode(Channel.HEARTBEAT, msg.payload).readings_scored
+            else:
+                self.events.append((decode(Channel.ANOMALY, msg.payload).ts, now))
+            self.cond.notify_all()
+
+    def wait_scored(self, n: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while self.scored < n and time.monotonic() < deadline:
+                self.cond.wait(deadline - time.monotonic())
+            return self.scored >= n
+
+
+def _agent_e2e(workdir: Path, broker: RunningBroker, home: HubHome, bundle_dir: Path) -> dict[str, Any]:
+    from edge_agent.model_store import ModelStore
+    from shared.signing import parse_public_key
+
+    state = workdir / "agent-state"
+    shutil.rmtree(state, ignore_errors=True)
+    store = ModelStore(state, [parse_public_key(home.public_key())])
+    archive = bundle_fmt.pack(bundle_fmt.read_dir(bundle_dir))
+    version = store.install(archive).manifest.version
+    store.set_active(version)
+    conf = workdir / "agent.toml"
+    conf.write_text(f"""device_id = "{DEVICE}"
+state_dir = "{state}"
+trusted_keys = ["{home.public_key()}"]
+heartbeat_s = 0.25
+[broker]
+url = "{broker.url}"
+[detector]
+rearm_readings = 16
+[sync]
+enabled = false
+""")
+    log = open(workdir / "agent.log", "wb")  # noqa: SIM115
+    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)],
+                             stdout=log, stderr=subprocess.STDOUT)
+    cfg = BrokerConfig(url=broker.url)
+    watcher = _Watcher(cfg)
+    pub = make_client(cfg, "bench-pub")
+    connect(pub, cfg)
+    topic = device_topic(DEVICE, Channel.READINGS)
+    sim = DeviceSimulator(DEVICE, 9, 45.0, 20.0)
+    try:
+        if not watcher.wait_scored(0, 30):
+            raise RuntimeError("agent did not start")
+        with watcher.cond:
+            watcher.cond.wait_for(lambda: watcher.scored == 0 and watcher.client.is_connected(), 30)
+
+        # Throughput: 20k readings in batches of 100, as fast as the broker takes them.
+        n = 20_000
+        t_sample = 1.7e9
+        msgs = []
+        for i in range(0, n, 100):
+            rs = [Reading(ts=t_sample + (i + k) / 20, values=sim.reading(t_sample + (i + k) / 20)) for k in range(100)]
+            msgs.append(encode(Readings(v=PROTOCOL_VERSION, readings=rs)))
+        start = time.perf_counter()
+        for m in msgs:
+            pub.publish(topic, m, qos=1)
+        if not watcher.wait_scored(n, 300):
+            raise RuntimeError(f"agent scored only {watcher.scored}/{n} readings")
+        throughput = n / (time.perf_counter() - start)
+
+        # Latency: single readings at 400/s, a spike every 64 readings.
+        rate, spikes, gap = 400.0, 150, 64
+        spike_sent: list[float] = []
+        with watcher.cond:
+            watcher.events.clear()
+        t0 = time.monotonic()
+        for i in range(spikes * gap):
+            now = time.time()
+            values = sim.reading(now)
+            if i % gap == gap - 1:
+                values = {**values, FEATURES[0]: 60.0}
+                spike_sent.append(now)
+            pub.publish(topic, encode(Readings(v=PROTOCOL_VERSION, readings=[Reading(ts=now, values=values)])), qos=1)
+            delay = t0 + (i + 1) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the synthetic sensor
+        with watcher.cond:
+            watcher.cond.wait_for(lambda: len(watcher.events) >= spikes, 30)
+            events = list(watcher.events)
+        sent = set(spike_sent)
+        latencies = [(recv - ts) * 1000 for ts, recv in events if ts in sent]
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        for c in (pub, watcher.client):
+            c.disconnect()
+            c.loop_stop()
+    return {
+        "broker": broker.kind,
+        "readings_per_s": round(throughput, 1),
+        "readings": n,
+        "latency_spikes": spikes,
+        "latency_events_matched": len(latencies),
+        "latency_ms_p50": round(percentile(latencies, 50), 2) if latencies else None,
+        "latency_ms_p99": round(percentile(latencies, 99), 2) if latencies else None,
+        "latency_ms_max": round(max(latencies), 2) if latencies else None,
+    }
+
+
+def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    home = HubHome(workdir / "hub")
+    home.init()
+    exports = _train(home, console)
+    window = np.load(home.models_dir / "1" / "calibration.npz", allow_pickle=False)["val"][0]
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "model": {"name": "ae-lstm", "window": int(window.shape[0]), "features": int(window.shape[1])},
+        "sizes": {q: {"tflite_bytes": e.tflite_bytes, "bundle_bytes": e.size} for q, e in exports.items()},
+        "agreement": {q: e.agreement.__dict__ for q, e in exports.items()},
+        "interpreter": {},
+    }
+    for q, e in exports.items():
+        model_bytes = (e.bundle_dir / bundle_fmt.MODEL_FILE).read_bytes()
+        results["interpreter"][q] = _interpreter_speed(model_bytes, window)
+        results["interpreter"]["runtime"] = TFLiteModel(model_bytes).runtime.value
+
+    broker: RunningBroker | None = None
+    if broker_url:
+        from shared.mqtt import parse_url
+
+        _, port, _ = parse_url(broker_url)
+        broker = RunningBroker("external", port, subprocess.Popen(["true"]), workdir)
+    else:
+        broker = start_mosquitto(workdir=workdir) if mosquitto_path() else start_amqtt(workdir=workdir)
+    try:
+        with console.status(f"agent end to end through {broker.kind}…"):
+            results["agent_e2e_int8"] = _agent_e2e(workdir, broker, home, exports["int8"].bundle_dir)
+    finally:
+        broker.stop()
+
+    out.write_text(json.dumps(results, indent=2))
+    table = Table(title="edgesentry bench", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for q in exports:
+        for k, v in results["interpreter"][q].items():
+            table.add_row(f"interpreter {q} {k}", str(v))
+        table.add_row(f"{q} tflite / bundle bytes", f"{results['sizes'][q]['tflite_bytes']} / {results['sizes'][q]['bundle_bytes']}")
+    for k, v in results["agent_e2e_int8"].items():
+        table.add_row(f"agent e2e {k}", str(v))
+    console.print(table)
+    console.print(f"written to {out}")
+    return results

@@ -1,0 +1,85 @@
+"""Shared fixtures: real brokers on free loopback ports, a hub home, a small trained model."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.brokers import RunningBroker, mosquitto_path, start_amqtt, start_mosquitto
+from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[RunningBroker]:
+    """A real Mosquitto on an ephemeral loopback port, stopped after the test."""
+    if mosquitto_path() is None:
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does this)")
+    broker = start_mosquitto(workdir=tmp_path)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def amqtt_broker(tmp_path: Path) -> Iterator[RunningBroker]:
+    broker = start_amqtt(workdir=tmp_path)
+    yield broker
+    broker.stop()
+
+
+def simulated_series(seconds: float, seed: int = 1, rate_hz: float = 20.0, period_s: float = 20.0,
+                     t0: float = 1_700_000_000.0) -> tuple[np.ndarray, np.ndarray]:
+    """Normal multichannel readings from the demo simulator: (timestamps, values with NaN gaps)."""
+    sim = DeviceSimulator("sim", seed, period_s, rate_hz)
+    ts = t0 + np.arange(int(seconds * rate_hz)) / rate_hz
+    rows = []
+    for t in ts:
+        v = sim.reading(float(t))
+        rows.append([np.nan if v[f] is None else v[f] for f in FEATURES])
+    return ts, np.asarray(rows)
+
+
+def write_csv(path: Path, ts: np.ndarray, values: np.ndarray) -> Path:
+    with open(path, "w") as fh:
+        fh.write("timestamp," + ",".join(FEATURES) + "\n")
+        for t, row in zip(ts, values, strict=True):
+            fh.write(f"{t:.3f}," + ",".join("" if np.isnan(v) else f"{v:.6f}" for v in row) + "\n")
+    return path
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
+    """Poll a condition another process makes true (e.g. a database row); fail after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A hub home with model v1 trained on simulated normal data (few epochs) and exported int8."""
+    from dataclasses import replace
+
+    from cloud_hub import training
+    from cloud_hub.data import from_csv
+    from cloud_hub.export import Quantization, export
+    from cloud_hub.home import HubHome
+
+    root = tmp_path_factory.mktemp("hub")
+    home = HubHome(root / "home")
+    home.init()
+    ts, values = simulated_series(120)
+    csv = write_csv(root / "train.csv", ts, values)
+    cfg = replace(home.config().training, epochs=8, window=16)
+    result = training.train(home, from_csv(csv), cfg)
+    exported = export(home, result.version, Quantization.INT8)
+    return home, exported

@@ -1,0 +1,126 @@
+"""Bundles: signature and hashes are checked before anything is used; tampering is refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+
+from shared import bundle as b
+from shared import signing
+from shared.preprocessing import PreprocessParams
+from shared.scoring import ScoringParams
+
+MODEL = b"TFL3-not-really-a-model" * 10
+
+
+def _files(key):  # type: ignore[no-untyped-def]
+    manifest = b.build_manifest(
+        name="ae-lstm",
+        version=3,
+        preprocessing=PreprocessParams(features=["a", "b"], window=8, denoise_threshold=[0.1, 0.1],
+                                       scale_min=[0, 0], scale_max=[1, 1]),
+        scoring=ScoringParams(rec_ref=[1.0, 1.0], pred_ref=[1.0, 1.0], threshold=2.0),
+        quantization=b.Quantization(mode="int8"),
+        files={b.MODEL_FILE: MODEL},
+    )
+    return b.signed_files(manifest, {b.MODEL_FILE: MODEL}, key)
+
+
+@pytest.fixture
+def key():  # type: ignore[no-untyped-def]
+    return signing.generate_private_key()
+
+
+def test_valid_bundle_round_trips_through_archive_and_directory(key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    files = _files(key)
+    loaded = b.load_archive(b.pack(files), [key.public_key()])
+    assert loaded.manifest.version == 3 and loaded.model_bytes == MODEL
+    b.write_dir(tmp_path / "bundle", files)
+    assert b.load_dir(tmp_path / "bundle", [key.public_key()]).manifest.scoring.threshold == 2.0
+    assert b.pack(files) == b.pack(files)  # deterministic archives
+
+
+def _expect(code: b.BundleErrorCode, files: dict[str, bytes], trusted) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(b.BundleError) as err:
+        b.load_archive(b.pack(files), trusted)
+    assert err.value.code == code
+
+
+def test_tampered_model_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    files = _files(key)
+    files[b.MODEL_FILE] = MODEL[:-1] + b"X"
+    _expect(b.BundleErrorCode.HASH_MISMATCH, files, [key.public_key()])
+
+
+def test_tampered_manifest_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    files = _files(key)
+    manifest = json.loads(files[b.MANIFEST])
+    manifest["scoring"]["threshold"] = 1e9  # e.g. silence all alarms
+    files[b.MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, files, [key.public_key()])
+
+
+def test_untrusted_key_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    other = signing.generate_private_key()
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, _files(other), [key.public_key()])
+
+
+def test_resigned_by_attacker_with_same_key_id_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    files = _files(signing.generate_private_key())
+    sig = json.loads(files[b.SIGNATURE])
+    sig["key_id"] = signing.key_id(key.public_key())
+    files[b.SIGNATURE] = json.dumps(sig).encode()
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, files, [key.public_key()])
+
+
+def test_missing_signature_and_extra_files_are_refused(key) -> None:  # type: ignore[no-untyped-def]
+    files = _files(key)
+    _expect(b.BundleErrorCode.MISSING_FILE, {k: v for k, v in files.items() if k != b.SIGNATURE}, [key.public_key()])
+    _expect(b.BundleErrorCode.UNEXPECTED_FILE, {**files, "run.sh": b"rm -rf /"}, [key.public_key()])
+    _expect(b.BundleErrorCode.MISSING_FILE, {k: v for k, v in files.items() if k != b.MODEL_FILE}, [key.public_key()])
+
+
+def test_archive_with_paths_links_or_garbage_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../etc/passwd")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(b.BundleError) as err:
+        b.load_archive(buf.getvalue(), [key.public_key()])
+    assert err.value.code == b.BundleErrorCode.UNEXPECTED_FILE
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        link = tarfile.TarInfo(b.MODEL_FILE)
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/shadow"
+        tar.addfile(link)
+    with pytest.raises(b.BundleError):
+        b.load_archive(buf.getvalue(), [key.public_key()])
+
+    with pytest.raises(b.BundleError) as err:
+        b.load_archive(b"definitely not a tarball", [key.public_key()])
+    assert err.value.code == b.BundleErrorCode.BAD_ARCHIVE
+
+
+def test_oversized_archive_is_refused(key) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(b.BundleError) as err:
+        b.load_archive(b.pack(_files(key)), [key.public_key()], max_bytes=100)
+    assert err.value.code == b.BundleErrorCode.TOO_LARGE
+
+
+def test_agent_store_writes_nothing_for_a_refused_bundle(key, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.model_store import ModelStore
+
+    store = ModelStore(tmp_path, [key.public_key()])
+    files = _files(key)
+    files[b.MODEL_FILE] = b"evil"
+    with pytest.raises(b.BundleError):
+        store.install(b.pack(files))
+    assert not store.has(3) and list((tmp_path / "models").iterdir()) == []
+    store.install(b.pack(_files(key)))
+    assert store.has(3) and store.load(3).model_bytes == MODEL

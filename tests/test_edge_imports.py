@@ -1,0 +1,48 @@
+"""The edge must run on a Pi: no TensorFlow, Keras, scipy or SQLAlchemy, even while scoring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+FORBIDDEN = ("tensorflow", "keras", "scipy", "sqlalchemy", "tf_keras")
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_importing_the_agent_pulls_in_no_hub_library() -> None:
+    loaded = _run(f"""
+        import sys, pkgutil, importlib, edge_agent, shared
+        for pkg in (edge_agent, shared):
+            for m in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(pkg.__name__ + "." + m.name)
+        print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})))
+    """)
+    assert loaded == ""
+
+
+def test_scoring_a_real_bundle_pulls_in_no_hub_library(trained_home) -> None:  # type: ignore[no-untyped-def]
+    home, exported = trained_home
+    loaded = _run(f"""
+        import sys, numpy as np
+        from shared import bundle
+        from shared.signing import parse_public_key
+        from edge_agent.detector import ActiveModel, StreamingDetector
+        b = bundle.load_dir(__import__("pathlib").Path({str(exported.bundle_dir)!r}),
+                            [parse_public_key({home.public_key()!r})])
+        d = StreamingDetector(); m = ActiveModel.from_bundle(b); d.swap(m)
+        feats = m.preprocessing.features
+        out = d.push([(float(i), {{f: float(np.sin(i / 5)) for f in feats}}) for i in range(40)])
+        assert len(out) == 40 - m.preprocessing.window + 1, len(out)
+        assert m.model.runtime.value == "litert", m.model.runtime
+        print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})))
+    """)
+    assert loaded == ""

@@ -1,0 +1,41 @@
+"""Export: every quantization converts, runs in LiteRT, and records agreement with Keras."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared import bundle as bundle_fmt
+from shared.inference import TFLiteModel
+from shared.signing import parse_public_key
+
+pytestmark = pytest.mark.integration
+
+
+def test_int8_bundle_is_fully_integer_and_agrees_with_keras(trained_home) -> None:  # type: ignore[no-untyped-def]
+    home, exported = trained_home
+    bundle = bundle_fmt.load_dir(exported.bundle_dir, [parse_public_key(home.public_key())])
+    m = bundle.manifest
+    assert m.quantization.mode == "int8" and m.version == 1 and m.name == "ae-lstm"
+    model = TFLiteModel(bundle.model_bytes)
+    assert model.input_dtype == np.int8
+    agree = m.quantization.agreement
+    assert agree is not None and agree.windows > 100
+    assert agree.score_pearson > 0.8 and agree.flag_agreement > 0.95
+    manifest = json.loads(bundle.files[bundle_fmt.MANIFEST])
+    assert manifest["files"][bundle_fmt.MODEL_FILE]["sha256"] == bundle_fmt.sha256_hex(bundle.model_bytes)
+
+
+@pytest.mark.parametrize("mode", ["float32", "float16", "dynamic"])
+def test_other_quantizations_export(trained_home, mode: str) -> None:  # type: ignore[no-untyped-def]
+    from cloud_hub.export import Quantization, export
+
+    home, int8 = trained_home
+    r = export(home, 1, Quantization(mode))
+    assert r.agreement.score_pearson > 0.99 and r.agreement.flag_agreement > 0.99
+    model = TFLiteModel((r.bundle_dir / bundle_fmt.MODEL_FILE).read_bytes())
+    assert model.input_dtype == np.float32
+    if mode == "float32":
+        assert r.tflite_bytes > int8.tflite_bytes

@@ -1,0 +1,95 @@
+"""Preprocessing: each step, and parity between the hub's training windows and the edge's stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.preprocessing import (
+    PreprocessParams,
+    fit_preprocessing,
+    interpolate_gaps,
+    preprocess_windows,
+    series_windows,
+    sliding_windows,
+    wavelet_denoise,
+)
+from tests.conftest import simulated_series
+
+
+def test_interpolation_is_linear_inside_and_holds_at_the_ends() -> None:
+    x = np.array([[np.nan, 1.0, np.nan, 3.0, np.nan]]).T[None]  # (1, 5, 1)
+    out = interpolate_gaps(x)[0, :, 0]
+    assert out.tolist() == [1.0, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_all_missing_channel_takes_the_fallback() -> None:
+    x = np.full((1, 4, 2), np.nan)
+    x[0, :, 0] = [1, 2, 3, 4]
+    out = interpolate_gaps(x, fallback=np.array([0.0, 7.0]))
+    assert out[0, :, 1].tolist() == [7.0] * 4
+
+
+def test_sliding_windows_shape_and_order() -> None:
+    series = np.arange(10, dtype=float).reshape(5, 2)
+    w = sliding_windows(series, 3)
+    assert w.shape == (3, 3, 2)
+    assert w[1, :, 0].tolist() == [2.0, 4.0, 6.0]
+
+
+def test_denoising_reduces_noise_but_keeps_a_spike() -> None:
+    rng = np.random.default_rng(0)
+    clean = np.sin(np.linspace(0, 3, 64))
+    noisy = clean + rng.normal(0, 0.1, 64)
+    noisy_spike = noisy.copy()
+    noisy_spike[40] += 2.0
+    thresh = np.array([0.1 * np.sqrt(2 * np.log(64))])
+    out = wavelet_denoise(np.stack([noisy, noisy_spike])[:, :, None], "db4", 1, thresh)[:, :, 0]
+    assert np.mean((out[0] - clean) ** 2) < 0.6 * np.mean((noisy - clean) ** 2)
+    assert out[1, 40] - clean[40] > 1.0  # the spike survives soft thresholding
+
+
+def test_fitted_scaler_maps_training_data_to_unit_range() -> None:
+    _, values = simulated_series(30)
+    params = fit_preprocessing([values], ["a", "b", "c", "d"], window=16)
+    x = series_windows(values, params)
+    assert x.dtype == np.float32
+    assert x.min() == pytest.approx(0.0, abs=1e-6) and x.max() == pytest.approx(1.0, abs=1e-6)
+    assert PreprocessParams.from_dict(params.to_dict()) == params
+
+
+def test_wrong_window_shape_is_refused() -> None:
+    _, values = simulated_series(10)
+    params = fit_preprocessing([values], ["a", "b", "c", "d"], window=16)
+    with pytest.raises(ValueError, match="expected windows of shape"):
+        preprocess_windows(np.zeros((1, 8, 4)), params)
+
+
+def test_hub_and_edge_produce_identical_windows(trained_home) -> None:  # type: ignore[no-untyped-def]
+    """Readings streamed one by one (and in bursts) through the edge detector give exactly the arrays
+    the hub builds for training from the same series, gaps included."""
+    from edge_agent.detector import ActiveModel, StreamingDetector
+    from shared import bundle as bundle_fmt
+    from shared.signing import parse_public_key
+
+    home, exported = trained_home
+    bundle = bundle_fmt.load_dir(exported.bundle_dir, [parse_public_key(home.public_key())])
+    model = ActiveModel.from_bundle(bundle)
+    params = model.preprocessing
+    ts, values = simulated_series(20, seed=5)
+    values[10:14, 1] = np.nan  # a gap the edge must interpolate the same way
+    values[30, :] = np.nan
+    hub = series_windows(values, params)
+
+    detector = StreamingDetector()
+    detector.swap(model)
+    edge = []
+    readings = [(float(t), {f: (None if np.isnan(v) else float(v)) for f, v in zip(params.features, row, strict=True)})
+                for t, row in zip(ts, values, strict=True)]
+    i = 0
+    for size in [1] * 40 + [7, 64, 3]:  # one at a time, then bursts scored in batches
+        edge += [s.window for s in detector.push(readings[i : i + size])]
+        i += size
+    edge += [s.window for s in detector.push(readings[i:])]
+    assert len(edge) == len(hub)
+    assert np.array_equal(np.stack(edge), hub)

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -58,7 +59,8 @@ def _training_config(home: HubHome, epochs: int | None, window: int | None, alph
     from dataclasses import replace
 
     cfg = home.config().training
-    overrides = {k: v for k, v in dict(epochs=epochs, window=window, alpha=alpha, beta=beta).items() if v is not None}
+    given: dict[str, Any] = {"epochs": epochs, "window": window, "alpha": alpha, "beta": beta}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         return replace(cfg, **overrides)
     except ValueError as exc:
@@ -117,11 +119,16 @@ def train(ctx: click.Context, data_path: Path | None, synced: bool, features: st
         raise click.ClickException(str(exc)) from None
 
 
-def _export(home: HubHome, version: int, quantization: str) -> None:
+def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None) -> None:
     from cloud_hub.export import Quantization, export
+    from shared.profiles import load_profile
 
+    budget = load_profile(profile) if profile else None
     with console.status(f"exporting v{version} as {quantization}…"):
         r = export(home, version, Quantization(quantization))
+    if budget and r.tflite_bytes > budget.max_model_bytes:
+        raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
+                                   f"{budget.max_model_bytes} bytes")
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
@@ -134,14 +141,16 @@ QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
 @main.command()
 @click.option("--model", "version", type=int, required=True, help="Model version to export.")
 @click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Firmware profile whose model-size budget the export must meet.")
 @click.pass_context
-def export(ctx: click.Context, version: int, quantization: tuple[str, ...]) -> None:
+def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None) -> None:
     """Convert a version to TFLite, measure agreement with Keras, write a signed bundle."""
     home = _home(ctx)
     for q in quantization:
         try:
-            _export(home, version, q)
-        except ValueError as exc:
+            _export(home, version, q, profile)
+        except (ValueError, SchemaError) as exc:
             raise click.ClickException(str(exc)) from None
 
 

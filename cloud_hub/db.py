@@ -39,12 +39,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class RolloutState(str, enum.Enum):
+class RolloutState(enum.StrEnum):
     ACTIVE = "active"  # announced; agents are fetching/activating
     SUPERSEDED = "superseded"  # a later rollout replaced it
 
 
-class DeviceRolloutState(str, enum.Enum):
+class DeviceRolloutState(enum.StrEnum):
     PENDING = "pending"
     REQUESTED = "requested"
     ACTIVATED = "activated"

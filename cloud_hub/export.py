@@ -29,7 +29,7 @@ from shared.scoring import ScoringParams, anomaly_score, calibrate, window_error
 log = logging.getLogger(__name__)
 
 
-class Quantization(str, enum.Enum):
+class Quantization(enum.StrEnum):
     INT8 = "int8"  # full integer: int8 weights, activations, inputs and outputs
     FLOAT16 = "float16"
     DYNAMIC = "dynamic"  # int8 weights, float activations
@@ -78,13 +78,11 @@ def perturbed(val: np.ndarray, seed: int) -> np.ndarray:
     """Held-out windows plus a perturbed copy (spike or level shift on one channel, last readings),
     so flag agreement is measured on windows either side of the threshold, not only normal ones."""
     rng = np.random.default_rng(seed)
-    x = val.copy()
-    b, w, f = x.shape
-    ch = rng.integers(0, f, b)
-    mag = rng.uniform(0.05, 1.0, b) * rng.choice([-1, 1], b)
-    span = rng.integers(1, w // 2, b)
-    for i in range(b):
-        x[i, w - span[i] :, ch[i]] += mag[i]
+    b, w, f = val.shape
+    channel = np.eye(f)[rng.integers(0, f, b)]  # (b, f) one-hot
+    tail = np.arange(w)[None, :] >= (w - rng.integers(1, w // 2, b))[:, None]  # (b, w): last readings
+    magnitude = rng.uniform(0.05, 1.0, b) * rng.choice([-1, 1], b)
+    x = val + tail[:, :, None] * channel[:, None, :] * magnitude[:, None, None]
     return np.concatenate([val, x]).astype(np.float32)
 
 

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class HubServer:
     # ------------------------------------------------------------------ storage worker
 
     def _work(self) -> None:
-        handlers = {
+        handlers: dict[p.Channel, Callable[[Session, str, Any, float], None]] = {
             p.Channel.ANOMALY: self._anomaly,
             p.Channel.HEARTBEAT: self._heartbeat,
             p.Channel.STATUS: self._status,

@@ -23,7 +23,8 @@ from edge_agent.readings_queue import Reading, ReadingQueue
 from edge_agent.sources import CsvReplay
 from shared import __version__
 from shared.bundle import BundleError
-from shared.mqtt import connect, make_client, start as start_mqtt
+from shared.mqtt import connect, make_client
+from shared.mqtt import start as start_mqtt
 from shared.protocol import (
     MAX_SYNC_ROWS,
     PROTOCOL_VERSION,
@@ -199,7 +200,7 @@ class Agent:
         except Exception:  # a bug must not kill the network thread
             log.exception("error handling message on %s", topic)
 
-    def _handle_readings(self, topic: str, payload: bytes) -> None:
+    def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
         try:
             batch: Readings = decode(Channel.READINGS, payload)
         except ProtocolError as exc:
@@ -207,7 +208,7 @@ class Agent:
             return
         self.queue.put([(r.ts, r.values) for r in batch.readings])
 
-    def _handle_announcement(self, topic: str, payload: bytes) -> None:
+    def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
         ann = None if not payload else decode(Channel.MODEL, payload)
         with self._lock:
             if topic == fleet_model_topic():

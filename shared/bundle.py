@@ -37,7 +37,7 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
 
 
-class BundleErrorCode(str, enum.Enum):
+class BundleErrorCode(enum.StrEnum):
     BAD_ARCHIVE = "bad_archive"
     TOO_LARGE = "too_large"
     MISSING_FILE = "missing_file"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 
-class Runtime(str, enum.Enum):
+class Runtime(enum.StrEnum):
     AUTO = "auto"
     LITERT = "litert"
     TFLITE_RUNTIME = "tflite_runtime"
@@ -23,7 +23,7 @@ class Runtime(str, enum.Enum):
 _MODULES = {
     Runtime.LITERT: "ai_edge_litert.interpreter",
     Runtime.TFLITE_RUNTIME: "tflite_runtime.interpreter",
-    Runtime.TENSORFLOW: "tensorflow.lite",
+    Runtime.TENSORFLOW: "tensorflow.lite.python.interpreter",  # what tf.lite.Interpreter is
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -63,7 +64,7 @@ def connect(client: mqtt.Client, cfg: BrokerConfig, timeout_s: float = 15.0) -> 
     host, port, _ = parse_url(cfg.url)
     connected = threading.Event()
     failure: list[str] = []
-    previous = client.on_connect
+    previous: Any = client.on_connect
 
     def on_connect(c: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):

@@ -32,7 +32,7 @@ DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 log = logging.getLogger(__name__)
 
 
-class Channel(str, enum.Enum):
+class Channel(enum.StrEnum):
     """Per-device sub-topics: ``edgesentry/<device>/<channel>``."""
 
     READINGS = "readings"  # sensor readings into the agent (local source)
@@ -46,7 +46,7 @@ class Channel(str, enum.Enum):
     MODEL_CHUNK = "model/chunk"  # hub → agent: one chunk of a bundle archive
 
 
-class RejectReason(str, enum.Enum):
+class RejectReason(enum.StrEnum):
     TOO_LARGE = "too_large"
     NOT_JSON = "not_json"
     NOT_OBJECT = "not_object"
@@ -100,12 +100,12 @@ def parse_topic(topic: str) -> tuple[str, Channel]:
 # ----------------------------------------------------------------------------------------- messages
 
 
-class AgentState(str, enum.Enum):
+class AgentState(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     NONE = "none"  # no model yet: the agent buffers and syncs but does not score
     DOWNLOADING = "downloading"
     ACTIVE = "active"
@@ -278,7 +278,7 @@ def encode(message: Any) -> bytes:
     return data
 
 
-def decode(channel: Channel, payload: bytes, *, device: str | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+def decode(channel: Channel, payload: bytes | bytearray, *, device: str | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """Validate ``payload`` for ``channel``; if ``device`` is given, the message must name it."""
     if len(payload) > max_bytes:
         raise ProtocolError(RejectReason.TOO_LARGE, f"{len(payload)} bytes > {max_bytes}")
@@ -291,7 +291,7 @@ def decode(channel: Channel, payload: bytes, *, device: str | None = None, max_b
     if data.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(RejectReason.BAD_VERSION, f"unsupported protocol version {data.get('v')!r}")
     try:
-        msg = load(SCHEMAS[channel], data, strict=False)
+        msg: Any = load(SCHEMAS[channel], data, strict=False)
     except SchemaError as exc:
         raise ProtocolError(RejectReason.SCHEMA, str(exc)[:300]) from None
     msg_device = getattr(msg, "device", None)

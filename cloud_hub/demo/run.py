@@ -30,8 +30,19 @@ from cloud_hub.demo.simulator import DeviceSimulator, Injected
 from cloud_hub.home import HubHome
 from shared.metrics import match_events, percentile
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, AgentState, Channel, Reading, Readings, Status, decode, device_topic, \
-    encode, parse_topic, subscription
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    AgentState,
+    Channel,
+    Reading,
+    Readings,
+    Status,
+    decode,
+    device_topic,
+    encode,
+    parse_topic,
+    subscription,
+)
 
 DEVICES = ["gw-north", "gw-south", "gw-east"]
 RATE_HZ = 20.0

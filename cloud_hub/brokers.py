@@ -19,6 +19,8 @@ persistence false
 max_queued_messages 1000000
 max_inflight_messages 100
 message_size_limit 1048576
+# Small QoS-1 messages otherwise wait on Nagle + delayed ACK (a steady ~40 ms on loopback).
+set_tcp_nodelay true
 log_dest stderr
 log_type error
 log_type warning

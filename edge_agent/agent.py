@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -22,7 +23,7 @@ from edge_agent.model_store import Assembly, ModelStore
 from edge_agent.readings_queue import Reading, ReadingQueue
 from edge_agent.sources import CsvReplay
 from shared import __version__
-from shared.bundle import BundleError
+from shared.bundle import Bundle, BundleError
 from shared.mqtt import connect, make_client
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
@@ -266,21 +267,17 @@ class Agent:
         threading.Thread(target=self._install, args=(chunk.version, archive), daemon=True).start()
 
     def _install(self, version: int, archive: bytes) -> None:
-        try:
-            bundle = self.store.install(archive)
-            if bundle.manifest.version != version:
-                raise ValueError(f"bundle says version {bundle.manifest.version}, announced {version}")
-            model = ActiveModel.from_bundle(bundle, self.cfg.detector.runtime, self.cfg.detector.num_threads)
-        except (BundleError, ValueError, RuntimeError) as exc:
-            with self._lock:
-                self._installing = None
-                self._fail(version, str(exc))
-            return
-        self._commit(model)
+        self._load_and_commit(version, lambda: self.store.install(archive))
 
     def _install_stored(self, version: int) -> None:
+        self._load_and_commit(version, lambda: self.store.load(version))
+
+    def _load_and_commit(self, version: int, get_bundle: Callable[[], Bundle]) -> None:
+        """Verify (inside ``get_bundle``), load into an interpreter, then swap; or record the refusal."""
         try:
-            bundle = self.store.load(version)
+            bundle = get_bundle()
+            if bundle.manifest.version != version:
+                raise ValueError(f"bundle says version {bundle.manifest.version}, announced {version}")
             model = ActiveModel.from_bundle(bundle, self.cfg.detector.runtime, self.cfg.detector.num_threads)
         except (BundleError, ValueError, RuntimeError) as exc:
             with self._lock:

@@ -36,7 +36,7 @@ def test_csv_replay_scores_every_row_with_the_model_on_disk(tmp_path: Path, mosq
     store.set_active(1)
     ts, values = simulated_series(60, seed=1, t0=1_700_100_000.0)  # the trained device, later on
     values[700:703, 0] += 40.0  # a spike the model must report
-    csv = write_csv(tmp_path / "replay.csv", ts, values)
+    write_csv(tmp_path / "replay.csv", ts, values)
     conf = tmp_path / "agent.toml"
     conf.write_text(f"""device_id = "gw-csv"
 state_dir = "state"

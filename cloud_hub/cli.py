@@ -282,6 +282,27 @@ def devices(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--device", help="Only this device.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_context
+def events(ctx: click.Context, device: str | None, limit: int) -> None:
+    """Most recent anomaly events."""
+    from datetime import UTC, datetime
+
+    home = _home(ctx)
+    query = select(db.AnomalyEvent).order_by(db.AnomalyEvent.ts.desc()).limit(limit)
+    if device:
+        query = query.where(db.AnomalyEvent.device_id == device)
+    table = Table("time (UTC)", "device", "score", "threshold", "model", "top features", "latency ms")
+    with home.sessions()() as s:
+        for e in s.scalars(query):
+            table.add_row(datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.device_id,
+                          f"{e.score:.2f}", f"{e.threshold:.2f}", f"v{e.model_version}", ", ".join(e.top_features),
+                          f"{(e.received_at - e.ts) * 1000:.1f}")
+    console.print(table)
+
+
+@main.command()
 @click.option("--broker", help="Use this broker instead of starting an embedded one.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
 @click.option("--summary", type=click.Path(path_type=Path), default=Path("demo-summary.json"), show_default=True)

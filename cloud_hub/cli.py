@@ -196,10 +196,10 @@ def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dic
     def on_update(device: str, status: object) -> None:
         if getattr(status, "model_version", None) == version:
             console.print(f"  {device}: activated v{version}")
-        elif getattr(status, "failed_version", None) == version:
+        elif getattr(status, "failed_version", None) == version and getattr(status, "rollout_id", None) == info.rollout_id:
             console.print(f"  {device}: [red]refused v{version}: {getattr(status, 'error', '')}[/]")
 
-    latest = ro.wait_for_activation(home, version, set(info.devices), wait, on_update)
+    latest = ro.wait_for_activation(home, version, set(info.devices), wait, on_update, info.rollout_id)
     activated = sorted(d for d, st in latest.items() if st.model_version == version)
     missing = sorted(set(info.devices) - set(activated))
     console.print(f"v{version} active on {len(activated)}/{len(info.devices)} device(s)"

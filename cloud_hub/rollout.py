@@ -105,8 +105,10 @@ def wait_for_activation(
     devices: set[str],
     timeout_s: float,
     on_update: Callable[[str, Status], None] | None = None,
+    rollout_id: int | None = None,
 ) -> dict[str, Status]:
-    """Watch agents' retained status until every device in ``devices`` runs ``version`` or fails it.
+    """Watch agents' retained status until every device in ``devices`` runs ``version`` or refused it
+    in answer to this rollout (a refusal left over from an earlier rollout does not count).
 
     Returns the last status seen per device.  Event-driven: woken by each status message.
     """
@@ -126,12 +128,12 @@ def wait_for_activation(
         if on_update:
             on_update(device, status)
 
+    def refused(st: Status) -> bool:
+        return (st.model_state == ModelState.FAILED and st.failed_version == version
+                and (rollout_id is None or st.rollout_id == rollout_id))
+
     def done() -> bool:
-        return all(
-            d in latest and (latest[d].model_version == version or
-                             (latest[d].model_state == ModelState.FAILED and latest[d].failed_version == version))
-            for d in devices
-        )
+        return all(d in latest and (latest[d].model_version == version or refused(latest[d])) for d in devices)
 
     client = make_client(cfg.broker, "hub-rollout-watch")
     client.on_connect = lambda c, *_: c.subscribe(subscription(Channel.STATUS), qos=1)

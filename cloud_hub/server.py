@@ -154,7 +154,7 @@ class HubServer:
             return
         if m.model_version == rollout.version:
             self._rollout_device(s, rollout.id, device, db.DeviceRolloutState.ACTIVATED, "", now)
-        elif m.failed_version == rollout.version:
+        elif m.failed_version == rollout.version and m.rollout_id in (None, rollout.id):
             self._rollout_device(s, rollout.id, device, db.DeviceRolloutState.FAILED, m.error, now)
 
     def _rollout_device(self, s: Session, rollout_id: int, device: str, state: db.DeviceRolloutState,

@@ -212,6 +212,9 @@ class Agent:
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
         ann = None if not payload else decode(Channel.MODEL, payload)
         with self._lock:
+            previous = self._fleet_ann if topic == fleet_model_topic() else self._device_ann
+            if ann is not None and (previous is None or previous.rollout_id != ann.rollout_id):
+                self._failed.pop(ann.version, None)  # a new rollout may fix what made us refuse it
             if topic == fleet_model_topic():
                 self._fleet_ann = ann
             else:
@@ -314,6 +317,7 @@ class Agent:
             runtime=self._runtime,
             error=self._failed.get(failed, "")[:500] if failed is not None else "",
             failed_version=failed,
+            rollout_id=target.rollout_id if (target := self._target()) else None,
         )
 
     def _publish_status(self) -> None:

@@ -178,6 +178,7 @@ class Status:
     runtime: str = doc("TFLite runtime in use (litert, tflite_runtime, tensorflow).", default="")
     error: str = doc("Why the last bundle was refused, if it was.", default="")
     failed_version: int | None = doc("Version of the refused bundle.", default=None)
+    rollout_id: int | None = doc("Rollout whose announcement the model state answers.", default=None)
 
 
 @dataclass(frozen=True)

@@ -234,11 +234,25 @@ def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosqu
                             sha256=bundle_fmt.sha256_hex(evil)))
             s.commit()
         info = rollout.start(home, 1, "int8")
-        statuses = rollout.wait_for_activation(home, 1, {DEVICE}, 30)
-        assert statuses[DEVICE].model_version is None
+        statuses = rollout.wait_for_activation(home, 1, {DEVICE}, 30, rollout_id=info.rollout_id)
+        assert statuses[DEVICE].model_version is None and statuses[DEVICE].rollout_id == info.rollout_id
         assert statuses[DEVICE].failed_version == 1 and "untrusted key" in statuses[DEVICE].error
         wait_until(lambda: _rollout_state(home, info.rollout_id) == db.DeviceRolloutState.FAILED, 10, "failure recorded")
         wait_until(lambda: _heartbeat_rejected(home) >= 1, 10, "rejection in heartbeat")
+
+        # The operator fixes the bundle (signed by the key the agent trusts) and rolls out v1 again.
+        good = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: files[bundle_fmt.MODEL_FILE]},
+                                                       trusted.signing_key()))
+        path.write_bytes(good)
+        with home.sessions()() as s:
+            row = s.scalars(select(db.Bundle)).one()
+            row.size, row.sha256 = len(good), bundle_fmt.sha256_hex(good)
+            s.commit()
+        again = rollout.start(home, 1, "int8")
+        statuses = rollout.wait_for_activation(home, 1, {DEVICE}, 30, rollout_id=again.rollout_id)
+        assert statuses[DEVICE].model_version == 1
+        wait_until(lambda: _rollout_state(home, again.rollout_id) == db.DeviceRolloutState.ACTIVATED, 10,
+                   "re-rollout recorded as activated")
     finally:
         agent.terminate()
         assert agent.wait(30) == 0

@@ -88,6 +88,7 @@ class Agent:
         self._model_state = ModelState.NONE
         self._runtime = ""
         self._sync: deque[tuple[float, dict[str, float | None], int]] = deque(maxlen=cfg.sync.max_buffered_rows)
+        self._tele_lock = threading.Lock()
         self._tele_n = 0
         self._tele_sum = 0.0
         self._tele_max = 0.0
@@ -336,10 +337,12 @@ class Agent:
         self.counters.received += len(batch)
         self.counters.scored += len(scored)
         flags = [0] * (len(batch) - len(scored)) + [int(s.anomalous) for s in scored]
+        if scored:
+            with self._tele_lock:
+                self._tele_n += len(scored)
+                self._tele_sum += sum(s.score for s in scored)
+                self._tele_max = max(self._tele_max, *(s.score for s in scored))
         for s in scored:
-            self._tele_n += 1
-            self._tele_sum += s.score
-            self._tele_max = max(self._tele_max, s.score)
             if self.tracker.update(s.anomalous):
                 self._report(s)
         if self.cfg.sync.enabled:
@@ -415,8 +418,9 @@ class Agent:
         self.client.publish(self._topic(Channel.HEARTBEAT), encode(hb), qos=0)
 
     def _telemetry(self) -> None:
-        n, total, peak = self._tele_n, self._tele_sum, self._tele_max
-        self._tele_n, self._tele_sum, self._tele_max = 0, 0.0, 0.0
+        with self._tele_lock:
+            n, total, peak = self._tele_n, self._tele_sum, self._tele_max
+            self._tele_n, self._tele_sum, self._tele_max = 0, 0.0, 0.0
         msg = Telemetry(
             v=PROTOCOL_VERSION,
             device=self.device,

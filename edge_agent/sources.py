@@ -37,18 +37,24 @@ class CsvReplay(threading.Thread):
             {f: (None if math.isnan(v) else float(v)) for f, v in zip(series.features, row, strict=True)}
             for row in series.values
         ]
-        batch = 1 if self.cfg.rate_hz and self.cfg.rate_hz <= 200 else 64
+        rate = self.cfg.rate_hz
+        batch = 1 if rate and rate <= 200 else 64
+        file_ts = series.timestamps
         while not self.stop_event.is_set():
-            start = time.monotonic()
+            start, wall_start = time.monotonic(), time.time()
             for i in range(0, len(rows), batch):
-                if self.cfg.rate_hz:
-                    due = start + i / self.cfg.rate_hz
-                    delay = due - time.monotonic()
+                if rate:
+                    delay = start + i / rate - time.monotonic()
                     if delay > 0 and self.stop_event.wait(delay):
                         break
-                now = time.time()
                 chunk = rows[i : i + batch]
-                stamps = [now] * len(chunk) if self.cfg.restamp else series.timestamps[i : i + batch].tolist()
+                if not self.cfg.restamp:
+                    stamps = file_ts[i : i + batch].tolist()
+                elif rate:  # the replay clock: when each reading is (due to be) emitted
+                    now = time.time()
+                    stamps = [now + k / rate for k in range(len(chunk))]
+                else:  # as fast as possible: keep the file's spacing, shifted to now
+                    stamps = (wall_start + file_ts[i : i + batch] - file_ts[0]).tolist()
                 self.sink(list(zip(stamps, chunk, strict=True)))
                 self.emitted += len(chunk)
             if not self.cfg.loop:

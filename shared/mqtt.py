@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str) -> mqtt.Client:
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
     )
+    client.on_socket_open = _no_delay
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -57,6 +59,12 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str) -> mqtt.Client:
     if tls:
         client.tls_set(ca_certs=cfg.ca_file or None)
     return client
+
+
+def _no_delay(_client: mqtt.Client, _userdata: object, sock: Any) -> None:
+    """Small QoS-1 messages must not wait for Nagle's algorithm (tens of ms on an idle link)."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect(client: mqtt.Client, cfg: BrokerConfig, timeout_s: float = 15.0) -> None:

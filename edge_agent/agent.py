@@ -368,6 +368,8 @@ class Agent:
             top_features=[names[i] for i in top],
         )
         self.counters.anomalies += 1
+        log.info("anomaly at %.3f: score %.2f > %.2f (model v%d; %s)", event.ts, event.score, event.threshold,
+                 event.model_version, ", ".join(event.top_features))
         self.client.publish(self._topic(Channel.ANOMALY), encode(event), qos=1)
 
     # ------------------------------------------------------------------ housekeeping

@@ -53,8 +53,9 @@ interval_s = 0.5
                              cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     broker = server = None
     try:
-        # No broker exists yet: the agent scores the whole file offline.
-        wait_until(lambda: "finished after 1200 readings" in log.read_text(), 60, "offline replay finished")
+        # No broker exists yet: the agent scores the file offline and raises the spike's event.
+        wait_until(lambda: "finished after 1200 readings" in log.read_text() and "anomaly at" in log.read_text(),
+                   60, "offline replay and the spike's event")
         broker_started = time.time()
         broker = start_mosquitto(port, workdir=tmp_path)
         home = HubHome(tmp_path / "hub")

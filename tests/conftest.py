@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,3 +85,21 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     result = training.train(home, from_csv(csv), cfg)
     exported = export(home, result.version, Quantization.INT8)
     return home, exported
+
+
+def start_agent(tmp_path: Path, device: str, public_key: str, broker_url: str, extra: str = "") -> tuple[
+        subprocess.Popen[bytes], Path]:
+    """Write an agent.toml in tmp_path (state in tmp_path/state) and run `edge-agent run` on it.
+
+    ``extra`` is appended TOML (top-level keys first, then tables). Returns the process and its log.
+    """
+    conf = tmp_path / "agent.toml"
+    top, _, tables = extra.strip().partition("\n[")
+    if top.startswith("["):
+        top, tables = "", extra.strip()[1:]
+    conf.write_text(f'device_id = "{device}"\nstate_dir = "state"\ntrusted_keys = ["{public_key}"]\n{top}\n'
+                    f'[broker]\nurl = "{broker_url}"\n' + (f"[{tables}\n" if tables else ""))
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)], cwd=REPO,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    return proc, log

@@ -23,27 +23,16 @@ from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, start_agent, wait_until
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-test"
 
 
 def _agent(tmp_path: Path, home: HubHome, broker: RunningBroker) -> subprocess.Popen[bytes]:
-    conf = tmp_path / "agent.toml"
-    conf.write_text(f"""device_id = "{DEVICE}"
-state_dir = "state"
-trusted_keys = ["{home.public_key()}"]
-heartbeat_s = 1.0
-telemetry_s = 1.0
-[broker]
-url = "{broker.url}"
-[sync]
-interval_s = 1.0
-""")
-    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)], cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc, _ = start_agent(tmp_path, DEVICE, home.public_key(), broker.url,
+                          "heartbeat_s = 1.0\ntelemetry_s = 1.0\n[sync]\ninterval_s = 1.0")
+    return proc
 
 
 class Sensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from cloud_hub.server import HubServer
 from edge_agent.model_store import ModelStore
 from shared import bundle as bundle_fmt
 from shared.signing import parse_public_key
-from tests.conftest import REPO, simulated_series, wait_until, write_csv
+from tests.conftest import simulated_series, start_agent, wait_until, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +32,14 @@ def test_reports_raised_while_offline_are_delivered_after_reconnect(tmp_path: Pa
     ts, values = simulated_series(60, seed=1, t0=1_700_200_000.0)
     values[900:903, 2] -= 30.0
     write_csv(tmp_path / "replay.csv", ts, values)
-    (tmp_path / "agent.toml").write_text(f"""device_id = "gw-offline"
-state_dir = "state"
-trusted_keys = ["{src_home.public_key()}"]
-heartbeat_s = 0.5
-[broker]
-url = "{url}"
+    agent, log = start_agent(tmp_path, "gw-offline", src_home.public_key(), url, """heartbeat_s = 0.5
 [[sources]]
 type = "csv"
 path = "replay.csv"
 rate_hz = 0
 restamp = false
 [sync]
-interval_s = 0.5
-""")
-    log = tmp_path / "agent.log"
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(tmp_path / "agent.toml")],
-                             cwd=REPO, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+interval_s = 0.5""")
     broker = server = None
     try:
         # No broker exists yet: the agent scores the file offline and raises the spike's event.

@@ -1,0 +1,57 @@
+"""The operator's path through the hub CLI: init → train from CSV → export (with a profile budget)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cloud_hub.cli import main
+from tests.conftest import REPO, simulated_series, write_csv
+
+pytestmark = pytest.mark.integration
+
+
+def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "hub")]
+    out = runner.invoke(main, [*home, "init"])
+    assert out.exit_code == 0 and "public key" in out.output
+    assert runner.invoke(main, [*home, "init"]).output.startswith("Already initialised")
+
+    ts, values = simulated_series(60)
+    csv = write_csv(tmp_path / "normal.csv", ts, values)
+    out = runner.invoke(main, [*home, "train", "--data", str(csv), "--epochs", "2", "--window", "16",
+                               "--features", "temperature,humidity"])
+    assert out.exit_code == 0, out.output
+    assert "Model v1 trained" in out.output
+
+    out = runner.invoke(main, [*home, "export", "--model", "1", "-q", "int8",
+                               "--profile", str(REPO / "firmware_profiles" / "rpi3-32.toml")])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((tmp_path / "hub" / "bundles" / "ae-lstm-v1-int8" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["features"] == ["temperature", "humidity"]
+    assert manifest["quantization"]["mode"] == "int8" and manifest["quantization"]["agreement"]["windows"] > 0
+
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\ndescription = "d"\narch = "armv7l"\nmax_model_bytes = 1000\n')
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(tiny)])
+    assert out.exit_code != 0 and "exceeds profile tiny's budget" in out.output
+
+
+def test_clear_errors_for_operator_mistakes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "nohub")]
+    out = runner.invoke(main, [*home, "train", "--synced"])
+    assert out.exit_code != 0 and "cloud-hub init" in out.output
+    runner.invoke(main, ["--home", str(tmp_path / "hub"), "init"])
+    out = runner.invoke(main, ["--home", str(tmp_path / "hub"), "train", "--synced"])
+    assert out.exit_code != 0 and "no synced data yet" in out.output
+    out = runner.invoke(main, ["--home", str(tmp_path / "hub"), "export", "--model", "7"])
+    assert out.exit_code != 0 and "does not exist" in out.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,a\n1,2\n")
+    out = runner.invoke(main, ["--home", str(tmp_path / "hub"), "train", "--data", str(bad)])
+    assert out.exit_code != 0 and "no 'timestamp' column" in out.output

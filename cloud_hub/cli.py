@@ -16,6 +16,8 @@ from rich.table import Table
 from sqlalchemy import select
 
 from cloud_hub import db
+from cloud_hub.config import TrainingConfig
+from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
 from shared.schema import SchemaError
 
@@ -55,7 +57,7 @@ def init(home: HubHome, broker: str, force: bool) -> None:
 
 
 def _training_config(home: HubHome, epochs: int | None, window: int | None, alpha: float | None,
-                      beta: float | None) -> object:
+                      beta: float | None) -> TrainingConfig:
     from dataclasses import replace
 
     cfg = home.config().training
@@ -67,18 +69,18 @@ def _training_config(home: HubHome, epochs: int | None, window: int | None, alph
         raise click.BadParameter(str(exc)) from None
 
 
-def _train(home: HubHome, data: object, cfg: object) -> int:
+def _train(home: HubHome, data: TrainingData, cfg: TrainingConfig) -> int:
     from cloud_hub import training
 
     with Progress(TextColumn("[bold]training[/] epoch {task.completed}/{task.total}"), BarColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("", total=cfg.epochs)  # type: ignore[attr-defined]
+        task = bar.add_task("", total=cfg.epochs)
 
         def on_epoch(epoch: int, total: int, logs: dict[str, float]) -> None:
             bar.update(task, completed=epoch,
                        description=f"loss {logs.get('loss', 0):.5f}  val_loss {logs.get('val_loss', 0):.5f}")
 
-        result = training.train(home, data, cfg, on_epoch=on_epoch)  # type: ignore[arg-type]
+        result = training.train(home, data, cfg, on_epoch=on_epoch)
         bar.update(task, total=result.info["epochs_run"], completed=result.info["epochs_run"])
     console.print(f"Model [bold]v{result.version}[/] trained on {result.info['train_windows']} windows "
                   f"({result.info['epochs_run']} epochs, val loss {result.info['final_val_loss']:.5f}); "
@@ -113,7 +115,7 @@ def train(ctx: click.Context, data_path: Path | None, synced: bool, features: st
             td = data.from_csv(data_path, feats, timestamp_column)
         else:
             with home.sessions()() as s:
-                td = data.from_synced(s, feats, window=cfg.window)  # type: ignore[attr-defined]
+                td = data.from_synced(s, feats, window=cfg.window)
         _train(home, td, cfg)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -253,7 +255,7 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
     cfg = _training_config(home, epochs, None, None, None)
     try:
         with home.sessions()() as s:
-            td = data.from_synced(s, window=cfg.window, since=time.time() - since if since else None)  # type: ignore[attr-defined]
+            td = data.from_synced(s, window=cfg.window, since=time.time() - since if since else None)
         console.print(f"synced data: {td.rows} readings, {len(td.features)} features, "
                       f"{td.excluded_rows} excluded around flagged anomalies")
         version = _train(home, td, cfg)

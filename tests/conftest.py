@@ -87,6 +87,14 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     return home, exported
 
 
+# An agent source that replays tmp_path/replay.csv as fast as it scores, keeping the file's timestamps.
+CSV_REPLAY_TOML = """[[sources]]
+type = "csv"
+path = "replay.csv"
+rate_hz = 0
+restamp = false"""
+
+
 def start_agent(tmp_path: Path, device: str, public_key: str, broker_url: str, extra: str = "") -> tuple[
         subprocess.Popen[bytes], Path]:
     """Write an agent.toml in tmp_path (state in tmp_path/state) and run `edge-agent run` on it.

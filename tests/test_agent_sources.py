@@ -18,7 +18,7 @@ from cloud_hub.server import HubServer
 from edge_agent.model_store import ModelStore
 from shared import bundle as bundle_fmt
 from shared.signing import parse_public_key
-from tests.conftest import REPO, simulated_series, start_agent, wait_until, write_csv
+from tests.conftest import CSV_REPLAY_TOML, REPO, simulated_series, start_agent, wait_until, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +37,7 @@ def test_csv_replay_scores_every_row_with_the_model_on_disk(tmp_path: Path, mosq
     ts, values = simulated_series(60, seed=1, t0=1_700_100_000.0)  # the trained device, later on
     values[700:703, 0] += 40.0  # a spike the model must report
     write_csv(tmp_path / "replay.csv", ts, values)
-    agent, _ = start_agent(tmp_path, "gw-csv", src_home.public_key(), mosquitto.url, """heartbeat_s = 0.5
-[[sources]]
-type = "csv"
-path = "replay.csv"
-rate_hz = 0
-restamp = false
-[sync]
-enabled = false""")
+    agent, _ = start_agent(tmp_path, "gw-csv", src_home.public_key(), mosquitto.url, "heartbeat_s = 0.5\n" + CSV_REPLAY_TOML + "\n[sync]\nenabled = false")
     window = 16  # the trained_home model's window
     try:
         def last() -> tuple[int, int, int | None] | None:

@@ -15,7 +15,7 @@ from cloud_hub.server import HubServer
 from edge_agent.model_store import ModelStore
 from shared import bundle as bundle_fmt
 from shared.signing import parse_public_key
-from tests.conftest import simulated_series, start_agent, wait_until, write_csv
+from tests.conftest import CSV_REPLAY_TOML, simulated_series, start_agent, wait_until, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +32,7 @@ def test_reports_raised_while_offline_are_delivered_after_reconnect(tmp_path: Pa
     ts, values = simulated_series(60, seed=1, t0=1_700_200_000.0)
     values[900:903, 2] -= 30.0
     write_csv(tmp_path / "replay.csv", ts, values)
-    agent, log = start_agent(tmp_path, "gw-offline", src_home.public_key(), url, """heartbeat_s = 0.5
-[[sources]]
-type = "csv"
-path = "replay.csv"
-rate_hz = 0
-restamp = false
-[sync]
-interval_s = 0.5""")
+    agent, log = start_agent(tmp_path, "gw-offline", src_home.public_key(), url, "heartbeat_s = 0.5\n" + CSV_REPLAY_TOML + "\n[sync]\ninterval_s = 0.5")
     broker = server = None
     try:
         # No broker exists yet: the agent scores the file offline and raises the spike's event.

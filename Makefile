@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install test test-fast demo bench bench-models lint clean
+DATASETS ?= ../shared/datasets
 
 install: $(STAMP)
 
@@ -30,9 +31,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/cloud-hub bench $(BENCH_ARGS)
 
+## Every model on the labelled netflow samples and NAB through the edge path; writes docs/benchmarks tables.
+bench-models: $(STAMP)
+	$(BIN)/cloud-hub bench-models --datasets $(DATASETS) --out bench-models $(BENCH_MODELS_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check shared edge_agent cloud_hub tests
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo .bench demo-summary.json bench-results.json
+	rm -rf $(VENV) .demo .bench bench-models demo-summary.json bench-results.json

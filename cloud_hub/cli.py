@@ -22,6 +22,7 @@ from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
 from shared.schema import SchemaError
 
 console = Console()
+QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
 
 
 def _home(ctx: click.Context) -> HubHome:
@@ -56,20 +57,39 @@ def init(home: HubHome, broker: str, force: bool) -> None:
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
 
 
-def _training_config(home: HubHome, epochs: int | None, window: int | None, alpha: float | None,
-                      beta: float | None) -> TrainingConfig:
+def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
+    """``--set key=value`` pairs → typed TrainingConfig overrides (unknown keys are errors)."""
+    fields = TrainingConfig.__dataclass_fields__
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}",
+                                     param_hint="--set")
+        kind = type(getattr(TrainingConfig(), key))
+        try:
+            out[key] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+        except ValueError:
+            raise click.BadParameter(f"{key} needs a {kind.__name__}, got {value!r}", param_hint="--set") from None
+    return out
+
+
+def _training_config(home: HubHome | None, epochs: int | None = None, window: int | None = None,
+                     alpha: float | None = None, beta: float | None = None,
+                     settings: tuple[str, ...] = ()) -> TrainingConfig:
     from dataclasses import replace
 
-    cfg = home.config().training
+    cfg = home.config().training if home else TrainingConfig()
     given: dict[str, Any] = {"epochs": epochs, "window": window, "alpha": alpha, "beta": beta}
-    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides = {**parse_settings(settings), **{k: v for k, v in given.items() if v is not None}}
     try:
         return replace(cfg, **overrides)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
-def _train(home: HubHome, data: TrainingData, cfg: TrainingConfig) -> int:
+def _train(home: HubHome, data: TrainingData, cfg: TrainingConfig, model: str = "ae-lstm") -> int:
     from cloud_hub import training
 
     with Progress(TextColumn("[bold]training[/] epoch {task.completed}/{task.total}"), BarColumn(),
@@ -80,54 +100,197 @@ def _train(home: HubHome, data: TrainingData, cfg: TrainingConfig) -> int:
             bar.update(task, completed=epoch,
                        description=f"loss {logs.get('loss', 0):.5f}  val_loss {logs.get('val_loss', 0):.5f}")
 
-        result = training.train(home, data, cfg, on_epoch=on_epoch)
-        bar.update(task, total=result.info["epochs_run"], completed=result.info["epochs_run"])
-    console.print(f"Model [bold]v{result.version}[/] trained on {result.info['train_windows']} windows "
-                  f"({result.info['epochs_run']} epochs, val loss {result.info['final_val_loss']:.5f}); "
-                  f"threshold {result.scoring.threshold:.3f}")
+        result = training.train(home, data, cfg, model=model, on_epoch=on_epoch)
+        bar.update(task, total=max(result.info["epochs_run"], 1), completed=result.info["epochs_run"])
+    console.print(f"Model [bold]v{result.version}[/] ({model}, {result.info['mode']}) trained on "
+                  f"{result.info['train_windows']} windows ({result.info['epochs_run']} epochs); "
+                  f"threshold {result.detector.threshold:.4g}")
     return result.version
+
+
+def _model_choice() -> click.Choice:
+    from cloud_hub.models import MODELS
+
+    return click.Choice(list(MODELS))
+
+
+@main.command()
+def models() -> None:
+    """Every detector the hub can train: modes and export support."""
+    from cloud_hub.models import MODELS
+
+    table = Table("name", "modes", "TFLite export", "what it is")
+    for name, cls in MODELS.items():
+        table.add_row(name, ", ".join(m.value for m in cls.modes), ", ".join(cls.quantizations) or "hub only",
+                      cls.summary)
+    console.print(table)
+
+
+SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                          help="Override any [training] setting, e.g. --set hidden=128 (repeatable).")
 
 
 @main.command()
 @click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV with a timestamp column and numeric columns (normal data).")
+              help="CSV with a timestamp column and numeric columns.")
 @click.option("--synced", is_flag=True, help="Train on the readings agents have synced instead of a CSV.")
 @click.option("--features", help="Comma-separated columns to use (default: all numeric).")
 @click.option("--timestamp-column", default="timestamp", show_default=True)
-@click.option("--model", "model_name", default="ae-lstm", show_default=True, type=click.Choice(["ae-lstm"]))
+@click.option("--label-column", help="Integer label column (0 = normal): needed by supervised models; "
+                                     "unsupervised ones then train on the normal rows only.")
+@click.option("--model", "model_name", default="ae-lstm", show_default=True, type=_model_choice())
 @click.option("--epochs", type=int)
 @click.option("--window", type=int)
 @click.option("--alpha", type=float, help="Weight of the reconstruction error in the score.")
 @click.option("--beta", type=float, help="Weight of the prediction error in the score.")
+@SET_OPTION
 @click.pass_context
 def train(ctx: click.Context, data_path: Path | None, synced: bool, features: str | None, timestamp_column: str,
-          model_name: str, epochs: int | None, window: int | None, alpha: float | None, beta: float | None) -> None:
-    """Train a new model version (AE-LSTM hybrid) on normal data."""
+          label_column: str | None, model_name: str, epochs: int | None, window: int | None, alpha: float | None,
+          beta: float | None, settings: tuple[str, ...]) -> None:
+    """Train a new model version (any registered model; see `cloud-hub models`)."""
     from cloud_hub import data
+    from cloud_hub.training import check_mode
 
     home = _home(ctx)
     if bool(data_path) == synced:
         raise click.UsageError("give exactly one of --data FILE.csv or --synced")
-    cfg = _training_config(home, epochs, window, alpha, beta)
+    if synced and label_column:
+        raise click.UsageError("--label-column applies to --data CSV files")
+    cfg = _training_config(home, epochs, window, alpha, beta, settings)
     feats = [f.strip() for f in features.split(",")] if features else None
     try:
+        check_mode(model_name, bool(label_column))  # refuse a mismatch before reading any data
         if data_path:
-            td = data.from_csv(data_path, feats, timestamp_column)
+            td = data.from_csv(data_path, feats, timestamp_column, label_column)
         else:
             with home.sessions()() as s:
                 td = data.from_synced(s, feats, window=cfg.window)
-        _train(home, td, cfg)
+        _train(home, td, cfg, model_name)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None) -> None:
-    from cloud_hub.export import Quantization, export
+@main.command()
+@click.option("--model", "model_names", multiple=True, required=True,
+              help="Model to evaluate (repeatable), or 'all'; several are compared side by side.")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labelled CSV, one sample per row (numeric columns; empty cells are missing values).")
+@click.option("--label-column", default="label", show_default=True, help="Integer labels, 0 = normal.")
+@click.option("--test-size", default=0.3, show_default=True, type=float, help="Stratified held-out fraction.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--folds", default=0, show_default=True, type=int, help="Also run k-fold cross-validation (k > 1).")
+@click.option("--quantization", "-q", type=click.Choice(["int8", "float16", "dynamic", "float32", "none"]),
+              default="int8", show_default=True, help="Also score the exported TFLite model (quantization delta).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@SET_OPTION
+def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, test_size: float, seed: int,
+             folds: int, quantization: str, out: Path, settings: tuple[str, ...]) -> None:
+    """Train on a stratified split of a labelled table and report held-out metrics (metrics.json, report.md,
+    ROC / PR / score plots).  Unsupervised models train on the normal rows only."""
+    from cloud_hub.evaluation.compare import compare
+    from cloud_hub.evaluation.evaluate import evaluate as run_evaluate
+    from cloud_hub.models import MODELS
+
+    names = list(MODELS) if "all" in model_names else list(dict.fromkeys(model_names))
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise click.BadParameter(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)} or all",
+                                 param_hint="--model")
+    cfg = _training_config(None, settings=settings)
+    q = None if quantization == "none" else quantization
+
+    def run_one(name: str, where: Path) -> dict[str, Any]:
+        with console.status(f"{name}: training and scoring…"):
+            m = run_evaluate(name, data_path, where, replace(cfg, seed=seed), label_column, test_size, seed, folds, q)
+        console.print(f"[bold]{name}[/]: F1 {m['f1']:.4f}  ROC-AUC {m['roc_auc'] or 0:.4f}  "
+                      + (f"F1 {q} {m[q]['f1']:.4f}  " if q and m.get(q) else "")
+                      + f"({m['train_seconds']} s) → {where / 'report.md'}")
+        return m
+
+    from dataclasses import replace
+
+    try:
+        if len(names) == 1:
+            run_one(names[0], out)
+        else:
+            compare(names, out, run_one, f"{', '.join(names) if len(names) < 4 else 'all models'} on {data_path.name}")
+            console.print(f"Side-by-side table: {out / 'summary.md'}")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--data", "nab_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="NAB directory (data/, labels/combined_windows.json, config/profiles.json).")
+@click.option("--model", "model_name", default="ae-lstm", show_default=True, type=_model_choice(),
+              help="Unsupervised model that exports to TFLite.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--files", "only", multiple=True, help="Only data files whose path contains this (repeatable).")
+@click.option("--limit", type=int, help="Only the first N data files (sorted).")
+@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
+@click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
+              help="The agents' decision threshold on the streaming likelihood (is_anomaly).")
+@click.option("--workers", type=int, default=2, show_default=True, help="Files processed in parallel.")
+@SET_OPTION
+def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
+        likelihood_threshold: float, workers: int, settings: tuple[str, ...]) -> None:
+    """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
+    stream with the edge agent's replay.  Writes nab_scores.json, NAB results files and report.md."""
+    from cloud_hub.evaluation import nab as nab_run
+    from cloud_hub.models import Mode, get
+
+    cls = get(model_name)
+    if Mode.UNSUPERVISED not in cls.modes or quantization not in cls.quantizations:
+        raise click.BadParameter(f"{model_name} cannot run NAB: it needs an unsupervised model that exports "
+                                 f"to {quantization} TFLite (NAB streams have no labels to learn from)",
+                                 param_hint="--model")
+    defaults = tuple(f"{k}={v}" for k, v in nab_run.TRAINING_SETTINGS.items())
+    cfg = _training_config(None, settings=(*defaults, *settings))
+    nab_cfg = nab_run.NabConfig(model=model_name, training=cfg, quantization=quantization,
+                                likelihood_threshold=likelihood_threshold, workers=workers)
+    try:
+        files = nab_run.data_files(nab_dir, limit, list(only) or None)
+        if not files:
+            raise click.ClickException("no NAB data files selected")
+        with console.status(f"NAB: {len(files)} files with {model_name} ({workers} workers)…"):
+            s = nab_run.run(nab_dir, nab_cfg, out, files)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"NAB {s['detector']}: standard [bold]{s['standard']}[/], low FP {s['reward_low_FP_rate']}, "
+                  f"low FN {s['reward_low_FN_rate']} (agent's own decisions: standard "
+                  f"{s['own_decision']['standard']}) in {s['seconds']} s → {out / 'report.md'}")
+
+
+@main.command("bench-models")
+@click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/datasets"),
+              show_default=True, help="Folder with netflow/ and nab/ (absent parts are skipped).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-models"),
+              show_default=True)
+@click.option("--model", "model_names", multiple=True, help="Models for the netflow tables (default: all).")
+@click.option("--nab-model", "nab_models", multiple=True, help="Models for NAB (default: every unsupervised "
+                                                               "exportable model; 'none' skips NAB).")
+@click.option("--seed", default=0, show_default=True, type=int)
+def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_models: tuple[str, ...],
+                 seed: int) -> None:
+    """Regenerate the model benchmark tables (docs/benchmarks.md) from the real datasets."""
+    from cloud_hub.evaluation import bench_models as bm
+    from cloud_hub.models import MODELS
+
+    models = list(model_names) or list(MODELS)
+    nab_list = [] if "none" in nab_models else (list(nab_models) or list(bm.NAB_MODELS))
+    path = bm.run(datasets, out, models, nab_list, seed, log=lambda m: console.print(f"[dim]{m}[/]"))
+    console.print(f"Wrote {path}")
+
+
+def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None,
+            decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
+    from cloud_hub.export import Decision, Quantization, export
     from shared.profiles import load_profile
 
     budget = load_profile(profile) if profile else None
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization))
+        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold)
     if budget and r.tflite_bytes > budget.max_model_bytes:
         raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
                                    f"{budget.max_model_bytes} bytes")
@@ -137,21 +300,23 @@ def _export(home: HubHome, version: int, quantization: str, profile: Path | None
                   f"mean rel diff {a.mean_abs_rel_diff:.4f}")
 
 
-QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
-
-
 @main.command()
 @click.option("--model", "version", type=int, required=True, help="Model version to export.")
 @click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Firmware profile whose model-size budget the export must meet.")
+@click.option("--decide-on", type=click.Choice(["score", "likelihood"]), default="score", show_default=True,
+              help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
+@click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
+              help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")
 @click.pass_context
-def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None) -> None:
-    """Convert a version to TFLite, measure agreement with Keras, write a signed bundle."""
+def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None, decide_on: str,
+           likelihood_threshold: float) -> None:
+    """Convert a version to TFLite, measure agreement with the original, write a signed bundle."""
     home = _home(ctx)
     for q in quantization:
         try:
-            _export(home, version, q, profile)
+            _export(home, version, q, profile, decide_on, likelihood_threshold)
         except (ValueError, SchemaError) as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -243,22 +408,27 @@ def rollout_status(ctx: click.Context) -> None:
 @click.option("--no-rollout", is_flag=True, help="Train and export only.")
 @click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
 @click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations.")
+@click.option("--model", "model_name", type=_model_choice(), help="Model to train (default: the latest version's).")
 @click.pass_context
 def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_rollout: bool, quantization: str,
-            wait: float) -> None:
+            wait: float, model_name: str | None) -> None:
     """Train a new version on data agents synced, export it and roll it out."""
     import time
 
     from cloud_hub import data
 
     home = _home(ctx)
-    cfg = _training_config(home, epochs, None, None, None)
+    cfg = _training_config(home, epochs)
+    if model_name is None:
+        with home.sessions()() as s:
+            latest = s.scalar(select(db.ModelVersion.name).order_by(db.ModelVersion.version.desc()).limit(1))
+        model_name = latest or "ae-lstm"
     try:
         with home.sessions()() as s:
             td = data.from_synced(s, window=cfg.window, since=time.time() - since if since else None)
         console.print(f"synced data: {td.rows} readings, {len(td.features)} features, "
                       f"{td.excluded_rows} excluded around flagged anomalies")
-        version = _train(home, td, cfg)
+        version = _train(home, td, cfg, model_name)
         _export(home, version, quantization)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -299,7 +469,8 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
     with home.sessions()() as s:
         for e in s.scalars(query):
             table.add_row(datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.device_id,
-                          f"{e.score:.2f}", f"{e.threshold:.2f}", f"v{e.model_version}", ", ".join(e.top_features),
+                          f"{e.score:.2f}", f"{e.threshold:.2f}", f"v{e.model_version}",
+                          ", ".join(f"{k} {v:.0%}" for k, v in e.attribution.items()) or ", ".join(e.top_features),
                           f"{(e.received_at - e.ts) * 1000:.1f}")
     console.print(table)
 

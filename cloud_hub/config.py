@@ -28,12 +28,28 @@ class TrainingConfig:
     wavelet_level: int = doc("Denoising level (0 = off).", default=1)
     max_windows: int = doc("Cap on training windows (evenly subsampled beyond).", default=50_000)
     seed: int = doc("Random seed.", default=0)
+    patience: int = doc("Early-stopping patience in epochs (validation loss).", default=4)
+    filters: int = doc("Conv1D filters (anomalynet, cnn, cnn-lstm).", default=32)
+    kernel_size: int = doc("Conv1D kernel size.", default=3)
+    dropout: float = doc("Dropout rate (anomalynet, cnn, cnn-lstm, vae-dnn's DNN).", default=0.2)
+    attention_dim: int = doc("Query/key/value width of anomalynet's attention.", default=32)
+    dnn_units: int = doc("Width of the first hidden layer of classifier heads (halved in the second).", default=64)
+    top_k: int = doc("Features XGBoost keeps for vae-dnn's classifier.", default=10)
+    kl_weight: float = doc("Weight of the KL term in the VAE loss.", default=1.0)
+    trees: int = doc("Trees in random-forest, isolation-forest and vae-dnn's XGBoost ranker.", default=200)
+    svm_c: float = doc("SVM regularisation C (RBF kernel).", default=1.0)
+    class_balance: str = doc("Class imbalance handling for supervised models: weights | oversample | none.",
+                             default="weights")
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold_quantile < 1 or not 0 < self.validation_fraction < 0.9:
             raise ValueError("threshold_quantile in (0,1), validation_fraction in (0,0.9)")
         if self.epochs < 1 or self.batch_size < 1 or self.window < 4:
             raise ValueError("epochs >= 1, batch_size >= 1, window >= 4")
+        if self.class_balance not in ("weights", "oversample", "none"):
+            raise ValueError("class_balance must be weights, oversample or none")
+        if not 0 <= self.dropout < 1 or self.top_k < 1 or self.trees < 1:
+            raise ValueError("dropout in [0, 1), top_k >= 1, trees >= 1")
 
 
 @dataclass(frozen=True)

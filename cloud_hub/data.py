@@ -21,12 +21,21 @@ class TrainingData:
     source: str
     rows: int
     excluded_rows: int = 0
+    labels: list[np.ndarray] | None = None  # per segment, (n,) ints (0 = normal), when the CSV has them
 
 
-def from_csv(path: Path, features: list[str] | None = None, timestamp_column: str = "timestamp") -> TrainingData:
-    series = read_series(path, timestamp_column, features)
-    segments = [series.values[s] for s in split_on_gaps(series.timestamps)]
-    return TrainingData(series.features, segments, f"csv:{path}", len(series.values))
+def from_csv(path: Path, features: list[str] | None = None, timestamp_column: str = "timestamp",
+             label_column: str | None = None) -> TrainingData:
+    series = read_series(path, timestamp_column, features, exclude=(label_column,) if label_column else ())
+    cuts = split_on_gaps(series.timestamps)
+    labels = None
+    if label_column:
+        lab = read_series(path, timestamp_column, [label_column]).values[:, 0]
+        if np.isnan(lab).any() or (lab != np.round(lab)).any() or lab.min() < 0:
+            raise ValueError(f"{path}: label column {label_column!r} must hold integers >= 0 (0 = normal)")
+        labels = [lab[s].astype(np.int64) for s in cuts]
+    segments = [series.values[s] for s in cuts]
+    return TrainingData(series.features, segments, f"csv:{path}", len(series.values), labels=labels)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

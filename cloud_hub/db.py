@@ -93,6 +93,8 @@ class AnomalyEvent(Base):
     threshold: Mapped[float] = mapped_column(Float)
     model_version: Mapped[int] = mapped_column(Integer)
     top_features: Mapped[list[str]] = mapped_column(JSON, default=list)
+    attribution: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    likelihood: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class SyncBatch(Base):

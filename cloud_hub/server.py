@@ -124,7 +124,8 @@ class HubServer:
     def _anomaly(self, s: Session, device: str, m: p.AnomalyEvent, now: float) -> None:
         s.add(db.AnomalyEvent(device_id=device, event_id=m.event_id, ts=m.ts, detected_at=m.detected_at,
                               received_at=now, score=m.score, threshold=m.threshold,
-                              model_version=m.model_version, top_features=m.top_features))
+                              model_version=m.model_version, top_features=m.top_features,
+                              attribution=m.attribution, likelihood=m.likelihood))
 
     def _heartbeat(self, s: Session, device: str, m: p.Heartbeat, now: float) -> None:
         s.add(db.Heartbeat(device_id=device, ts=m.ts, received_at=now, seq=m.seq, model_version=m.model_version,

@@ -1,11 +1,10 @@
-"""Training a model version: windows → AE-LSTM fit → threshold calibration → artifacts + registry."""
+"""Training a model version: windows → detector fit → threshold → artifacts + registry row."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,10 @@ from cloud_hub import db
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import HubHome
-from cloud_hub.models import ae_lstm
+from cloud_hub.models import Detector, EpochCallback, Mode, ModelError, create, get, load_detector
 from shared.preprocessing import PreprocessParams, fit_preprocessing, series_windows
-from shared.scoring import ScoringParams, WindowErrors, calibrate, window_errors
 
 log = logging.getLogger(__name__)
-
-EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass
@@ -31,6 +27,8 @@ class Windows:
     params: PreprocessParams
     train: np.ndarray
     val: np.ndarray
+    y_train: np.ndarray | None = None  # label of each window's newest reading
+    y_val: np.ndarray | None = None
 
 
 @dataclass
@@ -38,23 +36,27 @@ class TrainResult:
     version: int
     artifacts: Path
     preprocessing: PreprocessParams
-    scoring: ScoringParams
+    detector: Detector
     info: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_windows(data: TrainingData, cfg: TrainingConfig) -> Windows:
     """Fit preprocessing on the training part of every segment; the last part of each is validation."""
     w = cfg.window
-    train_parts, val_parts = [], []
-    for seg in data.segments:
+    train_parts, val_parts, train_lab, val_lab = [], [], [], []
+    labels = data.labels or [np.zeros(len(s), np.int64) for s in data.segments]
+    for seg, lab in zip(data.segments, labels, strict=True):
         if len(seg) < w + 1:
             continue
         cut = int(len(seg) * (1 - cfg.validation_fraction))
         if len(seg) - cut >= w and cut >= w:
             train_parts.append(seg[:cut])
             val_parts.append(seg[cut:])
+            train_lab.append(lab[:cut])
+            val_lab.append(lab[cut:])
         else:
             train_parts.append(seg)
+            train_lab.append(lab)
     if not train_parts:
         raise ValueError(f"not enough data: every contiguous segment is shorter than {w + 1} readings")
     params = fit_preprocessing(train_parts, data.features, w, cfg.wavelet, cfg.wavelet_level)
@@ -64,20 +66,23 @@ def prepare_windows(data: TrainingData, cfg: TrainingConfig) -> Windows:
             return np.empty((0, w, len(data.features)), np.float32)
         return np.concatenate([series_windows(p, params) for p in parts])
 
+    def window_labels(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([p[w - 1 :] for p in parts]) if parts else np.empty(0, np.int64)
+
     train, val = windows(train_parts), windows(val_parts)
+    y_train, y_val = window_labels(train_lab), window_labels(val_lab)
     rng = np.random.default_rng(cfg.seed)
     if len(val) < 32:  # tiny data: calibrate on a random slice of the training windows instead
         idx = rng.permutation(len(train))
         n_val = max(1, int(len(train) * cfg.validation_fraction))
         val, train = train[idx[:n_val]], train[idx[n_val:]]
+        y_val, y_train = y_train[idx[:n_val]], y_train[idx[n_val:]]
     if len(train) > cfg.max_windows:
-        train = train[np.linspace(0, len(train) - 1, cfg.max_windows).astype(int)]
-    return Windows(params, train, val)
-
-
-def keras_errors(model: Any, x: np.ndarray) -> WindowErrors:
-    rec, pred = model.predict(x, batch_size=512, verbose=0)
-    return window_errors(x, rec, pred)
+        keep = np.linspace(0, len(train) - 1, cfg.max_windows).astype(int)
+        train, y_train = train[keep], y_train[keep]
+    if data.labels is None:
+        return Windows(params, train, val)
+    return Windows(params, train, val, y_train, y_val)
 
 
 def _next_version(home: HubHome) -> int:
@@ -85,72 +90,79 @@ def _next_version(home: HubHome) -> int:
         return int(s.scalar(select(func.max(db.ModelVersion.version))) or 0) + 1
 
 
+def check_mode(model: str, labelled: bool) -> Mode:
+    """The mode a model trains in given the data; a supervised-only model refuses unlabelled data."""
+    cls = get(model)
+    if labelled and Mode.SUPERVISED in cls.modes:
+        return Mode.SUPERVISED
+    if Mode.UNSUPERVISED in cls.modes:
+        return Mode.UNSUPERVISED
+    raise ModelError(f"{model} is a supervised model: it needs labelled data (--label-column, 0 = normal). "
+                     f"Unsupervised models: {', '.join(n for n, c in _models() if Mode.UNSUPERVISED in c.modes)}")
+
+
+def _models() -> list[tuple[str, type[Detector]]]:
+    from cloud_hub.models import MODELS
+
+    return list(MODELS.items())
+
+
 def train(
     home: HubHome,
     data: TrainingData,
     cfg: TrainingConfig,
+    model: str = "ae-lstm",
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train, calibrate and register a new model version in the hub home."""
+    """Train, calibrate and register a new model version in the hub home.
+
+    Unsupervised models learn from normal windows only: labelled attack windows are dropped.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    keras.utils.set_random_seed(cfg.seed)
+    mode = check_mode(model, data.labels is not None)
     win = prepare_windows(data, cfg)
-    log.info("training on %d windows (%d validation), %d features", len(win.train), len(win.val), len(data.features))
-    model = ae_lstm.build(cfg.window, len(data.features), cfg.hidden, cfg.latent, cfg.lstm_units,
-                          cfg.learning_rate, cfg.alpha, cfg.beta)
-
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            if on_epoch:
-                on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
-
-    history = model.fit(
-        win.train,
-        ae_lstm.targets(win.train),
-        validation_data=(win.val, ae_lstm.targets(win.val)),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[keras.callbacks.EarlyStopping(patience=4, restore_best_weights=True), Progress()],
-    )
-    scoring = calibrate(keras_errors(model, win.val), cfg.alpha, cfg.beta, cfg.threshold_quantile, cfg.threshold_margin)
+    detector = create(model, cfg, mode)
+    detector.on_epoch = on_epoch
+    log.info("training %s (%s) on %d windows (%d validation), %d features", model, mode.value, len(win.train),
+             len(win.val), len(data.features))
+    if mode == Mode.SUPERVISED and win.y_val is not None and len(np.unique(win.y_val)) < 2:
+        # The time-ordered hold-out saw no attack: learn the threshold on a stratified random split instead.
+        log.warning("validation windows hold one class; using a stratified random split of all windows")
+        x_all, y_all = np.concatenate([win.train, win.val]), np.concatenate([win.y_train, win.y_val])
+        report = detector.fit(x_all, y_all)
+    else:
+        report = detector.fit(win.train, win.y_train, win.val, win.y_val)
 
     version = _next_version(home)
     out = home.models_dir / str(version)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.keras")
-    rng = np.random.default_rng(cfg.seed)
-    rep = win.train[rng.choice(len(win.train), size=min(500, len(win.train)), replace=False)]
-    np.savez(out / "calibration.npz", val=win.val, representative=rep)
-    losses = history.history
+    detector.save(out)
     info = {
         "source": data.source,
         "rows": data.rows,
         "excluded_rows": data.excluded_rows,
-        "train_windows": int(len(win.train)),
-        "val_windows": int(len(win.val)),
-        "epochs_run": len(losses["loss"]),
-        "final_loss": float(losses["loss"][-1]),
-        "final_val_loss": float(losses["val_loss"][-1]),
+        "model": model,
+        "mode": mode.value,
+        "train_windows": report.train_samples,
+        "val_windows": report.val_samples,
+        "epochs_run": report.epochs,
+        "threshold": detector.threshold,
+        **report.extra,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
-    meta = {
-        "name": ae_lstm.NAME,
-        "version": version,
-        "preprocessing": win.params.to_dict(),
-        "scoring": scoring.to_dict(),
-        "training": info,
-    }
+    meta = {"name": model, "version": version, "preprocessing": win.params.to_dict(), "training": info}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     with home.sessions()() as s:
-        s.add(db.ModelVersion(version=version, name=ae_lstm.NAME, source=data.source, artifacts_dir=str(out),
-                              training=info))
+        s.add(db.ModelVersion(version=version, name=model, source=data.source, artifacts_dir=str(out), training=info))
         s.commit()
-    return TrainResult(version, out, win.params, scoring, info)
+    return TrainResult(version, out, win.params, detector, info)
 
 
 def load_meta(artifacts: Path) -> dict[str, Any]:
     return json.loads((artifacts / "meta.json").read_text())  # type: ignore[no-any-return]
+
+
+def load_version(home: HubHome, version: int) -> tuple[dict[str, Any], Detector]:
+    artifacts = home.models_dir / str(version)
+    if not (artifacts / "meta.json").exists():
+        raise ValueError(f"model version {version} does not exist in {home.models_dir}")
+    return load_meta(artifacts), load_detector(artifacts)

@@ -49,6 +49,7 @@ from shared.protocol import (
     finite,
     fleet_model_topic,
 )
+from shared.scoring import attribution
 from shared.signing import parse_public_key
 
 log = logging.getLogger("edge_agent")
@@ -353,7 +354,7 @@ class Agent:
     def _report(self, s: ScoredWindow) -> None:
         model = self.detector.model
         names = model.preprocessing.features if model else []
-        top = sorted(range(len(names)), key=lambda i: -s.contributions[i])[:TOP_FEATURES]
+        shares = attribution(s.contributions, names, TOP_FEATURES)
         event = AnomalyEvent(
             v=PROTOCOL_VERSION,
             event_id=uuid.uuid4().hex,
@@ -365,11 +366,14 @@ class Agent:
             model_version=s.model_version,
             reconstruction_error=finite(s.reconstruction_error),
             prediction_error=finite(s.prediction_error),
-            top_features=[names[i] for i in top],
+            top_features=list(shares),
+            attribution=shares,
+            likelihood=finite(s.likelihood),
         )
         self.counters.anomalies += 1
-        log.info("anomaly at %.3f: score %.2f > %.2f (model v%d; %s)", event.ts, event.score, event.threshold,
-                 event.model_version, ", ".join(event.top_features))
+        log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s)", event.ts, event.score,
+                 event.threshold, event.likelihood, event.model_version,
+                 ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
         self.client.publish(self._topic(Channel.ANOMALY), encode(event), qos=1)
 
     # ------------------------------------------------------------------ housekeeping

@@ -20,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("--config", type=Path, required=True)
     sub.add_parser("config-reference", help="print every configuration option")
+    rp = sub.add_parser("replay", help="score a CSV with a signed bundle through the agent's streaming code")
+    rp.add_argument("--bundle", type=Path, required=True, help="bundle directory or .tar.gz")
+    rp.add_argument("--data", type=Path, required=True, help="CSV with a timestamp column and the model's features")
+    rp.add_argument("--out", type=Path, required=True, help="CSV to write: readings, score, likelihood, decision")
+    rp.add_argument("--trusted-key", action="append", default=[], help="hub public key (repeatable)")
+    rp.add_argument("--config", type=Path, help="take trusted keys from this agent TOML")
+    rp.add_argument("--timestamp-column", default="timestamp")
     args = parser.parse_args(argv)
 
     if args.command == "config-reference":
         print(reference())
         return 0
+    if args.command == "replay":
+        return _replay(args)
     try:
         cfg = load_config(args.config)
     except SchemaError as exc:
@@ -44,6 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     agent.start()
     stop.wait()
     agent.stop()
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from edge_agent import replay
+    from shared.bundle import BundleError
+
+    keys = list(args.trusted_key)
+    try:
+        if args.config:
+            keys += load_config(args.config).trusted_keys
+        result = replay.run(args.bundle, args.data, args.out, keys, args.timestamp_column)
+    except (SchemaError, BundleError, ValueError, OSError) as exc:
+        print(f"edge-agent replay: {exc}", file=sys.stderr)
+        return 2
+    flagged = int(result.anomalous.sum())
+    print(f"{len(result.score)} readings scored, {flagged} flagged; wrote {args.out}")
     return 0
 
 

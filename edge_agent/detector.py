@@ -14,8 +14,9 @@ import numpy as np
 
 from shared.bundle import Bundle
 from shared.inference import Runtime, TFLiteModel
+from shared.likelihood import AnomalyLikelihood, LikelihoodParams
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
-from shared.scoring import ScoringParams, feature_scores, window_errors
+from shared.scoring import ScoringParams, score_outputs
 
 BUFFER_READINGS = 4096
 _BUCKETS = (1, 4, 16, 64, 256)
@@ -30,17 +31,19 @@ class ActiveModel:
     preprocessing: PreprocessParams
     scoring: ScoringParams
     model: TFLiteModel
+    likelihood: LikelihoodParams | None = None
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, runtime: Runtime = Runtime.AUTO, num_threads: int = 1) -> ActiveModel:
         m = bundle.manifest
-        model = TFLiteModel(bundle.model_bytes, runtime=runtime, num_threads=num_threads)
+        model = TFLiteModel(bundle.model_bytes, heads=m.scoring.head_list, runtime=runtime, num_threads=num_threads)
         p = m.preprocessing
         if (model.window, model.n_features) != (p.window, p.n_features):
             raise ValueError(
                 f"model input ({model.window}, {model.n_features}) does not match manifest ({p.window}, {p.n_features})"
             )
-        return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring, model=model)
+        return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring, model=model,
+                   likelihood=m.likelihood)
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,16 @@ class ScoredWindow:
     threshold: float
     reconstruction_error: float
     prediction_error: float
-    contributions: np.ndarray  # (f,)
+    contributions: np.ndarray  # (f,) per-channel scores (zeros for classifiers)
     model_version: int
     window: np.ndarray  # preprocessed model input (w, f)
+    likelihood: float = 0.0  # streaming anomaly likelihood in [0, 1] (log-scaled), 0 without params
+    likelihood_threshold: float | None = None  # set when the decision is on the likelihood
 
     @property
     def anomalous(self) -> bool:
+        if self.likelihood_threshold is not None:
+            return self.likelihood >= self.likelihood_threshold
         return self.score > self.threshold
 
 
@@ -66,16 +73,19 @@ class StreamingDetector:
         self._ts: deque[float] = deque(maxlen=BUFFER_READINGS)
         self._rows: deque[dict[str, float | None]] = deque(maxlen=BUFFER_READINGS)
         self.model: ActiveModel | None = None
+        self._likelihood: AnomalyLikelihood | None = None
         self.threshold_scale = threshold_scale
         self.max_batch = max_batch
 
     def swap(self, model: ActiveModel | None) -> ActiveModel | None:
         previous, self.model = self.model, model
+        # A new model has a new score distribution: its likelihood starts from the bundle's prior.
+        self._likelihood = AnomalyLikelihood(model.likelihood) if model and model.likelihood else None
         return previous
 
     def push(self, readings: list[tuple[float, dict[str, float | None]]]) -> list[ScoredWindow]:
         """Append readings; return one scored window per reading that completes a window."""
-        model = self.model  # one reference for the whole batch: a concurrent swap applies to the next
+        model, likelihood = self.model, self._likelihood  # a concurrent swap applies to the next batch
         if len(readings) > BUFFER_READINGS // 2:
             raise ValueError(f"push at most {BUFFER_READINGS // 2} readings at a time")
         for ts, values in readings:
@@ -91,10 +101,11 @@ class StreamingDetector:
         first = len(self._ts) - n_windows
         for s in range(first, len(self._ts), self.max_batch):
             e = min(s + self.max_batch, len(self._ts))
-            out.extend(self._score_range(model, s, e))
+            out.extend(self._score_range(model, likelihood, s, e))
         return out
 
-    def _score_range(self, model: ActiveModel, start: int, end: int) -> list[ScoredWindow]:
+    def _score_range(self, model: ActiveModel, likelihood: AnomalyLikelihood | None, start: int,
+                     end: int) -> list[ScoredWindow]:
         """Score the windows ending at buffer positions start..end-1."""
         p = model.preprocessing
         w = p.window
@@ -104,11 +115,14 @@ class StreamingDetector:
         n = len(x)
         bucket = next((b for b in _BUCKETS if b >= n), n)
         padded = x if bucket == n else np.concatenate([x, np.repeat(x[-1:], bucket - n, axis=0)])
-        rec, pred = model.model.predict(padded)
-        errors = window_errors(x, rec[:n], pred[:n])
-        contrib = feature_scores(errors, model.scoring)
-        scores = contrib.max(axis=1)
+        outputs = {h: v[:n] for h, v in model.model.predict(padded).items()}
+        scored = score_outputs(x, outputs, model.scoring)
+        errors, contrib, scores = scored.errors, scored.contributions, scored.scores
         threshold = model.scoring.threshold * self.threshold_scale
+        lik = likelihood.update(scores, raw[w - 1 :]) if likelihood else np.zeros(n)
+        lik_threshold = None
+        if model.likelihood is not None and model.likelihood.decide_on == "likelihood":
+            lik_threshold = model.likelihood.threshold
         return [
             ScoredWindow(
                 ts=self._ts[start + i],
@@ -119,6 +133,8 @@ class StreamingDetector:
                 contributions=contrib[i],
                 model_version=model.version,
                 window=x[i],
+                likelihood=float(lik[i]),
+                likelihood_threshold=lik_threshold,
             )
             for i in range(n)
         ]

@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared import signing
+from shared.likelihood import LikelihoodParams
 from shared.preprocessing import PreprocessParams
 from shared.schema import SchemaError, doc, dump, load
 from shared.scoring import ScoringParams
@@ -91,6 +92,7 @@ class Manifest:
     quantization: Quantization = doc("Quantization mode and measured agreement.")
     files: dict[str, FileEntry] = doc("Every other file in the bundle with its hash and size.")
     training: dict[str, Any] = doc("Free-form training facts (rows, epochs, losses) for operators.", default_factory=dict)
+    likelihood: LikelihoodParams | None = doc("Streaming likelihood post-processing of the raw scores.", default=None)
 
     def __post_init__(self) -> None:
         if self.format != BUNDLE_FORMAT:
@@ -132,6 +134,7 @@ def build_manifest(
     quantization: Quantization,
     files: dict[str, bytes],
     training: dict[str, Any] | None = None,
+    likelihood: LikelihoodParams | None = None,
 ) -> Manifest:
     return Manifest(
         format=BUNDLE_FORMAT,
@@ -143,6 +146,7 @@ def build_manifest(
         quantization=quantization,
         files={n: FileEntry(sha256=sha256_hex(b), bytes=len(b)) for n, b in files.items()},
         training=training or {},
+        likelihood=likelihood,
     )
 
 

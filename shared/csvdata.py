@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,9 +37,21 @@ def parse_timestamp(text: str) -> float:
     return dt.timestamp()
 
 
-def _cell(text: str, where: str) -> float:
+def header_of(reader: Iterator[list[str]], path: Path, required: str | None) -> list[str]:
+    """The stripped header row; ``required`` must be one of its columns."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise ValueError(f"{path} is empty") from None
+    if required and required not in header:
+        raise ValueError(f"{path}: no {required!r} column (columns: {header})")
+    return header
+
+
+def cell(text: str, where: str) -> float:
+    """A numeric cell; empty, nan, null, NA and '-' are missing (NaN)."""
     text = text.strip()
-    if text == "" or text.lower() in ("nan", "null", "na"):
+    if text == "" or text.lower() in ("nan", "null", "na", "-"):
         return math.nan
     try:
         return float(text)
@@ -52,12 +65,7 @@ def read_series(
     """Load a CSV, sorted by time. ``features`` picks columns (default: all but timestamp/exclude)."""
     with open(path, newline="") as fh:
         reader = csv.reader(fh)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path} is empty") from None
-        if timestamp_column not in header:
-            raise ValueError(f"{path}: no {timestamp_column!r} column (columns: {header})")
+        header = header_of(reader, path, timestamp_column)
         names = features or [h for h in header if h != timestamp_column and h not in exclude]
         missing = [n for n in names if n not in header]
         if missing or not names:
@@ -71,7 +79,7 @@ def read_series(
             if len(row) != len(header):
                 raise ValueError(f"{path}:{line_no}: expected {len(header)} cells, got {len(row)}")
             ts.append(parse_timestamp(row[t_idx]))
-            rows.append([_cell(row[i], f"{path}:{line_no}") for i in idx])
+            rows.append([cell(row[i], f"{path}:{line_no}") for i in idx])
     if not rows:
         raise ValueError(f"{path} has no data rows")
     t = np.asarray(ts)

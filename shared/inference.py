@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.scoring import Head
+
 
 class Runtime(enum.StrEnum):
     AUTO = "auto"
@@ -44,26 +46,43 @@ def interpreter_class(preference: Runtime = Runtime.AUTO) -> tuple[Any, Runtime]
 
 
 class TFLiteModel:
-    """A loaded AE-LSTM TFLite model: float windows in, (reconstruction, prediction) floats out.
+    """A loaded TFLite model: float windows ``(b, w, f)`` in, a float array per head out.
 
-    Handles int8/float16/float32 models alike: inputs are quantised and outputs dequantised with the
-    tensors' own parameters.  Not thread-safe: use one instance per scoring thread.
+    Heads are matched to the model's outputs by shape: the reconstruction is the 3-D output, the
+    prediction or probability the 2-D one.  Handles int8/float16/float32 models alike: inputs are
+    quantised and outputs dequantised with the tensors' own parameters.  Not thread-safe: use one
+    instance per scoring thread.
     """
 
-    def __init__(self, model_content: bytes, runtime: Runtime = Runtime.AUTO, num_threads: int = 1) -> None:
+    def __init__(self, model_content: bytes, heads: list[Head] | None = None, runtime: Runtime = Runtime.AUTO,
+                 num_threads: int = 1) -> None:
         cls, self.runtime = interpreter_class(runtime)
+        self.heads = heads or [Head.RECONSTRUCTION, Head.PREDICTION]
         self._interp = cls(model_content=model_content, num_threads=num_threads)
         self._interp.allocate_tensors()
         self._input = self._interp.get_input_details()[0]
-        outputs = self._interp.get_output_details()
-        by_rank = {len(o["shape_signature"] if len(o.get("shape_signature", [])) else o["shape"]): o for o in outputs}
-        if len(outputs) != 2 or set(by_rank) != {2, 3}:
-            raise ValueError("model must have two outputs: reconstruction (b, w, f) and prediction (b, f)")
-        self._rec, self._pred = by_rank[3], by_rank[2]
+        if len(self._input["shape"]) != 3:
+            raise ValueError("model input must be (batch, window, features)")
         self.window = int(self._input["shape"][1])
         self.n_features = int(self._input["shape"][2])
         self.input_dtype = np.dtype(self._input["dtype"])
         self._batch = int(self._input["shape"][0])
+        self._outputs = self._match(self._interp.get_output_details())
+
+    def _match(self, outputs: list[dict[str, Any]]) -> dict[Head, dict[str, Any]]:
+        by_rank: dict[int, list[dict[str, Any]]] = {}
+        for o in outputs:
+            by_rank.setdefault(len(o["shape"]), []).append(o)
+        want = {Head.RECONSTRUCTION: 3, Head.PREDICTION: 2, Head.PROBABILITY: 2}
+        if len(outputs) != len(self.heads) or any(len(by_rank.get(want[h], [])) != 1 for h in self.heads):
+            shapes = [list(o["shape"]) for o in outputs]
+            raise ValueError(f"model outputs {shapes} do not match heads {[h.value for h in self.heads]}")
+        matched = {h: by_rank[want[h]][0] for h in self.heads}
+        if Head.RECONSTRUCTION in matched and list(matched[Head.RECONSTRUCTION]["shape"][1:]) != [self.window, self.n_features]:
+            raise ValueError("reconstruction output must have the input's shape")
+        if Head.PREDICTION in matched and int(matched[Head.PREDICTION]["shape"][1]) != self.n_features:
+            raise ValueError("prediction output must have one value per feature")
+        return matched
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
@@ -71,7 +90,7 @@ class TFLiteModel:
             self._interp.allocate_tensors()
             self._input = self._interp.get_input_details()[0]
             outs = {o["index"]: o for o in self._interp.get_output_details()}
-            self._rec, self._pred = outs[self._rec["index"]], outs[self._pred["index"]]
+            self._outputs = {h: outs[d["index"]] for h, d in self._outputs.items()}
             self._batch = batch
 
     def _quantise(self, x: np.ndarray) -> np.ndarray:
@@ -88,18 +107,14 @@ class TFLiteModel:
             return (raw.astype(np.float32) - zero) * scale
         return raw.astype(np.float32)
 
-    def predict(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(b, w, f) float windows → reconstruction (b, w, f), prediction (b, f)."""
+    def predict(self, windows: np.ndarray) -> dict[Head, np.ndarray]:
+        """(b, w, f) float windows → {head: float array}."""
         x = np.asarray(windows, dtype=np.float32)
         self._resize(x.shape[0])
         self._interp.set_tensor(self._input["index"], self._quantise(x))
         self._interp.invoke()
-        return self._output(self._rec), self._output(self._pred)
+        return {h: self._output(d) for h, d in self._outputs.items()}
 
-    def predict_batched(self, windows: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        recs, preds = [], []
-        for i in range(0, len(windows), batch):
-            r, p = self.predict(windows[i : i + batch])
-            recs.append(r)
-            preds.append(p)
-        return np.concatenate(recs), np.concatenate(preds)
+    def predict_batched(self, windows: np.ndarray, batch: int = 256) -> dict[Head, np.ndarray]:
+        parts = [self.predict(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        return {h: np.concatenate([p[h] for p in parts]) for h in self.heads}

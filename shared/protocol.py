@@ -145,6 +145,9 @@ class AnomalyEvent:
     reconstruction_error: float = doc("Raw reconstruction MSE.", default=0.0)
     prediction_error: float = doc("Raw prediction MSE.", default=0.0)
     top_features: list[str] = doc("Features that contributed most, largest first.", default_factory=list)
+    attribution: dict[str, float] = doc("Share of the window's channel scores per top feature (sums to <= 1).",
+                                        default_factory=dict)
+    likelihood: float = doc("Streaming anomaly likelihood in [0, 1] (log-scaled tail probability).", default=0.0)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.event_id) <= 64:

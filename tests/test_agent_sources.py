@@ -68,8 +68,8 @@ def test_runtime_falls_back_to_tensorflow_lite_when_litert_is_missing(trained_ho
         from shared.inference import TFLiteModel
         m = TFLiteModel(open({str(model_path)!r}, "rb").read())
         x = np.random.default_rng(0).random((4, m.window, m.n_features)).astype("float32")
-        rec, pred = m.predict(x)
-        np.save(sys.stdout.buffer, pred, allow_pickle=False)
+        from shared.scoring import Head
+        np.save(sys.stdout.buffer, m.predict(x)[Head.PREDICTION], allow_pickle=False)
         print(m.runtime.value, file=sys.stderr)
     """)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=120)
@@ -78,8 +78,9 @@ def test_runtime_falls_back_to_tensorflow_lite_when_litert_is_missing(trained_ho
     import io
 
     from shared.inference import TFLiteModel
+    from shared.scoring import Head
 
     m = TFLiteModel(model_path.read_bytes())
     assert m.runtime.value == "litert"
     x = np.random.default_rng(0).random((4, m.window, m.n_features)).astype("float32")
-    np.testing.assert_allclose(np.load(io.BytesIO(out.stdout), allow_pickle=False), m.predict(x)[1], atol=1e-6)
+    np.testing.assert_allclose(np.load(io.BytesIO(out.stdout), allow_pickle=False), m.predict(x)[Head.PREDICTION], atol=1e-6)

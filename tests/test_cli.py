@@ -26,7 +26,7 @@ def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
     out = runner.invoke(main, [*home, "train", "--data", str(csv), "--epochs", "2", "--window", "16",
                                "--features", "temperature,humidity"])
     assert out.exit_code == 0, out.output
-    assert "Model v1 trained" in out.output
+    assert "Model v1 (ae-lstm, unsupervised) trained" in out.output
 
     out = runner.invoke(main, [*home, "export", "--model", "1", "-q", "int8",
                                "--profile", str(REPO / "firmware_profiles" / "rpi3-32.toml")])

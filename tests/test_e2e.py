@@ -111,6 +111,9 @@ def test_full_loop_through_mosquitto(tmp_path: Path, mosquitto: RunningBroker) -
             assert event is not None and event.model_version == v1 and event.score > event.threshold
             assert event.ts - spike_ts < 16 * 0.05 + 1e-6  # within one window of the spike
             assert event.top_features[0] == FEATURES[0]
+            # Attribution: the spiked channel carries the largest share of the window's score.
+            assert list(event.attribution)[0] == FEATURES[0] and event.attribution[FEATURES[0]] > 0.25
+            assert 0.0 < event.likelihood <= 1.0
             false_alarms = s.scalar(select(func.count()).select_from(db.AnomalyEvent)
                                     .where(db.AnomalyEvent.ts < spike_ts))
         assert false_alarms <= 1

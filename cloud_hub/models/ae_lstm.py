@@ -1,41 +1,49 @@
 """AE-LSTM hybrid: a dense autoencoder reconstructs the window, an LSTM predicts its newest reading.
 
-One Keras model, one input ``(window, features)``, two outputs: the reconstruction ``(window,
-features)`` and the prediction ``(features,)`` of the last reading made from the ``window - 1``
-readings before it.  The LSTM is built with ``unroll=True``: TF's converter crashes on full-int8
-quantisation of the fused LSTM op, while the unrolled cell quantises cleanly.
+Score A(t) = α·reconstruction error + β·prediction error (see shared.scoring).  The LSTM is built
+with ``unroll=True``: TF's converter crashes on full-int8 quantisation of the fused LSTM op, while
+the unrolled cell quantises cleanly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-NAME = "ae-lstm"
+from cloud_hub.models.base import Mode
+from cloud_hub.models.keras_detector import KerasDetector
 
 
-def build(window: int, n_features: int, hidden: int, latent: int, lstm_units: int, learning_rate: float,
-          alpha: float, beta: float) -> Any:
-    import keras
+def dense_autoencoder(inp: Any, steps: int, channels: int, widths: list[int], latent: int) -> Any:
+    """Flatten → Dense(widths...) → latent → mirrored widths → reconstruction (steps, channels)."""
     from keras import layers
 
-    inp = keras.Input((window, n_features), name="window")
-    flat = layers.Flatten()(inp)
-    h = layers.Dense(hidden, activation="relu")(flat)
-    z = layers.Dense(latent, activation="relu", name="latent")(h)
-    h2 = layers.Dense(hidden, activation="relu")(z)
-    rec = layers.Reshape((window, n_features), name="reconstruction")(layers.Dense(window * n_features)(h2))
-    past = layers.Cropping1D((0, 1))(inp)  # readings t-w+1 .. t-1
-    state = layers.LSTM(lstm_units, unroll=True)(past)
-    pred = layers.Dense(n_features, name="prediction")(state)
-    model = keras.Model(inp, [rec, pred], name="ae_lstm")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=["mse", "mse"],
-        loss_weights=[max(alpha, 1e-3), max(beta, 1e-3)],
-    )
-    return model
+    h = layers.Flatten()(inp)
+    for w in widths:
+        h = layers.Dense(w, activation="relu")(h)
+    h = layers.Dense(latent, activation="relu", name="latent")(h)
+    for w in reversed(widths):
+        h = layers.Dense(w, activation="relu")(h)
+    return layers.Reshape((steps, channels), name="reconstruction")(layers.Dense(steps * channels)(h))
 
 
-def targets(x: Any) -> tuple[Any, Any]:
-    """Training targets for windows x: the window itself and its last reading."""
-    return x, x[:, -1, :]
+def past(inp: Any) -> Any:
+    """Readings t-w+1 .. t-1: what a prediction head may see."""
+    from keras import layers
+
+    return layers.Cropping1D((0, 1))(inp)
+
+
+class AELSTM(KerasDetector):
+    name = "ae-lstm"
+    summary = "AE-LSTM hybrid: dense autoencoder + LSTM next-step predictor, A = α·rec + β·pred"
+    modes = (Mode.UNSUPERVISED,)
+
+    def build(self, steps: int, channels: int) -> Any:
+        import keras
+        from keras import layers
+
+        inp = keras.Input((steps, channels), name="window")
+        rec = dense_autoencoder(inp, steps, channels, [self.cfg.hidden], self.cfg.latent)
+        state = layers.LSTM(self.cfg.lstm_units, unroll=True)(past(inp))
+        pred = layers.Dense(channels, name="prediction")(state)
+        return keras.Model(inp, [rec, pred], name="ae_lstm")

@@ -1,0 +1,1 @@
+"""Evaluation: point-wise metrics on labelled tables, NAB streaming scores, reports."""

@@ -1,0 +1,160 @@
+"""``cloud-hub evaluate``: train on a stratified split of a labelled table, score the held-out rows.
+
+Unsupervised models see only the normal training rows.  Metrics are computed for the trained model
+and, when it exports, for its int8 TFLite form through the edge's interpreter and scoring (the
+quantization delta).  Everything lands in ``out``: metrics.json, scores.csv, report.md, PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud_hub.config import TrainingConfig
+from cloud_hub.evaluation.pointwise import pointwise
+from cloud_hub.evaluation.report import roc_pr_plots, score_timeline, table
+from cloud_hub.models import Detector, create
+from cloud_hub.training import check_mode
+from shared.tabular import Table, apply_tabular, fit_tabular, read_table
+
+log = logging.getLogger(__name__)
+BATCH = 256
+METRIC_KEYS = ["accuracy", "precision", "recall", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "fp", "fn"]
+
+
+def ms_per_batch(score: Any, x: np.ndarray, batch: int = BATCH, repeats: int = 3) -> float:
+    """Median wall time to score one batch of ``batch`` samples (after a warm-up call)."""
+    chunk = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
+    score(chunk)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        score(chunk)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+    return np.sort(train), np.sort(test)
+
+
+def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, test: np.ndarray,
+              quantization: str | None = "int8") -> dict[str, Any]:
+    """Train on ``train`` rows, score ``test`` rows; int8 metrics too when the model exports."""
+    from cloud_hub.export import Quantization, exported
+    from cloud_hub.models.base import NotExportable
+
+    assert data.y is not None
+    mode = check_mode(model, labelled=True)
+    params = fit_tabular(data.x[train], data.features)
+    x_train, x_test = apply_tabular(data.x[train], params), apply_tabular(data.x[test], params)
+    y_train, y_test = data.y[train], data.y[test]
+    det: Detector = create(model, cfg, mode)
+    t0 = time.perf_counter()
+    report = det.fit(x_train, y_train)
+    train_s = time.perf_counter() - t0
+    scores = det.score(x_test)
+    result: dict[str, Any] = {
+        "model": model, "mode": mode.value, "threshold": det.threshold, "train_seconds": round(train_s, 2),
+        "train_samples": report.train_samples, "epochs": report.epochs,
+        **pointwise(y_test, scores, scores > det.threshold),
+        "ms_per_batch": ms_per_batch(det.score, x_test), "batch": BATCH,
+        "scores": scores, "y_test": y_test,
+    }
+    if quantization and quantization in det.quantizations:
+        tflite, scoring, _, agree = exported(det, Quantization(quantization))
+        t_scores = det.tflite_scores(tflite, x_test, scoring)
+        q = pointwise(y_test, t_scores, t_scores > scoring.threshold)
+        result[quantization] = {**q, "threshold": scoring.threshold, "tflite_bytes": len(tflite),
+                                "agreement": asdict(agree),
+                                "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, scoring), x_test)}
+        result["quantization_f1_delta"] = q["f1"] - result["f1"]
+        result["scores_" + quantization] = t_scores
+    elif quantization:
+        result[quantization] = None
+        result["export_note"] = str(NotExportable(det.export_note or "not exportable"))
+    return result
+
+
+def cross_validate(model: str, cfg: TrainingConfig, data: Table, folds: int, seed: int) -> dict[str, Any]:
+    from sklearn.model_selection import StratifiedKFold
+
+    assert data.y is not None
+    per_fold = []
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data.x, data.y):
+        r = fit_score(model, cfg, data, train, test, quantization=None)
+        per_fold.append({k: r[k] for k in METRIC_KEYS})
+    summary = {k: {"mean": float(np.mean([f[k] for f in per_fold])), "std": float(np.std([f[k] for f in per_fold]))}
+               for k in METRIC_KEYS if all(f[k] is not None for f in per_fold)}
+    return {"folds": folds, "per_fold": per_fold, "summary": summary}
+
+
+def evaluate(model: str, data_path: Path, out: Path, cfg: TrainingConfig, label_column: str = "label",
+             test_size: float = 0.3, seed: int = 0, folds: int = 0, quantization: str | None = "int8",
+             plots: bool = True) -> dict[str, Any]:
+    if not 0 < test_size < 1:
+        raise ValueError("--test-size must be in (0, 1)")
+    data = read_table(data_path, label_column)
+    assert data.y is not None
+    if len(np.unique(data.y)) < 2:
+        raise ValueError(f"{data_path}: the label column holds a single class")
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = split(data.y, test_size, seed)
+    r = fit_score(model, cfg, data, train, test, quantization)
+    scores, y_test = r.pop("scores"), r.pop("y_test")
+    q_scores = r.pop("scores_" + quantization, None) if quantization else None
+    metrics = {**r, "dataset": str(data_path), "rows": len(data.y), "test_rows": len(test), "test_size": test_size,
+               "seed": seed, "features": len(data.features)}
+    if folds > 1:
+        metrics["cross_validation"] = cross_validate(model, cfg, data, folds, seed)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out / "scores.csv", "w") as fh:
+        fh.write("row,label,score,flag" + (f",score_{quantization}" if q_scores is not None else "") + "\n")
+        for i, row in enumerate(test):
+            extra = f",{q_scores[i]:.6g}" if q_scores is not None else ""
+            fh.write(f"{row},{y_test[i]},{scores[i]:.6g},{int(scores[i] > r['threshold'])}{extra}\n")
+    if plots:
+        curves = {model: ((y_test > 0).astype(int), scores)}
+        if q_scores is not None:
+            curves[f"{model} ({quantization})"] = ((y_test > 0).astype(int), q_scores)
+        roc_pr_plots(curves, out, f"{model} on {data_path.name}")
+        score_timeline(scores, r["threshold"], out, f"{model}: held-out scores (attacks shaded)", labels=y_test)
+    write_report(metrics, out, quantization)
+    return metrics
+
+
+def write_report(m: dict[str, Any], out: Path, quantization: str | None) -> None:
+    rows = [{"variant": "trained model", **m}]
+    if quantization and m.get(quantization):
+        rows.append({"variant": f"TFLite {quantization}", **m[quantization]})
+    lines = [
+        f"# {m['model']} on {Path(m['dataset']).name}",
+        "",
+        f"{m['mode']} · {m['rows']} rows, {m['features']} features · stratified test split {m['test_size']} "
+        f"(seed {m['seed']}): {m['test_rows']} rows · trained in {m['train_seconds']} s ({m['epochs']} epochs)",
+        "",
+        table(rows, ["variant", *METRIC_KEYS, "ms_per_batch"]),
+        "",
+        f"Threshold learned on validation data: {m['threshold']:.6g}. `ms_per_batch`: median time to score "
+        f"{m['batch']} rows.",
+    ]
+    if "quantization_f1_delta" in m:
+        lines += ["", f"Quantization F1 delta ({quantization} − trained): {m['quantization_f1_delta']:+.4f}"]
+    elif m.get("export_note"):
+        lines += ["", f"No TFLite export: {m['export_note']}"]
+    if "cross_validation" in m:
+        cv = m["cross_validation"]
+        lines += ["", f"## {cv['folds']}-fold cross-validation", "",
+                  table([{"metric": k, **v} for k, v in cv["summary"].items()], ["metric", "mean", "std"])]
+    lines += ["", "![ROC](roc.png) ![PR](pr.png)", "", "![scores](timeline.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))

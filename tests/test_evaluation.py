@@ -1,0 +1,158 @@
+"""`cloud-hub evaluate`, `cloud-hub nab`, `train --label-column` and `edge-agent replay`, from the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cloud_hub.cli import main
+from tests.conftest import REPO, simulated_series, write_csv
+
+pytestmark = pytest.mark.integration
+DATASETS = REPO.parent / "shared" / "datasets"
+FAST = ["--set", "epochs=3", "--set", "hidden=16", "--set", "latent=4", "--set", "trees=20"]
+
+
+def labelled_table(path: Path, n: int = 900, seed: int = 0) -> Path:
+    """Flow-like rows: heavy-tailed counts, some cells missing; attacks send more bytes on few ports."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    x = np.column_stack([rng.lognormal(5 + 3 * y, 0.6), rng.lognormal(3, 1, n), rng.integers(0, 2, n),
+                         rng.normal(0, 1, n) + 3 * y, rng.exponential(1, n)])
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["bytes", "pkts", "proto_tcp", "rate", "dur", "label"])
+        for i in range(n):
+            cells = [f"{v:.5g}" for v in x[i]]
+            if i % 17 == 0:
+                cells[1] = ""  # missing values are imputed, not dropped
+            w.writerow([*cells, y[i]])
+    return path
+
+
+def test_evaluate_writes_metrics_report_and_plots(tmp_path: Path) -> None:
+    data = labelled_table(tmp_path / "flows.csv")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", "--model", "random-forest", "--model", "deep-ae", "--data", str(data),
+                                  "--out", str(out), "--folds", "3", *FAST])
+    assert r.exit_code == 0, r.output
+    for name in ("random-forest", "deep-ae"):
+        m = json.loads((out / name / "metrics.json").read_text())
+        for key in ("accuracy", "precision", "recall", "f1", "balanced_accuracy", "roc_auc", "pr_auc", "fp", "fn",
+                    "ms_per_batch"):
+            assert m[key] is not None, key
+        assert m["test_rows"] == 270 and m["fp"] + m["fn"] + m["tp"] + m["tn"] == 270
+        assert m["cross_validation"]["folds"] == 3 and "f1" in m["cross_validation"]["summary"]
+        for f in ("report.md", "roc.png", "pr.png", "timeline.png", "scores.csv"):
+            assert (out / name / f).stat().st_size > 0
+    rf = json.loads((out / "random-forest" / "metrics.json").read_text())
+    assert rf["f1"] > 0.9 and rf["int8"] is None and "no TFLite form" in rf["export_note"]
+    ae = json.loads((out / "deep-ae" / "metrics.json").read_text())
+    assert ae["mode"] == "unsupervised" and ae["int8"]["tflite_bytes"] > 0
+    assert ae["quantization_f1_delta"] == pytest.approx(ae["int8"]["f1"] - ae["f1"])
+    summary = (out / "summary.md").read_text()
+    assert "random-forest" in summary and "deep-ae" in summary and (out / "roc.png").exists()
+
+
+def test_evaluate_refuses_bad_input(tmp_path: Path) -> None:
+    data = labelled_table(tmp_path / "flows.csv", n=60)
+    r = CliRunner().invoke(main, ["evaluate", "--model", "svm", "--data", str(data), "--label-column", "nope",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "no 'nope' column" in r.output
+    r = CliRunner().invoke(main, ["evaluate", "--model", "svm", "--data", str(data), "--out", str(tmp_path / "o"),
+                                  "--set", "no_such_key=1"])
+    assert r.exit_code != 0 and "no_such_key" in r.output
+
+
+def test_train_matches_model_and_labels(tmp_path: Path) -> None:
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "hub")]
+    assert runner.invoke(main, [*home, "init"]).exit_code == 0
+    ts, values = simulated_series(40)
+    plain = write_csv(tmp_path / "plain.csv", ts, values)
+    r = runner.invoke(main, [*home, "train", "--model", "svm", "--data", str(plain), "--window", "16"])
+    assert r.exit_code != 0 and "svm is a supervised model: it needs labelled data" in r.output
+    labels = np.zeros(len(ts), int)
+    labels[300:340] = 1
+    values[300:340, 0] += 5.0
+    lab = tmp_path / "labelled.csv"
+    with open(lab, "w") as fh:
+        fh.write("timestamp,temperature,humidity,power,vibration,label\n")
+        for t, v, y in zip(ts, values, labels, strict=True):
+            fh.write(f"{t}," + ",".join(f"{x:.5f}" for x in v) + f",{y}\n")
+    r = runner.invoke(main, [*home, "train", "--model", "random-forest", "--data", str(lab), "--label-column",
+                             "label", "--window", "16", "--set", "trees=10"])
+    assert r.exit_code == 0 and "(random-forest, supervised)" in r.output, r.output
+    r = runner.invoke(main, [*home, "train", "--model", "deep-ae", "--data", str(lab), "--label-column", "label",
+                             "--window", "16", "--epochs", "1"])
+    assert r.exit_code == 0 and "(deep-ae, unsupervised)" in r.output, r.output
+    r = runner.invoke(main, [*home, "export", "--model", "1"])
+    assert r.exit_code != 0 and "no TFLite form" in r.output
+
+
+def test_edge_replay_cli_matches_in_process(tmp_path: Path, trained_home) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.replay import load_bundle, replay
+    from shared.csvdata import read_series
+
+    home, exported = trained_home
+    ts, values = simulated_series(30, seed=5)
+    values[400:405, 2] += 3.0
+    data = write_csv(tmp_path / "rec.csv", ts, values)
+    out = tmp_path / "scores.csv"
+    cmd = [sys.executable, "-m", "edge_agent.cli", "replay", "--bundle", str(exported.archive), "--data", str(data),
+           "--out", str(out)]
+    p = subprocess.run([*cmd, "--trusted-key", home.public_key()], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == len(ts) and rows[0]["score"] == "" and rows[-1]["score"] != ""
+    r = replay(load_bundle(exported.archive, [home.public_key()]), read_series(data))
+    np.testing.assert_allclose([float(x["score"]) for x in rows[15:]], r.score[15:], rtol=1e-5)
+    assert int(r.anomalous[400:420].sum()) >= 1 and [x["top_feature"] for x in rows][402] == "power"
+    from shared.signing import generate_private_key, public_key_b64
+
+    other = public_key_b64(generate_private_key())
+    p = subprocess.run([*cmd, "--trusted-key", other], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "bundle refused" in p.stderr
+
+
+@pytest.mark.skipif(not (DATASETS / "netflow").exists(), reason="datasets not present (../shared/datasets)")
+def test_reduced_benchmark_on_real_netflow(tmp_path: Path) -> None:
+    """CI's reduced version of `make bench-models` on real data: 3000 IoT-23 rows, few epochs."""
+    sample = tmp_path / "iot23_small.csv"
+    lines = (DATASETS / "netflow" / "iot23_sample.csv").read_text().splitlines()
+    rng = np.random.default_rng(0)
+    keep = sorted(rng.choice(np.arange(1, len(lines)), 3000, replace=False))
+    sample.write_text("\n".join([lines[0], *(lines[i] for i in keep)]) + "\n")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", "--model", "vae-dnn", "--model", "isolation-forest", "--data",
+                                  str(sample), "--out", str(out), "--set", "epochs=5"])
+    assert r.exit_code == 0, r.output
+    vae = json.loads((out / "vae-dnn" / "metrics.json").read_text())
+    assert vae["f1"] > 0.93 and abs(vae["quantization_f1_delta"]) <= 0.02
+
+
+@pytest.mark.skipif(not (DATASETS / "nab").exists(), reason="NAB corpus not present (../shared/datasets/nab)")
+def test_reduced_nab_through_the_edge_path(tmp_path: Path) -> None:
+    out = tmp_path / "nab"
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--model", "ae-lstm", "--out", str(out),
+                                  "--files", "art_daily_jumpsup", "--files", "art_daily_no_noise",
+                                  "--set", "epochs=3"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "nab_scores.json").read_text())
+    for key in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+        assert -1000 < s[key] <= 100
+    assert s["standard"] > 0  # one clear jump: better than never detecting
+    res = out / "edgesentryAeLstm" / "artificialWithAnomaly" / "edgesentryAeLstm_art_daily_jumpsup.csv"
+    rows = list(csv.DictReader(res.read_text().splitlines()))
+    assert list(rows[0]) == ["timestamp", "value", "anomaly_score", "label", "is_anomaly"] and len(rows) == 4032
+    assert rows[0]["timestamp"] == "2014-04-01 00:00:00" and {r["label"] for r in rows} == {"0", "1"}
+    assert all(0.0 <= float(r["anomaly_score"]) <= 1.0 for r in rows)
+    assert len(list((out / "bundles").glob("*.tar.gz"))) == 2 and (out / "report.md").exists()

@@ -188,6 +188,8 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
              folds: int, quantization: str, out: Path, settings: tuple[str, ...]) -> None:
     """Train on a stratified split of a labelled table and report held-out metrics (metrics.json, report.md,
     ROC / PR / score plots).  Unsupervised models train on the normal rows only."""
+    from dataclasses import replace
+
     from cloud_hub.evaluation.compare import compare
     from cloud_hub.evaluation.evaluate import evaluate as run_evaluate
     from cloud_hub.models import MODELS
@@ -207,8 +209,6 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
                       + (f"F1 {q} {m[q]['f1']:.4f}  " if q and m.get(q) else "")
                       + f"({m['train_seconds']} s) → {where / 'report.md'}")
         return m
-
-    from dataclasses import replace
 
     try:
         if len(names) == 1:
@@ -240,6 +240,10 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
     from cloud_hub.evaluation import nab as nab_run
     from cloud_hub.models import Mode, get
 
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # SIGTERM stops the worker processes too
     cls = get(model_name)
     if Mode.UNSUPERVISED not in cls.modes or quantization not in cls.quantizations:
         raise click.BadParameter(f"{model_name} cannot run NAB: it needs an unsupervised model that exports "

@@ -158,7 +158,12 @@ def run(nab_dir: Path, cfg: NabConfig, out: Path, files: list[str] | None = None
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
-            results = list(pool.map(_run_file_safe, jobs))
+            try:
+                results = list(pool.map(_run_file_safe, jobs))
+            except BaseException:  # interrupted: do not leave workers training on their own
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                raise
     else:
         results = [_run_file_safe(j) for j in jobs]
     failed = [r for r in results if r.error]

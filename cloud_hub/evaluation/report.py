@@ -26,6 +26,8 @@ def roc_pr_plots(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, ti
     paths = []
     for kind in ("roc", "pr"):
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        ax.set_prop_cycle(color=[plt.cm.tab20(i / 20) for i in range(0, 20, 2)] + ["black", "tab:olive"],
+                          linestyle=["-", "--", "-.", ":"] * 3)
         for name, (y, s) in curves.items():
             s = np.nan_to_num(s, nan=0.0, posinf=1e300, neginf=-1e300)
             if kind == "roc":

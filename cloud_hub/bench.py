@@ -207,7 +207,8 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
     home = HubHome(workdir / "hub")
     home.init()
     exports = _train(home, console)
-    window = np.load(home.models_dir / "1" / "calibration.npz", allow_pickle=False)["val"][0]
+    with np.load(home.models_dir / "1" / "calibration.npz", allow_pickle=False) as cal:
+        window = cal["x_val"][0]  # a held-out normal window, as the detector saved it
     results: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
         "model": {"name": "ae-lstm", "window": int(window.shape[0]), "features": int(window.shape[1])},

@@ -16,7 +16,7 @@ from cloud_hub import db
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import HubHome
-from cloud_hub.models import Detector, EpochCallback, Mode, ModelError, create, get, load_detector
+from cloud_hub.models import MODELS, Detector, EpochCallback, Mode, ModelError, create, get, load_detector
 from shared.preprocessing import PreprocessParams, fit_preprocessing, series_windows
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,7 @@ def check_mode(model: str, labelled: bool) -> Mode:
     if Mode.UNSUPERVISED in cls.modes:
         return Mode.UNSUPERVISED
     raise ModelError(f"{model} is a supervised model: it needs labelled data (--label-column, 0 = normal). "
-                     f"Unsupervised models: {', '.join(n for n, c in _models() if Mode.UNSUPERVISED in c.modes)}")
-
-
-def _models() -> list[tuple[str, type[Detector]]]:
-    from cloud_hub.models import MODELS
-
-    return list(MODELS.items())
+                     f"Unsupervised models: {', '.join(n for n, c in MODELS.items() if Mode.UNSUPERVISED in c.modes)}")
 
 
 def train(

@@ -48,6 +48,16 @@ def header_of(reader: Iterator[list[str]], path: Path, required: str | None) -> 
     return header
 
 
+def data_rows(reader: Iterator[list[str]], header: list[str], path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Non-empty data rows with their location ("path:line"); a row of the wrong width is an error."""
+    for line_no, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}:{line_no}: expected {len(header)} cells, got {len(row)}")
+        yield f"{path}:{line_no}", row
+
+
 def cell(text: str, where: str) -> float:
     """A numeric cell; empty, nan, null, NA and '-' are missing (NaN)."""
     text = text.strip()
@@ -73,13 +83,9 @@ def read_series(
         t_idx = header.index(timestamp_column)
         idx = [header.index(n) for n in names]
         ts, rows = [], []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{line_no}: expected {len(header)} cells, got {len(row)}")
+        for where, row in data_rows(reader, header, path):
             ts.append(parse_timestamp(row[t_idx]))
-            rows.append([cell(row[i], f"{path}:{line_no}") for i in idx])
+            rows.append([cell(row[i], where) for i in idx])
     if not rows:
         raise ValueError(f"{path} has no data rows")
     t = np.asarray(ts)

@@ -97,6 +97,7 @@ class AnomalyLikelihood:
         self._lo = np.asarray(params.range_min, np.float64)
         self._hi = np.asarray(params.range_max, np.float64)
         self._n = 0
+        self._evicted = 0
         self._peaks: deque[tuple[int, float]] = deque()  # sliding max of the last onset_window values
 
     def _stats(self) -> tuple[float, float]:
@@ -158,9 +159,14 @@ class AnomalyLikelihood:
             old = self._history.popleft()
             self._sum -= old
             self._sq -= old * old
+            self._evicted += 1
+            if self._evicted % self.params.history == 0:  # re-sum once per turnover: no rounding drift
+                self._sum = math.fsum(self._history)
+                self._sq = math.fsum(v * v for v in self._history)
         return log_scale(1.0 - tail)
 
     def update(self, scores: np.ndarray, readings: np.ndarray | None = None) -> np.ndarray:
-        if readings is None:
+        """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty."""
+        if readings is None or self.params.spatial_tolerance < 0:
             return np.array([self.update_one(float(s)) for s in scores])
         return np.array([self.update_one(float(s), r) for s, r in zip(scores, readings, strict=True)])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.csvdata import cell, header_of
+from shared.csvdata import cell, data_rows, header_of
 from shared.schema import doc, dump, load
 
 
@@ -35,16 +35,12 @@ def read_table(path: Path, label_column: str | None = "label", exclude: tuple[st
         idx = [header.index(n) for n in names]
         li = header.index(label_column) if label_column else -1
         rows, labels = [], []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}:{line_no}: expected {len(header)} cells, got {len(row)}")
-            rows.append([cell(row[i], f"{path}:{line_no}") for i in idx])
+        for where, row in data_rows(reader, header, path):
+            rows.append([cell(row[i], where) for i in idx])
             if label_column:
-                lab = cell(row[li], f"{path}:{line_no}")
+                lab = cell(row[li], where)
                 if math.isnan(lab) or lab != int(lab) or lab < 0:
-                    raise ValueError(f"{path}:{line_no}: label must be an integer >= 0, got {row[li]!r}")
+                    raise ValueError(f"{where}: label must be an integer >= 0, got {row[li]!r}")
                 labels.append(int(lab))
     if not rows:
         raise ValueError(f"{path} has no data rows")

@@ -65,3 +65,12 @@ def test_range_novelty_and_onsets() -> None:
     # Onsets: a lasting jump in the raw score is reported where it starts, then not again for 50 readings.
     jump = lik.update(np.full(60, 50.0), np.full((60, 1), 5.0))
     assert jump[0] > 0.5 and (jump[1:50] == 0.0).all()
+
+
+def test_running_sums_do_not_drift() -> None:
+    """Incremental sums are re-summed once per history turnover: after many turnovers they equal a
+    fresh sum over the history exactly as fsum computes it."""
+    lik = AnomalyLikelihood(fit_prior(normal_scores(100), history=50))
+    lik.update(np.concatenate([normal_scores(1000, 6) * 1e6, normal_scores(1000, 7)]))
+    assert lik._sum == pytest.approx(sum(lik._history), rel=1e-12)
+    assert lik._sq == pytest.approx(sum(v * v for v in lik._history), rel=1e-12)

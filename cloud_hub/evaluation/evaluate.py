@@ -52,7 +52,6 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
               quantization: str | None = "int8") -> dict[str, Any]:
     """Train on ``train`` rows, score ``test`` rows; int8 metrics too when the model exports."""
     from cloud_hub.export import Quantization, exported
-    from cloud_hub.models.base import NotExportable
 
     assert data.y is not None
     mode = check_mode(model, labelled=True)
@@ -82,7 +81,7 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
         result["scores_" + quantization] = t_scores
     elif quantization:
         result[quantization] = None
-        result["export_note"] = str(NotExportable(det.export_note or "not exportable"))
+        result["export_note"] = det.export_note or f"{model} does not export as {quantization}"
     return result
 
 

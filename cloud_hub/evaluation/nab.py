@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class FileResult:
     threshold: float
     agreement_pearson: float
     error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def detector_name(model: str) -> str:

@@ -320,10 +320,19 @@ class Agent:
             error=self._failed.get(failed, "")[:500] if failed is not None else "",
             failed_version=failed,
             rollout_id=target.rollout_id if (target := self._target()) else None,
+            msg_id=uuid.uuid4().hex,
         )
 
     def _publish_status(self) -> None:
-        self.client.publish(self._topic(Channel.STATUS), encode(self._status(AgentState.ONLINE)), qos=1, retain=True)
+        self._send(Channel.STATUS, self._status(AgentState.ONLINE))
+
+    def _send(self, channel: Channel, message: AnomalyEvent | Status | SyncBatch | Telemetry) -> None:
+        """The one way durable reports leave the agent (anomaly, status, telemetry, sync).
+
+        Each message carries its durable id (``event_id`` / ``batch_id`` / ``msg_id``).
+        """
+        retain = channel == Channel.STATUS
+        self.client.publish(self._topic(channel), encode(message), qos=1, retain=retain)
 
     # ------------------------------------------------------------------ scoring
 
@@ -374,7 +383,7 @@ class Agent:
         log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s)", event.ts, event.score,
                  event.threshold, event.likelihood, event.model_version,
                  ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
-        self.client.publish(self._topic(Channel.ANOMALY), encode(event), qos=1)
+        self._send(Channel.ANOMALY, event)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -436,8 +445,9 @@ class Agent:
             score_mean=finite(total / n) if n else 0.0,
             score_max=finite(peak),
             readings_scored_total=self.counters.scored,
+            msg_id=uuid.uuid4().hex,
         )
-        self.client.publish(self._topic(Channel.TELEMETRY), encode(msg), qos=0)
+        self._send(Channel.TELEMETRY, msg)
 
     def _flush_sync(self) -> None:
         """Upload buffered readings; while offline they stay buffered (bounded)."""
@@ -463,5 +473,5 @@ class Agent:
                     self._sync.popleft()
                 n = max(1, n // 2)
                 continue
-            self.client.publish(self._topic(Channel.SYNC), payload, qos=1)
+            self._send(Channel.SYNC, batch)
             self.counters.sync_rows_sent += len(rows)

@@ -44,6 +44,7 @@ class Channel(enum.StrEnum):
     MODEL = "model"  # hub → agent, retained: model announcement for this device
     MODEL_REQUEST = "model/request"  # agent → hub: send me the chunks of version N
     MODEL_CHUNK = "model/chunk"  # hub → agent: one chunk of a bundle archive
+    ACK = "ack"  # hub → agent: durable ids the hub has stored (the agent's outbox deletes them)
 
 
 class RejectReason(enum.StrEnum):
@@ -182,6 +183,8 @@ class Status:
     error: str = doc("Why the last bundle was refused, if it was.", default="")
     failed_version: int | None = doc("Version of the refused bundle.", default=None)
     rollout_id: int | None = doc("Rollout whose announcement the model state answers.", default=None)
+    msg_id: str = doc("Durable id of this status change (acknowledged by the hub); empty for the last will.",
+                      default="")
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class Telemetry:
     score_mean: float = doc("Mean score in the interval.")
     score_max: float = doc("Max score in the interval.")
     readings_scored_total: int = doc("Readings scored since start.")
+    msg_id: str = doc("Durable id (acknowledged by the hub).", default="")
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,28 @@ class SyncBatch:
             raise ValueError(f"every row needs a timestamp and {len(self.features)} values")
         if self.flags and len(self.flags) != len(self.rows):
             raise ValueError("flags must have one entry per row")
+
+
+MAX_ACK_IDS = 1000
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The hub stored (or had already stored) these durable ids from ``device``.
+
+    PUBACK only says the broker has a message; this says the hub's database has it.  The agent's
+    outbox deletes an entry only on this acknowledgement and re-sends what stays unacknowledged.
+    """
+
+    v: int = doc("Protocol version.")
+    device: str = doc("Device whose messages are acknowledged.")
+    ids: list[str] = doc("Durable ids: anomaly event_id, sync batch_id, status/telemetry msg_id.")
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.ids) <= MAX_ACK_IDS:
+            raise ValueError(f"ids must hold 1-{MAX_ACK_IDS} entries")
+        if any(not 1 <= len(i) <= 64 for i in self.ids):
+            raise ValueError("every id must be 1-64 characters")
 
 
 @dataclass(frozen=True)
@@ -254,7 +280,8 @@ class ModelChunk:
             raise ValueError("index out of range")
 
 
-Message = Readings | AnomalyEvent | Heartbeat | Status | Telemetry | SyncBatch | ModelAnnouncement | ModelRequest | ModelChunk
+Message = (Readings | AnomalyEvent | Heartbeat | Status | Telemetry | SyncBatch | ModelAnnouncement | ModelRequest
+           | ModelChunk | Ack)
 
 SCHEMAS: dict[Channel, type] = {
     Channel.READINGS: Readings,
@@ -266,6 +293,7 @@ SCHEMAS: dict[Channel, type] = {
     Channel.MODEL: ModelAnnouncement,
     Channel.MODEL_REQUEST: ModelRequest,
     Channel.MODEL_CHUNK: ModelChunk,
+    Channel.ACK: Ack,
 }
 
 M = TypeVar("M")

@@ -504,6 +504,3 @@ def bench(out: Path, broker: str | None, workdir: Path) -> None:
 
     run_bench(workdir.resolve(), out.resolve(), broker, console=console)
 
-
-if __name__ == "__main__":
-    main()

@@ -21,10 +21,16 @@ class FirmwareProfile:
     max_model_bytes: int = doc("Largest .tflite file the gateway accepts.", default=4 * 1024 * 1024)
     memory_budget_mb: int = doc("Resident memory the agent may use.", default=256)
     quantization: Literal["int8", "float16", "dynamic", "float32"] = doc("Quantization to ship.", default="int8")
+    latency_p99_ms: float = doc("Largest p99 scoring latency per window a model may have on this gateway.",
+                                default=20.0)
+    outbox_max_bytes: int = doc("Disk the agent's outbox may use for undelivered reports.",
+                                default=256 * 1024 * 1024)
 
     def __post_init__(self) -> None:
         if self.num_threads < 1 or self.max_model_bytes < 1 or self.memory_budget_mb < 16:
             raise ValueError("num_threads >= 1, max_model_bytes >= 1, memory_budget_mb >= 16")
+        if self.latency_p99_ms <= 0 or self.outbox_max_bytes < 1024 * 1024:
+            raise ValueError("latency_p99_ms > 0 and outbox_max_bytes >= 1 MiB")
 
 
 def load_profile(path: Path) -> FirmwareProfile:

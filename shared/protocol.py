@@ -107,10 +107,16 @@ class AgentState(enum.StrEnum):
 
 
 class ModelState(enum.StrEnum):
+    """The agent's model update lifecycle (edge_agent/update.py owns the transitions)."""
+
     NONE = "none"  # no model yet: the agent buffers and syncs but does not score
-    DOWNLOADING = "downloading"
-    ACTIVE = "active"
-    FAILED = "failed"  # the last offered bundle was refused; see ``error``
+    DOWNLOADING = "downloading"  # fetching the announced bundle's chunks
+    VERIFYING = "verifying"  # signature, hash, manifest, profile budgets
+    STAGED = "staged"  # loaded beside the running model, checked on recent windows
+    ACTIVE = "active"  # swapped in, on probation (live health checks)
+    COMMITTED = "committed"  # passed probation: the new rollback target
+    FAILED = "failed"  # the offered bundle was refused before activation; see ``error``
+    ROLLED_BACK = "rolled_back"  # failed probation: back on the previous committed model; see ``error``
 
 
 @dataclass(frozen=True)
@@ -176,12 +182,12 @@ class Status:
     device: str = doc("Device id.")
     ts: float = doc("Agent clock.")
     state: AgentState = doc("online | offline (offline is the broker-delivered last will).")
-    model_state: ModelState = doc("none | downloading | active | failed.", default=ModelState.NONE)
+    model_state: ModelState = doc("Update lifecycle state (see ModelState).", default=ModelState.NONE)
     model_version: int | None = doc("Active model version.", default=None)
     agent_version: str = doc("edgesentry version on the agent.", default="")
     runtime: str = doc("TFLite runtime in use (litert, tflite_runtime, tensorflow).", default="")
-    error: str = doc("Why the last bundle was refused, if it was.", default="")
-    failed_version: int | None = doc("Version of the refused bundle.", default=None)
+    error: str = doc("Why the last bundle was refused or rolled back, if it was.", default="")
+    failed_version: int | None = doc("Version of the refused or rolled-back bundle.", default=None)
     rollout_id: int | None = doc("Rollout whose announcement the model state answers.", default=None)
     msg_id: str = doc("Durable id of this status change (acknowledged by the hub); empty for the last will.",
                       default="")

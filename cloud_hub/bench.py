@@ -104,6 +104,7 @@ class _Watcher:
 
 def _agent_e2e(workdir: Path, broker: RunningBroker, home: HubHome, bundle_dir: Path) -> dict[str, Any]:
     from edge_agent.model_store import ModelStore
+    from edge_agent.update import provision
     from shared.signing import parse_public_key
 
     state = workdir / "agent-state"
@@ -111,7 +112,7 @@ def _agent_e2e(workdir: Path, broker: RunningBroker, home: HubHome, bundle_dir: 
     store = ModelStore(state, [parse_public_key(home.public_key())])
     archive = bundle_fmt.pack(bundle_fmt.read_dir(bundle_dir))
     version = store.install(archive).manifest.version
-    store.set_active(version)
+    provision(state, version)
     conf = workdir / "agent.toml"
     conf.write_text(f"""device_id = "{DEVICE}"
 state_dir = "{state}"

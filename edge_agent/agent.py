@@ -1,8 +1,9 @@
-"""The edge agent: MQTT in and out, model lifecycle, scoring worker, heartbeats and data sync.
+"""The edge agent: wiring of MQTT in and out, the update machine, the scoring worker, heartbeats and sync.
 
 Threads: paho's network loop (decodes and routes messages, never scores), one scoring worker,
-one housekeeping timer (heartbeat, telemetry, sync, stalled downloads), a short-lived installer per
+one housekeeping timer (heartbeat, telemetry, sync, update ticks), a short-lived installer per
 new bundle, and optional source threads.  Model swaps replace one reference; readings keep flowing.
+The model lifecycle (download, checks, probation, rollback) lives in :mod:`edge_agent.update`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource
 from edge_agent.detector import ActiveModel, EpisodeTracker, ScoredWindow, StreamingDetector
-from edge_agent.model_store import Assembly, ModelStore
+from edge_agent.model_store import ModelStore
 from edge_agent.readings_queue import Reading, ReadingQueue
 from edge_agent.sources import CsvReplay
+from edge_agent.update import Updater
 from shared import __version__
-from shared.bundle import Bundle, BundleError
 from shared.mqtt import connect, make_client
 from shared.mqtt import start as start_mqtt
+from shared.profiles import load_profile
 from shared.protocol import (
     MAX_SYNC_ROWS,
     PROTOCOL_VERSION,
@@ -33,10 +34,7 @@ from shared.protocol import (
     AnomalyEvent,
     Channel,
     Heartbeat,
-    ModelAnnouncement,
-    ModelChunk,
     ModelRequest,
-    ModelState,
     ProtocolError,
     Readings,
     RejectCounter,
@@ -54,8 +52,6 @@ from shared.signing import parse_public_key
 
 log = logging.getLogger("edge_agent")
 
-DOWNLOAD_STALL_S = 10.0
-DOWNLOAD_ATTEMPTS = 5
 TOP_FEATURES = 3
 
 
@@ -80,14 +76,9 @@ class Agent:
         self.counters = Counters()
         self.started = time.monotonic()
         self.stop_event = threading.Event()
-        self._lock = threading.Lock()  # guards model lifecycle state below
-        self._fleet_ann: ModelAnnouncement | None = None
-        self._device_ann: ModelAnnouncement | None = None
-        self._assembly: Assembly | None = None
-        self._installing: int | None = None
-        self._failed: dict[int, str] = {}
-        self._model_state = ModelState.NONE
         self._runtime = ""
+        self.updater = Updater(cfg, self.store, self.detector, load_profile(cfg.profile) if cfg.profile else None,
+                               swap=self._swap, request=self._request, publish_status=self._publish_status)
         self._sync: deque[tuple[float, dict[str, float | None], int]] = deque(maxlen=cfg.sync.max_buffered_rows)
         self._tele_lock = threading.Lock()
         self._tele_n = 0
@@ -114,7 +105,7 @@ class Agent:
         return device_topic(self.device, channel)
 
     def start(self) -> None:
-        self._load_from_disk()
+        self.updater.boot()
         start_mqtt(self.client, self.cfg.broker)
         for target, name in ((self._score_loop, "scorer"), (self._housekeeping, "housekeeping")):
             t = threading.Thread(target=target, name=name, daemon=True)
@@ -159,25 +150,17 @@ class Agent:
         m = self.detector.model
         return m.version if m else None
 
-    def _load_from_disk(self) -> None:
-        """Start with the last active model; fall back to the previous one if it no longer verifies."""
-        for version in (self.store.active_version(), self.store.previous_version()):
-            if version is None or not self.store.has(version):
-                continue
-            try:
-                self._activate(ActiveModel.from_bundle(self.store.load(version), self.cfg.detector.runtime,
-                                                       self.cfg.detector.num_threads))
-                self.store.set_active(version)
-                return
-            except (BundleError, ValueError, RuntimeError) as exc:
-                log.error("stored model %s unusable: %s", version, exc)
-
-    def _activate(self, model: ActiveModel) -> None:
+    def _swap(self, model: ActiveModel | None) -> None:
+        """Put a model in front of the scorer (called by the update machine)."""
         self.detector.swap(model)
-        self.tracker.rearm = self.cfg.detector.rearm_readings or model.preprocessing.window
-        self._runtime = model.model.runtime.value
-        self._model_state = ModelState.ACTIVE
-        log.info("model %s v%d active (%s runtime)", model.name, model.version, self._runtime)
+        if model is not None:
+            self.tracker.rearm = self.cfg.detector.rearm_readings or model.preprocessing.window
+            self._runtime = model.model.runtime.value
+            log.info("model %s v%d in front of the scorer (%s runtime)", model.name, model.version, self._runtime)
+
+    def _request(self, version: int) -> None:
+        req = ModelRequest(v=PROTOCOL_VERSION, device=self.device, version=version)
+        self.client.publish(self._topic(Channel.MODEL_REQUEST), encode(req), qos=1)
 
     # ------------------------------------------------------------------ MQTT
 
@@ -197,7 +180,7 @@ class Agent:
             elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
                 self._handle_announcement(topic, msg.payload)
             elif topic == self._topic(Channel.MODEL_CHUNK):
-                self._handle_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
+                self.updater.on_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
         except ProtocolError as exc:
             self.rejects.reject(topic, exc)
         except Exception:  # a bug must not kill the network thread
@@ -213,114 +196,19 @@ class Agent:
 
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
         ann = None if not payload else decode(Channel.MODEL, payload)
-        with self._lock:
-            previous = self._fleet_ann if topic == fleet_model_topic() else self._device_ann
-            if ann is not None and (previous is None or previous.rollout_id != ann.rollout_id):
-                self._failed.pop(ann.version, None)  # a new rollout may fix what made us refuse it
-            if topic == fleet_model_topic():
-                self._fleet_ann = ann
-            else:
-                self._device_ann = ann
-        self._maybe_download()
-
-    def _target(self) -> ModelAnnouncement | None:
-        return self._device_ann or self._fleet_ann
-
-    def _maybe_download(self) -> None:
-        with self._lock:
-            target = self._target()
-            if (
-                target is None
-                or target.version == self.model_version
-                or target.version in self._failed
-                or target.version == self._installing
-                or (self._assembly is not None and self._assembly.announcement == target)
-            ):
-                return
-            if self.store.has(target.version):
-                self._installing = target.version
-                threading.Thread(target=self._install_stored, args=(target.version,), daemon=True).start()
-                return
-            self._assembly = Assembly(target)
-            self._model_state = ModelState.DOWNLOADING
-        self._request(target.version)
-
-    def _request(self, version: int) -> None:
-        with self._lock:
-            if self._assembly is not None:
-                self._assembly.requests += 1
-        req = ModelRequest(v=PROTOCOL_VERSION, device=self.device, version=version)
-        self.client.publish(self._topic(Channel.MODEL_REQUEST), encode(req), qos=1)
-        log.info("requested model v%d", version)
-
-    def _handle_chunk(self, chunk: ModelChunk) -> None:
-        with self._lock:
-            asm = self._assembly
-            if asm is None or chunk.version != asm.announcement.version:
-                return  # a late chunk of a superseded download
-            try:
-                complete = asm.add(chunk)
-                archive = asm.archive() if complete else None
-            except ValueError as exc:
-                self._assembly = None
-                self._fail(chunk.version, f"download: {exc}")
-                return
-            if archive is None:
-                return
-            self._assembly = None
-            self._installing = chunk.version
-        threading.Thread(target=self._install, args=(chunk.version, archive), daemon=True).start()
-
-    def _install(self, version: int, archive: bytes) -> None:
-        self._load_and_commit(version, lambda: self.store.install(archive))
-
-    def _install_stored(self, version: int) -> None:
-        self._load_and_commit(version, lambda: self.store.load(version))
-
-    def _load_and_commit(self, version: int, get_bundle: Callable[[], Bundle]) -> None:
-        """Verify (inside ``get_bundle``), load into an interpreter, then swap; or record the refusal."""
-        try:
-            bundle = get_bundle()
-            if bundle.manifest.version != version:
-                raise ValueError(f"bundle says version {bundle.manifest.version}, announced {version}")
-            model = ActiveModel.from_bundle(bundle, self.cfg.detector.runtime, self.cfg.detector.num_threads)
-        except (BundleError, ValueError, RuntimeError) as exc:
-            with self._lock:
-                self._installing = None
-                self._fail(version, str(exc))
-            return
-        self._commit(model)
-
-    def _commit(self, model: ActiveModel) -> None:
-        with self._lock:
-            self._activate(model)
-            self.store.set_active(model.version)
-            self._installing = None
-        self._publish_status()
-        self._maybe_download()  # another version may have been announced meanwhile
-
-    def _fail(self, version: int, error: str) -> None:
-        """Caller holds the lock. The refused version is not retried until announced anew."""
-        log.error("model v%d refused: %s", version, error)
-        self._failed[version] = error
-        self._model_state = ModelState.FAILED
-        threading.Thread(target=self._publish_status, daemon=True).start()
+        self.updater.on_announcement(topic == fleet_model_topic(), ann)
 
     def _status(self, state: AgentState) -> Status:
-        failed = max(self._failed) if self._failed else None
         return Status(
             v=PROTOCOL_VERSION,
             device=self.device,
             ts=time.time(),
             state=state,
-            model_state=self._model_state,
             model_version=self.model_version,
             agent_version=__version__,
             runtime=self._runtime,
-            error=self._failed.get(failed, "")[:500] if failed is not None else "",
-            failed_version=failed,
-            rollout_id=target.rollout_id if (target := self._target()) else None,
             msg_id=uuid.uuid4().hex,
+            **self.updater.status_fields(),  # type: ignore[arg-type]
         )
 
     def _publish_status(self) -> None:
@@ -343,7 +231,9 @@ class Agent:
                 self._process(batch)
 
     def _process(self, batch: list[Reading]) -> None:
+        t0 = time.perf_counter()
         scored = self.detector.push(batch)
+        self.updater.observe(scored, time.perf_counter() - t0)
         self.counters.received += len(batch)
         self.counters.scored += len(scored)
         flags = [0] * (len(batch) - len(scored)) + [int(s.anomalous) for s in scored]
@@ -401,19 +291,7 @@ class Agent:
             if self.cfg.sync.enabled and now >= next_sync:
                 next_sync = now + self.cfg.sync.interval_s
                 self._flush_sync()
-            self._check_download(now)
-
-    def _check_download(self, now: float) -> None:
-        with self._lock:
-            asm = self._assembly
-            if asm is None or now - asm.last_progress < DOWNLOAD_STALL_S:
-                return
-            if asm.requests >= DOWNLOAD_ATTEMPTS:
-                self._assembly = None
-                self._fail(asm.announcement.version, f"download stalled after {asm.requests} requests")
-                return
-            asm.last_progress = now
-        self._request(asm.announcement.version)
+            self.updater.tick(now)
 
     def _heartbeat(self) -> None:
         self._hb_seq += 1

@@ -67,6 +67,31 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """How a new model is checked before and after it replaces the running one (edge_agent/update.py)."""
+
+    probation_s: float = doc("Seconds a new model runs on probation (live health checks) before it is committed "
+                             "and becomes the rollback target.", default=600.0)
+    min_windows: int = doc("Windows needed before a health check judges; with fewer recent windows the staged "
+                           "data check is skipped and probation decides.", default=100)
+    recent_windows: int = doc("Most recent windows a staged model is scored on before the swap.", default=256)
+    max_anomaly_rate: float = doc("Largest share of windows a new model may flag, staged and on probation.",
+                                  default=0.2)
+    max_restarts: int = doc("Agent restarts tolerated while one update is in flight; one more and the update is "
+                            "refused (before activation) or rolled back (on probation).", default=2)
+    download_stall_s: float = doc("Seconds without a chunk before the bundle is requested again.", default=10.0)
+    download_attempts: int = doc("Requests for one bundle before the download is given up.", default=5)
+
+    def __post_init__(self) -> None:
+        if self.probation_s < 0 or self.min_windows < 1 or self.recent_windows < 1:
+            raise ValueError("probation_s >= 0, min_windows >= 1 and recent_windows >= 1")
+        if not 0 < self.max_anomaly_rate <= 1 or self.max_restarts < 1:
+            raise ValueError("0 < max_anomaly_rate <= 1 and max_restarts >= 1")
+        if self.download_stall_s <= 0 or self.download_attempts < 1:
+            raise ValueError("download_stall_s > 0 and download_attempts >= 1")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """edge-agent configuration file."""
 
@@ -77,6 +102,10 @@ class AgentConfig:
     sources: list[MqttSource | CsvSource] = doc("Where readings come from.", default_factory=list)
     detector: DetectorConfig = doc("Scoring options.", default_factory=DetectorConfig)
     sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
+    update: UpdateConfig = doc("Staged checks, probation and rollback of new models.", default_factory=UpdateConfig)
+    profile: Path | None = doc("Firmware profile TOML (firmware_profiles/*.toml) whose budgets new models must "
+                               "meet (model bytes, memory, latency p99); omitted = budgets not enforced.",
+                               default=None)
     heartbeat_s: float = doc("Seconds between heartbeats.", default=10.0)
     telemetry_s: float = doc("Seconds between telemetry (score statistics) messages.", default=10.0)
     queue_size: int = doc("Readings held for scoring before the MQTT reader waits.", default=100_000)
@@ -100,20 +129,21 @@ def load_config(path: Path) -> AgentConfig:
     # Relative paths are relative to the config file, as users expect.
     base = path.parent
     state = cfg.state_dir if cfg.state_dir.is_absolute() else base / cfg.state_dir
+    profile = cfg.profile if cfg.profile is None or cfg.profile.is_absolute() else base / cfg.profile
     sources = [
         CsvSource(**{**s.__dict__, "path": s.path if s.path.is_absolute() else base / s.path})
         if isinstance(s, CsvSource) else s
         for s in cfg.sources
     ]
-    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources})
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "profile": profile})
 
 
 def reference() -> str:
     """Markdown table of every option (used by docs and ``edge-agent config-reference``)."""
     rows = ["| key | type | description |", "|---|---|---|"]
-    for cls, prefix in ((AgentConfig, ""), (MqttSource, "sources[type=mqtt]."), (CsvSource, "sources[type=csv].")):
+    for cls, prefix in ((AgentConfig, ""), (UpdateConfig, "update."), (MqttSource, "sources[type=mqtt]."), (CsvSource, "sources[type=csv].")):
         rows += [f"| `{prefix}{k}` | {t} | {d} |" for k, t, d in describe(cls)]
     return "\n".join(rows)
 
 
-__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "SyncConfig", "load_config"]
+__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "SyncConfig", "UpdateConfig", "load_config"]

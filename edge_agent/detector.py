@@ -83,6 +83,14 @@ class StreamingDetector:
         self._likelihood = AnomalyLikelihood(model.likelihood) if model and model.likelihood else None
         return previous
 
+    def recent(self, n: int) -> list[tuple[float, dict[str, float | None]]]:
+        """The last ``n`` raw readings (oldest first), e.g. to check a staged model on the recent past.
+
+        Safe from another thread: the snapshot is taken in one C-level call under the GIL.
+        """
+        pairs = list(zip(self._ts, self._rows, strict=False))
+        return pairs[-n:] if n > 0 else []
+
     def push(self, readings: list[tuple[float, dict[str, float | None]]]) -> list[ScoredWindow]:
         """Append readings; return one scored window per reading that completes a window."""
         model, likelihood = self.model, self._likelihood  # a concurrent swap applies to the next batch

@@ -3,8 +3,8 @@
 Layout under ``state_dir``::
 
     models/<version>/   verified bundle files (re-verified on every load)
-    active              the version to load at start-up
-    previous            the version before it (fallback if the active one no longer loads)
+
+Which version runs is the update machine's record (``update.json``, edge_agent/update.py).
 """
 
 from __future__ import annotations
@@ -83,28 +83,3 @@ class ModelStore:
 
     def has(self, version: int) -> bool:
         return (self.models / str(version) / bundle_fmt.MANIFEST).exists()
-
-    def set_active(self, version: int) -> None:
-        current = self.active_version()
-        if current is not None and current != version:
-            _write_atomic(self.root / "previous", str(current))
-        _write_atomic(self.root / "active", str(version))
-
-    def active_version(self) -> int | None:
-        return _read_int(self.root / "active")
-
-    def previous_version(self) -> int | None:
-        return _read_int(self.root / "previous")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None

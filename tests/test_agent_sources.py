@@ -16,6 +16,7 @@ from cloud_hub.brokers import RunningBroker
 from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
 from edge_agent.model_store import ModelStore
+from edge_agent.update import provision
 from shared import bundle as bundle_fmt
 from shared.signing import parse_public_key
 from tests.conftest import CSV_REPLAY_TOML, REPO, simulated_series, start_agent, wait_until, write_csv
@@ -33,7 +34,7 @@ def test_csv_replay_scores_every_row_with_the_model_on_disk(tmp_path: Path, mosq
     # The gateway already holds a verified v1 from an earlier run: it must score without the hub's help.
     store = ModelStore(tmp_path / "state", [parse_public_key(src_home.public_key())])
     store.install(bundle_fmt.pack(bundle_fmt.read_dir(exported.bundle_dir)))
-    store.set_active(1)
+    provision(tmp_path / "state", 1)
     ts, values = simulated_series(60, seed=1, t0=1_700_100_000.0)  # the trained device, later on
     values[700:703, 0] += 40.0  # a spike the model must report
     write_csv(tmp_path / "replay.csv", ts, values)

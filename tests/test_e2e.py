@@ -21,8 +21,9 @@ from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.export import Quantization, export
 from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
+from edge_agent.update import RecordFile
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
+from shared.protocol import PROTOCOL_VERSION, Channel, ModelState, Reading, Readings, device_topic, encode
 from tests.conftest import REPO, start_agent, wait_until
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,7 @@ DEVICE = "gw-test"
 
 def _agent(tmp_path: Path, home: HubHome, broker: RunningBroker) -> subprocess.Popen[bytes]:
     proc, _ = start_agent(tmp_path, DEVICE, home.public_key(), broker.url,
-                          "heartbeat_s = 1.0\ntelemetry_s = 1.0\n[sync]\ninterval_s = 1.0")
+                          "heartbeat_s = 1.0\ntelemetry_s = 1.0\n[sync]\ninterval_s = 1.0\n[update]\nprobation_s = 1.0")
     return proc
 
 
@@ -139,9 +140,9 @@ def test_full_loop_through_mosquitto(tmp_path: Path, mosquitto: RunningBroker) -
         agent.terminate()
         assert agent.wait(30) == 0
         server.stop()
-    # The agent persisted v2 as active and can restart from disk without the hub.
-    assert (tmp_path / "state" / "active").read_text() == str(v2)
-    assert (tmp_path / "state" / "previous").read_text() == str(v1)
+    # The agent persisted v2 (on probation over v1, or committed) and can restart from disk without the hub.
+    rec = RecordFile(tmp_path / "state").load()
+    assert (rec.state, rec.candidate, rec.committed) in ((ModelState.ACTIVE, v2, v1), (ModelState.COMMITTED, None, v2))
 
 
 def _last_heartbeat(home: HubHome) -> tuple[int, int] | None:

@@ -13,6 +13,7 @@ from cloud_hub.brokers import free_port, mosquitto_path, start_mosquitto
 from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
 from edge_agent.model_store import ModelStore
+from edge_agent.update import provision
 from shared import bundle as bundle_fmt
 from shared.signing import parse_public_key
 from tests.conftest import CSV_REPLAY_TOML, simulated_series, start_agent, wait_until, write_csv
@@ -28,7 +29,7 @@ def test_reports_raised_while_offline_are_delivered_after_reconnect(tmp_path: Pa
     url = f"mqtt://127.0.0.1:{port}"
     store = ModelStore(tmp_path / "state", [parse_public_key(src_home.public_key())])
     store.install(bundle_fmt.pack(bundle_fmt.read_dir(exported.bundle_dir)))
-    store.set_active(1)
+    provision(tmp_path / "state", 1)
     ts, values = simulated_series(60, seed=1, t0=1_700_200_000.0)
     values[900:903, 2] -= 30.0
     write_csv(tmp_path / "replay.csv", ts, values)

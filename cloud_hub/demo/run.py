@@ -131,6 +131,9 @@ type = "mqtt"
 
 [sync]
 interval_s = 5.0
+
+[update]
+probation_s = 10.0  # short, so the demo's second rollout is not held back by the first one's probation
 """
 
 

@@ -22,9 +22,9 @@ from edge_agent.detector import ActiveModel, EpisodeTracker, ScoredWindow, Strea
 from edge_agent.model_store import ModelStore
 from edge_agent.readings_queue import Reading, ReadingQueue
 from edge_agent.sources import CsvReplay
-from edge_agent.update import Updater
+from edge_agent.update import Updater, verified_announcement
 from shared import __version__
-from shared.mqtt import connect, make_client
+from shared.mqtt import MessageGuard, connect, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.profiles import load_profile
 from shared.protocol import (
@@ -38,6 +38,7 @@ from shared.protocol import (
     ProtocolError,
     Readings,
     RejectCounter,
+    RejectReason,
     Status,
     SyncBatch,
     Telemetry,
@@ -73,6 +74,7 @@ class Agent:
         self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
         self.queue = ReadingQueue(cfg.queue_size)
         self.rejects = RejectCounter(log)
+        self.guard = MessageGuard(self.rejects, self._channel_of)
         self.counters = Counters()
         self.started = time.monotonic()
         self.stop_event = threading.Event()
@@ -92,8 +94,8 @@ class Agent:
         self.client = make_client(cfg.broker, f"edge-{self.device}")
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client.on_connect = self.guard.callback(self._on_connect, "connect")
+        self.client.on_message = self.guard.on_message(self._on_message)
         self._reading_topics = {self._topic(Channel.READINGS)} if not cfg.sources else set()
         for src in cfg.sources:
             if isinstance(src, MqttSource) and src.broker is None:
@@ -124,8 +126,8 @@ class Agent:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
         c = make_client(src.broker, f"edge-src-{self.device}")
-        c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
-        c.on_message = lambda _c, _u, msg: self._handle_readings(msg.topic, msg.payload)
+        c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe(topic, qos=1), "connect")
+        c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
         connect(c, src.broker)
         self._extra_clients.append(c)
 
@@ -172,30 +174,31 @@ class Agent:
         client.subscribe(subs)
         self._publish_status()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _channel_of(self, topic: str) -> str:
+        return Channel.READINGS.value if topic in self._reading_topics else topic_channel(topic)
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Route one message (run under ``self.guard``: whatever it raises is counted, never fatal)."""
         topic = msg.topic
-        try:
-            if topic in self._reading_topics:
-                self._handle_readings(topic, msg.payload)
-            elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
-                self._handle_announcement(topic, msg.payload)
-            elif topic == self._topic(Channel.MODEL_CHUNK):
-                self.updater.on_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
-        except ProtocolError as exc:
-            self.rejects.reject(topic, exc)
-        except Exception:  # a bug must not kill the network thread
-            log.exception("error handling message on %s", topic)
+        if topic in self._reading_topics:
+            self._handle_readings(topic, msg.payload)
+        elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
+            self._handle_announcement(topic, msg.payload)
+        elif topic == self._topic(Channel.MODEL_CHUNK):
+            self.updater.on_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
+        else:
+            raise ProtocolError(RejectReason.BAD_TOPIC, "not a topic this agent consumes")
 
     def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
-        try:
-            batch: Readings = decode(Channel.READINGS, payload)
-        except ProtocolError as exc:
-            self.rejects.reject(topic, exc)
-            return
+        batch: Readings = decode(Channel.READINGS, payload)
         self.queue.put([(r.ts, r.values) for r in batch.readings])
 
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
-        ann = None if not payload else decode(Channel.MODEL, payload)
+        """Follow a signed announcement; unsigned or badly signed ones raise ``bad_signature``.
+
+        An empty retained payload clears the topic's announcement (it can only stop a pending download).
+        """
+        ann = None if not payload else verified_announcement(self.store.trusted, payload)
         self.updater.on_announcement(topic == fleet_model_topic(), ann)
 
     def _status(self, state: AgentState) -> Status:

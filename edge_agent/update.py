@@ -28,13 +28,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, UpdateConfig
 from edge_agent.detector import ActiveModel, ScoredWindow, StreamingDetector
 from edge_agent.model_store import Assembly, ModelStore
 from shared.bundle import Bundle, BundleError
 from shared.profiles import FirmwareProfile
-from shared.protocol import ModelAnnouncement, ModelChunk, ModelState
+from shared.protocol import (
+    Channel,
+    ModelAnnouncement,
+    ModelChunk,
+    ModelState,
+    ProtocolError,
+    RejectReason,
+    decode,
+)
+from shared.signing import SignatureError, verify_announcement
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +212,17 @@ def budget_error(bundle: Bundle, profile: FirmwareProfile | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------- the machine
 
+def verified_announcement(trusted: list[Ed25519PublicKey], payload: bytes | bytearray) -> ModelAnnouncement:
+    """Decode a model announcement and check the hub's signature; ProtocolError otherwise."""
+    ann: ModelAnnouncement = decode(Channel.MODEL, payload)
+    try:
+        verify_announcement(trusted, ann)
+    except SignatureError as exc:
+        raise ProtocolError(RejectReason.BAD_SIGNATURE, str(exc)) from None
+    return ann
+
+
+
 @dataclass
 class _Probation:
     fallback: ActiveModel | None
@@ -233,7 +254,6 @@ class Updater:
         self._fleet_ann: ModelAnnouncement | None = None
         self._device_ann: ModelAnnouncement | None = None
         self._assembly: Assembly | None = None
-        self._requests = 0
         self._probation: _Probation | None = None
 
     # ------------------------------------------------------------------ state
@@ -378,35 +398,46 @@ class Updater:
                                  name="installer", daemon=True).start()
                 return
             self._assembly = Assembly(target)
-            self._requests = 0
             self._enter(S.DOWNLOADING, candidate=target.version, rollout_id=target.rollout_id,
                         restarts=restarts, refused=refused)
         self._request(target.version)
 
     def _request(self, version: int) -> None:
         with self._lock:
-            self._requests += 1
+            if self._assembly is not None:
+                self._assembly.requests += 1
         self._request_cb(version)
         log.info("requested model v%d", version)
 
     def on_chunk(self, chunk: ModelChunk) -> None:
+        """Collect a chunk.  Chunks that cannot belong are rejected (``bad_chunk``) and the download
+        goes on; an archive that does not match the announced size/SHA-256 is fetched again."""
         with self._lock:
             asm = self._assembly
             if asm is None or chunk.version != asm.announcement.version or self.rec.state != S.DOWNLOADING:
                 return  # a late chunk of a superseded download
             try:
                 complete = asm.add(chunk)
-                archive = asm.archive() if complete else None
             except ValueError as exc:
+                raise ProtocolError(RejectReason.BAD_CHUNK, str(exc)) from None
+            if not complete:
+                return
+            try:
+                archive = asm.archive()
+            except ValueError as exc:
+                asm.parts.clear()
+                if asm.requests >= self.ucfg.download_attempts:
+                    self._assembly = None
+                    self._refuse(chunk.version, f"download: {exc}")
+                    return
+                log.warning("model v%d: %s; fetching it again", chunk.version, exc)
+            else:
                 self._assembly = None
-                self._refuse(chunk.version, f"download: {exc}")
+                self._enter(S.VERIFYING)
+                threading.Thread(target=self._install, args=(chunk.version, lambda: self.store.install(archive)),
+                                 name="installer", daemon=True).start()
                 return
-            if archive is None:
-                return
-            self._assembly = None
-            self._enter(S.VERIFYING)
-        threading.Thread(target=self._install, args=(chunk.version, lambda: self.store.install(archive)),
-                         name="installer", daemon=True).start()
+        self._request(chunk.version)
 
     def tick(self, now: float | None = None) -> None:
         """Housekeeping: re-request stalled downloads, end probation when it has passed."""
@@ -415,9 +446,9 @@ class Updater:
         with self._lock:
             asm = self._assembly
             if asm is not None and self.rec.state == S.DOWNLOADING and now - asm.last_progress >= self.ucfg.download_stall_s:
-                if self._requests >= self.ucfg.download_attempts:
+                if asm.requests >= self.ucfg.download_attempts:
                     self._assembly = None
-                    self._refuse(asm.announcement.version, f"download stalled after {self._requests} requests")
+                    self._refuse(asm.announcement.version, f"download stalled after {asm.requests} requests")
                 else:
                     asm.last_progress = now
                     retry = asm.announcement.version

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -66,6 +67,7 @@ TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
 }
 
 STATE_FILE = "update.json"
+LATENCY_SAMPLES = 4096  # latency p99 over the most recent scoring calls (bounded memory on long probations)
 KILL_ENV = "EDGESENTRY_TEST_KILL_AT"  # test hook: SIGKILL the agent right after persisting this state
 
 
@@ -149,13 +151,15 @@ class Health:
     windows: int = 0
     flagged: int = 0
     nonfinite: int = 0
-    latencies_s: list[float] = field(default_factory=list)
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
     def add(self, scored: list[ScoredWindow], seconds_per_window: float) -> None:
+        """One scoring call: its windows and its time per window (one latency sample per call)."""
         self.windows += len(scored)
         self.flagged += sum(s.anomalous for s in scored)
         self.nonfinite += sum(not math.isfinite(s.score) for s in scored)
-        self.latencies_s.extend([seconds_per_window] * len(scored))
+        if scored:
+            self.latencies_s.append(seconds_per_window)
 
     @property
     def latency_p99_ms(self) -> float:
@@ -542,6 +546,7 @@ class Updater:
         log.error("model v%d rolled back: %s", version, reason)
         self._enter(S.ROLLED_BACK, candidate=None, error=reason, failed_version=version, restarts=0,
                     refused={**self.rec.refused, version: (reason, self.rec.rollout_id)})
+        threading.Thread(target=self.maybe_start, daemon=True).start()  # something else may be announced
 
     def _refuse(self, version: int, reason: str) -> None:
         """Caller holds the lock. Refused before activation: the running model never stopped."""

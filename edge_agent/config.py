@@ -77,8 +77,8 @@ class UpdateConfig:
     recent_windows: int = doc("Most recent windows a staged model is scored on before the swap.", default=256)
     max_anomaly_rate: float = doc("Largest share of windows a new model may flag, staged and on probation.",
                                   default=0.2)
-    max_restarts: int = doc("Agent restarts tolerated while one update is in flight; one more and the update is "
-                            "refused (before activation) or rolled back (on probation).", default=2)
+    max_restarts: int = doc("Agent restarts while one update is in flight at which it is refused (before "
+                            "activation) or rolled back (on probation): a crash-loop guard.", default=2)
     download_stall_s: float = doc("Seconds without a chunk before the bundle is requested again.", default=10.0)
     download_attempts: int = doc("Requests for one bundle before the download is given up.", default=5)
 
@@ -141,7 +141,7 @@ def load_config(path: Path) -> AgentConfig:
 def reference() -> str:
     """Markdown table of every option (used by docs and ``edge-agent config-reference``)."""
     rows = ["| key | type | description |", "|---|---|---|"]
-    for cls, prefix in ((AgentConfig, ""), (UpdateConfig, "update."), (MqttSource, "sources[type=mqtt]."), (CsvSource, "sources[type=csv].")):
+    for cls, prefix in ((AgentConfig, ""), (MqttSource, "sources[type=mqtt]."), (CsvSource, "sources[type=csv].")):
         rows += [f"| `{prefix}{k}` | {t} | {d} |" for k, t, d in describe(cls)]
     return "\n".join(rows)
 

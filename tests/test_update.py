@@ -159,7 +159,7 @@ class Fleet:
             store = ModelStore(state, [parse_public_key(self.home.public_key())])
             store.install(self.v1)
             provision(state, 1)
-            ts, values = simulated_series(30, seed=3)
+            ts, values = simulated_series(30, seed=1, t0=1_700_100_000.0)  # the trained device, later on
             write_csv(d / "replay.csv", ts, values)
         src = '[[sources]]\ntype = "csv"\npath = "replay.csv"\nrate_hz = 100\nloop = true\n' if csv else ""
         top, _, tables = extra.partition("[")
@@ -283,7 +283,7 @@ def test_probation_rolls_back_by_itself(fleet: Fleet) -> None:
     fleet.announce(device, 5, rollout_id=20)
     wait_until(lambda: (st := _state(fleet, device)) is not None and st[:2] == ("active", 5), 60, "v5 on probation")
 
-    ts, values = simulated_series(20, seed=5, t0=1_700_300_000.0)  # 400 readings
+    ts, values = simulated_series(20, seed=1, t0=1_700_300_000.0)  # 400 readings
     for i in range(0, len(ts), 50):
         batch = Readings(v=PROTOCOL_VERSION, readings=[
             Reading(ts=float(t), values={f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, row, strict=True)})

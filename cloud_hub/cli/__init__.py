@@ -10,28 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
 from cloud_hub import db
+from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
-from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
+from cloud_hub.home import DEFAULT_HOME, HubHome
 from shared.schema import SchemaError
 
-console = Console()
 QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
 
 
-def _home(ctx: click.Context) -> HubHome:
-    home: HubHome = ctx.obj
-    try:
-        home.require()
-    except HubHomeError as exc:
-        raise click.ClickException(str(exc)) from None
-    return home
+_home = home_of
 
 
 @click.group()
@@ -443,21 +436,6 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
 
 
 @main.command()
-@click.pass_context
-def devices(ctx: click.Context) -> None:
-    """Known devices and what they run."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("device", "online", "model", "state", "runtime", "scored", "last seen (s ago)", "error")
-        import time
-
-        for d in s.scalars(select(db.Device).order_by(db.Device.device_id)):
-            table.add_row(d.device_id, "yes" if d.online else "no", str(d.model_version or "-"), d.model_state,
-                          d.runtime, str(d.readings_scored), f"{time.time() - d.last_seen:.0f}", d.last_error[:60])
-    console.print(table)
-
-
-@main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.pass_context
@@ -504,3 +482,15 @@ def bench(out: Path, broker: str | None, workdir: Path) -> None:
 
     run_bench(workdir.resolve(), out.resolve(), broker, console=console)
 
+
+
+def _register() -> None:
+    """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.broker import broker_config
+    from cloud_hub.cli.devices import devices
+
+    main.add_command(devices)
+    main.add_command(broker_config)
+
+
+_register()

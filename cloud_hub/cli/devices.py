@@ -24,7 +24,7 @@ def _ago(ts: float) -> str:
 def _access(d: db.Device) -> str:
     if d.revoked_at is not None:
         return "revoked"
-    return "provisioned" if d.provisioned_at is not None else "not provisioned"
+    return "ok" if d.provisioned_at is not None else "none"
 
 
 def _tags(d: db.Device) -> str:
@@ -57,13 +57,13 @@ def devices(ctx: click.Context) -> None:
 @devices.command("list")
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
-    """Every device: access, last seen, online, model, profile, group, tags."""
+    """Every device: access, online, last seen, model, profile, group, tags (`show` has the rest)."""
     home = home_of(ctx)
-    table = Table("device", "access", "online", "last seen", "model", "state", "profile", "group", "tags", "error")
+    table = Table("device", "access", "online", "last seen", "model", "profile", "group", "tags")
     for d in fleet.list_devices(home):
-        table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen),
-                      f"v{d.model_version}" if d.model_version else "-", d.model_state, d.profile or "-",
-                      d.group or "-", _tags(d) or "-", d.last_error[:50])
+        model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
+        table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
+                      d.profile or "-", d.group or "-", _tags(d) or "-")
     console.print(table)
 
 

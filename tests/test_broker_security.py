@@ -55,9 +55,13 @@ class Secured:
         return load_config(self.agent_dirs[device] / "agent.toml").broker
 
     def cli(self, *args: str) -> str:
-        out = CliRunner().invoke(main, ["--home", str(self.home.path), *args])
-        assert out.exit_code == 0, out.output
-        return out.output
+        return _hub_cli(self.home, *args)
+
+
+def _hub_cli(home: HubHome, *args: str) -> str:
+    out = CliRunner().invoke(main, ["--home", str(home.path), *args])
+    assert out.exit_code == 0, out.output
+    return out.output
 
 
 @pytest.fixture
@@ -67,16 +71,15 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
     home = HubHome(tmp_path / "hub")
     home.init()
     port = free_port()
-    s = Secured(home, None, tmp_path / "broker", {})  # type: ignore[arg-type]
+    broker_dir, agent_dirs = tmp_path / "broker", {d: tmp_path / d for d in ("gw-a", "gw-b")}
     # --run-as root: the test runner may be root, and Mosquitto would otherwise drop to a user that cannot
     # read pytest's private tmp directory.  Production keeps the default (mosquitto).
-    s.cli("broker-config", "--out", str(s.broker_dir), "--host", "127.0.0.1", "--host", "localhost",
-          "--port", str(port), "--bind", "127.0.0.1", "--run-as", "root")
+    _hub_cli(home, "broker-config", "--out", str(broker_dir), "--host", "127.0.0.1", "--host", "localhost",
+             "--port", str(port), "--bind", "127.0.0.1", "--run-as", "root")
     home.update_config({"fleet": {"agent_state_dir": "state"}})  # relative to each agent.toml
-    for device in ("gw-a", "gw-b"):
-        s.agent_dirs[device] = tmp_path / device
-        s.cli("devices", "add", device, "--out", str(s.agent_dirs[device]), "--group", "test")
-    s.broker = run_mosquitto(s.broker_dir / "mosquitto.conf", port, tmp_path)
+    for device, agent_dir in agent_dirs.items():
+        _hub_cli(home, "devices", "add", device, "--out", str(agent_dir), "--group", "test")
+    s = Secured(home, run_mosquitto(broker_dir / "mosquitto.conf", port, tmp_path), broker_dir, agent_dirs)
     yield s
     s.broker.stop()
 
@@ -84,7 +87,7 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
 class Inbox:
     """A connected client that records what it receives, so a test can wait for a given message."""
 
-    def __init__(self, cfg: BrokerConfig, name: str, subscriptions: list[str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, cfg: BrokerConfig, name: str, subscriptions: tuple[str, ...] | list[str] = ()) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()

@@ -177,3 +177,13 @@ def test_devices_add_list_show_remove(hub: HubHome, tmp_path: Path) -> None:
 def test_devices_need_an_initialised_hub(tmp_path: Path) -> None:
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", "add", "gw-1", ok=False).output
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", ok=False).output
+
+
+def test_unwritable_output_provisions_nothing(hub: HubHome, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _cli(hub.path, "devices", "add", "gw-1", "--out", str(blocker / "sub"), ok=False)
+    assert "cannot write the agent files" in out.output
+    with hub.sessions()() as s:
+        assert s.get(db.Device, "gw-1") is None
+    _cli(hub.path, "devices", "add", "gw-1")  # and the name is still free

@@ -203,6 +203,27 @@ def test_a_device_cannot_touch_another_devices_topics(secured: Secured) -> None:
             c.close()
 
 
+def test_a_device_cannot_knock_another_off_by_its_conventional_client_id(secured: Secured) -> None:
+    """Mosquitto does not bind client ids to accounts (a CONNECT with a live client's id takes its session
+    over), so `devices add` gives each agent an unguessable id; the obvious ones take nothing over."""
+    b_cfg = secured.device_cfg("gw-b")
+    assert b_cfg.client_id.startswith("edge-gw-b-") and b_cfg.client_id != secured.device_cfg("gw-a").client_id
+    hub = Inbox(secured.hub_cfg(), "hub-watch", ["edgesentry/#"])
+    b = Inbox(b_cfg, "unused-prefix")
+    drops: list[object] = []
+    b.client.on_disconnect = lambda *args: drops.append(args)
+    try:
+        for guess in ("edge-gw-b", "gw-b", "edgesentry-hub"):
+            thief = Inbox(replace(secured.device_cfg("gw-a"), client_id=guess), "unused")  # CONNACK received
+            thief.close()
+        b.publish(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        hub.wait_for(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        assert b.client.is_connected() and not drops
+    finally:
+        b.close()
+        hub.close()
+
+
 def test_removed_device_is_locked_out_after_reload(secured: Secured) -> None:
     b = Inbox(secured.device_cfg("gw-b"), "gw-b")
     assert b.client.is_connected()

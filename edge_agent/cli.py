@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_agent.config import load_config, reference
+from edge_agent.config import AgentConfig, load_config, reference
 from shared.schema import SchemaError
 
 
@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("--config", type=Path, required=True)
     sub.add_parser("config-reference", help="print every configuration option")
+    st = sub.add_parser("status", help="outbox depth, bytes, oldest age, drops by kind and the model state "
+                        "(reads state_dir; works while the agent runs)")
+    st.add_argument("--config", type=Path, required=True)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
     rp = sub.add_parser("replay", help="score a CSV with a signed bundle through the agent's streaming code")
     rp.add_argument("--bundle", type=Path, required=True, help="bundle directory or .tar.gz")
     rp.add_argument("--data", type=Path, required=True, help="CSV with a timestamp column and the model's features")
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(cfg)
         return 0
+    if args.command == "status":
+        return _status(cfg, args.json)
 
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.agent import Agent
@@ -53,6 +59,46 @@ def main(argv: list[str] | None = None) -> int:
     agent.start()
     stop.wait()
     agent.stop()
+    return 0
+
+
+def _status(cfg: AgentConfig, as_json: bool) -> int:
+    import json
+    import time
+
+    from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, read_stats
+
+    path = cfg.state_dir / FILENAME
+    if not path.exists():
+        print(f"edge-agent status: no outbox at {path} (has the agent run with this config?)", file=sys.stderr)
+        return 1
+    stats, meta = read_stats(path)
+    last: dict[str, object] = json.loads(meta["last_status"]) if "last_status" in meta else {}
+    age = time.time() - stats.oldest_created if stats.oldest_created is not None else None
+    budget = cfg.outbox.max_bytes or DEFAULT_MAX_BYTES
+    out = {
+        "device": cfg.device_id,
+        "model_version": last.get("model_version"),
+        "model_state": last.get("model_state", "none"),
+        "model_error": last.get("error", ""),
+        "outbox_depth": stats.depth,
+        "outbox_bytes": stats.bytes,
+        "outbox_max_bytes": budget,
+        "outbox_oldest_age_s": age,
+        "outbox_by_kind": stats.depth_by_kind,
+        "outbox_dropped": stats.dropped,
+    }
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return 0
+    version = out["model_version"]
+    print(f"device        {cfg.device_id}")
+    print(f"model         {'v' + str(version) if version is not None else 'none'} ({out['model_state']})"
+          + (f" error: {out['model_error']}" if out["model_error"] else ""))
+    print(f"outbox        {stats.depth} report(s), {stats.bytes / 1024:.1f} KiB of "
+          f"{budget / 2**20:.0f} MiB" + (f", oldest {age:.0f} s old" if age is not None else ""))
+    print("  waiting     " + (", ".join(f"{k} {n}" for k, n in sorted(stats.depth_by_kind.items())) or "-"))
+    print("  dropped     " + (", ".join(f"{k} {n}" for k, n in sorted(stats.dropped.items())) or "none"))
     return 0
 
 

@@ -67,6 +67,34 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    """The durable outbox (state_dir/outbox.sqlite): every report waits there until delivered."""
+
+    max_bytes: int = doc(
+        "Disk budget for undelivered reports; when full, sync batches are dropped first, then telemetry, then "
+        "status, anomaly events last (each drop counted). 0 = the firmware profile's outbox_max_bytes if a "
+        "profile is configured, else 64 MiB.", default=0)
+    confirm: Literal["hub", "broker"] = doc(
+        "When an entry may be deleted: hub = on the hub's Ack (it is in the database; survives a broker "
+        "restarted without persistence); broker = on the broker's PUBACK (for hubs that do not acknowledge).",
+        default="hub")
+    ack_timeout_s: float = doc("Seconds after which an unacknowledged entry is published again.", default=30.0)
+    max_messages_per_s: float = doc("Rate cap for publishing (replay after an outage included).", default=200.0)
+    max_bytes_per_s: float = doc("Byte-rate cap for publishing (payload bytes/s).", default=2_000_000.0)
+    max_inflight: int = doc("QoS-1 messages published but not yet PUBACKed by the broker (flow control).",
+                            default=50)
+    synchronous: Literal["normal", "full"] = doc(
+        "SQLite synchronous mode: normal survives a process crash, full also a power cut (slower).",
+        default="normal")
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0 or self.ack_timeout_s <= 0 or self.max_inflight < 1:
+            raise ValueError("max_bytes >= 0, ack_timeout_s > 0 and max_inflight >= 1")
+        if self.max_messages_per_s <= 0 or self.max_bytes_per_s <= 0:
+            raise ValueError("max_messages_per_s and max_bytes_per_s must be > 0")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """edge-agent configuration file."""
 
@@ -77,6 +105,7 @@ class AgentConfig:
     sources: list[MqttSource | CsvSource] = doc("Where readings come from.", default_factory=list)
     detector: DetectorConfig = doc("Scoring options.", default_factory=DetectorConfig)
     sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
+    outbox: OutboxConfig = doc("Durable store-and-forward of reports.", default_factory=OutboxConfig)
     heartbeat_s: float = doc("Seconds between heartbeats.", default=10.0)
     telemetry_s: float = doc("Seconds between telemetry (score statistics) messages.", default=10.0)
     queue_size: int = doc("Readings held for scoring before the MQTT reader waits.", default=100_000)
@@ -116,4 +145,4 @@ def reference() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "SyncConfig", "load_config"]
+__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "OutboxConfig", "SyncConfig", "load_config"]

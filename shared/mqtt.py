@@ -24,11 +24,12 @@ class BrokerConfig:
     keepalive_s: int = doc("MQTT keepalive in seconds.", default=30)
     client_id: str = doc("Client id; empty picks a unique one.", default="")
     ca_file: str = doc("CA bundle for mqtts:// (empty = system CAs).", default="")
+    reconnect_max_s: int = doc("Longest wait between reconnection attempts (they back off from 1 s).", default=30)
 
     def __post_init__(self) -> None:
         parse_url(self.url)
-        if self.keepalive_s < 5:
-            raise ValueError("keepalive_s must be >= 5")
+        if self.keepalive_s < 5 or self.reconnect_max_s < 1:
+            raise ValueError("keepalive_s must be >= 5 and reconnect_max_s >= 1")
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -52,7 +53,7 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str) -> mqtt.Client:
     client.on_socket_open = _no_delay
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=1, max_delay=cfg.reconnect_max_s)
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password or None)
     _, _, tls = parse_url(cfg.url)

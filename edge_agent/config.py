@@ -78,7 +78,10 @@ class OutboxConfig:
         "When an entry may be deleted: hub = on the hub's Ack (it is in the database; survives a broker "
         "restarted without persistence); broker = on the broker's PUBACK (for hubs that do not acknowledge).",
         default="hub")
-    ack_timeout_s: float = doc("Seconds after which an unacknowledged entry is published again.", default=30.0)
+    ack_timeout_s: float = doc("Seconds after which an unacknowledged entry is published again (doubling per "
+                               "attempt up to ack_timeout_max_s; every reconnect sends all of them again).",
+                               default=30.0)
+    ack_timeout_max_s: float = doc("Longest wait before re-sending an unacknowledged entry.", default=600.0)
     max_messages_per_s: float = doc("Rate cap for publishing (replay after an outage included).", default=200.0)
     max_bytes_per_s: float = doc("Byte-rate cap for publishing (payload bytes/s).", default=2_000_000.0)
     max_inflight: int = doc("QoS-1 messages published but not yet PUBACKed by the broker (flow control).",
@@ -90,6 +93,8 @@ class OutboxConfig:
     def __post_init__(self) -> None:
         if self.max_bytes < 0 or self.ack_timeout_s <= 0 or self.max_inflight < 1:
             raise ValueError("max_bytes >= 0, ack_timeout_s > 0 and max_inflight >= 1")
+        if self.ack_timeout_max_s < self.ack_timeout_s:
+            raise ValueError("ack_timeout_max_s must be >= ack_timeout_s")
         if self.max_messages_per_s <= 0 or self.max_bytes_per_s <= 0:
             raise ValueError("max_messages_per_s and max_bytes_per_s must be > 0")
 

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS entries (
     retain INTEGER NOT NULL,
     created REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_sent REAL
+    last_sent REAL,
+    next_send REAL
 );
 CREATE INDEX IF NOT EXISTS entries_drop ON entries (priority, seq);
 CREATE TABLE IF NOT EXISTS drops (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
@@ -190,16 +191,21 @@ class Outbox:
         self._bytes -= int(freed[0])
         return int(freed[1])
 
-    def mark_sent(self, seqs: Iterable[int], now: float | None = None) -> None:
+    def mark_sent(self, seqs: Iterable[int], ack_timeout_s: float, max_backoff_s: float,
+                  now: float | None = None) -> None:
+        """Published: due again after ``ack_timeout_s``, doubling per attempt up to ``max_backoff_s`` (a hub
+        that is down, or does not acknowledge, is not hammered with the whole backlog every timeout)."""
         now = time.time() if now is None else now
         with self._lock:
-            self._db.executemany("UPDATE entries SET attempts = attempts + 1, last_sent = ? WHERE seq = ?",
-                                 [(now, s) for s in seqs])
+            self._db.executemany(
+                "UPDATE entries SET next_send = ? + MIN(?, ? * (1 << MIN(attempts, 20))), "
+                "attempts = attempts + 1, last_sent = ? WHERE seq = ?",
+                [(now, max(max_backoff_s, ack_timeout_s), ack_timeout_s, now, s) for s in seqs])
 
     def requeue_all(self) -> None:
         """A new connection: whatever was sent but not acknowledged may be lost, send it again."""
         with self._lock:
-            self._db.execute("UPDATE entries SET last_sent = NULL WHERE last_sent IS NOT NULL")
+            self._db.execute("UPDATE entries SET next_send = NULL WHERE next_send IS NOT NULL")
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
@@ -208,8 +214,8 @@ class Outbox:
 
     # ------------------------------------------------------------------ reads
 
-    def due(self, now: float, ack_timeout_s: float, limit: int) -> list[Entry]:
-        """Entries to publish now, in order: never sent, or sent more than ``ack_timeout_s`` ago.
+    def due(self, now: float, limit: int) -> list[Entry]:
+        """Entries to publish now, in order: never sent, or unacknowledged past their re-send time.
 
         Higher priority first (an anomaly never waits behind a backlog of sync batches), in creation
         order within a priority.  Only the newest entry of a retained topic is published retained, so a
@@ -218,8 +224,8 @@ class Outbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, id, kind, topic, payload, retain, created, attempts FROM entries "
-                "WHERE last_sent IS NULL OR last_sent < ? ORDER BY priority DESC, seq LIMIT ?",
-                (now - ack_timeout_s, limit),
+                "WHERE next_send IS NULL OR next_send <= ? ORDER BY priority DESC, seq LIMIT ?",
+                (now, limit),
             ).fetchall()
             newest = dict(self._db.execute(
                 "SELECT topic, MAX(seq) FROM entries WHERE retain = 1 GROUP BY topic").fetchall())
@@ -289,7 +295,8 @@ class Sender:
 
     QoS-1 PUBACKs (paho's ``on_publish``) only free in-flight slots (flow control); entries are deleted
     when the hub acknowledges them (``confirm = "hub"``), or on PUBACK with ``confirm = "broker"``.
-    Un-acknowledged entries are published again after ``ack_timeout_s``, and all of them on reconnect.
+    Un-acknowledged entries are published again after ``ack_timeout_s`` (doubling per attempt up to
+    ``ack_timeout_max_s``), and all of them on reconnect.
     """
 
     def __init__(self, outbox: Outbox, client: mqtt.Client, cfg: OutboxConfig, stop: threading.Event) -> None:
@@ -353,7 +360,7 @@ class Sender:
         never = threading.Event()
         while self.connected.is_set() and time.monotonic() < deadline:
             self._pump(never)
-            if not self.outbox.due(time.time(), math.inf, 1) and self.inflight == 0:
+            if not self.outbox.due(-math.inf, 1) and self.inflight == 0:
                 return
             self._wake.wait(0.05)
             self._wake.clear()
@@ -365,7 +372,7 @@ class Sender:
             room = self.cfg.max_inflight - self.inflight
             if room <= 0:
                 return
-            entries = self.outbox.due(time.time(), self.cfg.ack_timeout_s, min(room, 64))
+            entries = self.outbox.due(time.time(), min(room, 64))
             if not entries:
                 return
             sent: list[int] = []
@@ -387,7 +394,7 @@ class Sender:
                     if info.is_published():  # the PUBACK may have beaten us to the table
                         self._done(info.mid)
             finally:
-                self.outbox.mark_sent(sent)
+                self.outbox.mark_sent(sent, self.cfg.ack_timeout_s, self.cfg.ack_timeout_max_s)
                 self.published += len(sent)
 
 

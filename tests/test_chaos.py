@@ -29,7 +29,7 @@ from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device
 from tests.conftest import REPO, start_agent, wait_until
 from tests.faults import SPIKE, hub_toml_fast_reconnect, install_model, raised, stored
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.integration
 DEVICE = "gw-chaos"
 RATE = 200  # readings per second
 EVERY = 200  # a spike every EVERY readings

@@ -34,7 +34,7 @@ def test_entries_survive_reopen_until_acknowledged(tmp_path: Path) -> None:
     box = Outbox(tmp_path / FILENAME)  # an agent restart
     assert len(box) == 2 and box.bytes == _size(b"one") + _size(b"two", "edgesentry/gw-1/sync")
     assert box.ack(["e1", "unknown"]) == 1
-    assert [e.id for e in box.due(0.0, 30.0, 10)] == ["e2"]
+    assert [e.id for e in box.due(0.0, 10)] == ["e2"]
     assert box.ack(["e2"]) == 1 and len(box) == 0 and box.bytes == 0
 
 
@@ -68,16 +68,22 @@ def test_due_orders_by_priority_resends_after_timeout_and_retains_only_the_newes
     box.put("st1", Kind.STATUS, status, b"old", retain=True)
     box.put("ev", Kind.ANOMALY, TOPIC, b"e")
     box.put("st2", Kind.STATUS, status, b"new", retain=True)
-    due = box.due(1000.0, 30.0, 10)
+    due = box.due(1000.0, 10)
     assert [e.id for e in due] == ["ev", "st1", "st2", "sync"]
     assert [e.retain for e in due] == [False, False, True, False]
-    box.mark_sent([e.seq for e in due], now=1000.0)
-    assert box.due(1010.0, 30.0, 10) == []  # sent, waiting for the hub's acknowledgement
+    box.mark_sent([e.seq for e in due], 30.0, 100.0, now=1000.0)
+    assert box.due(1010.0, 10) == []  # sent, waiting for the hub's acknowledgement
     box.ack(["ev"])
-    assert [e.id for e in box.due(1031.0, 30.0, 10)] == ["st1", "st2", "sync"]  # timed out: again
-    assert all(e.attempts == 1 for e in box.due(1031.0, 30.0, 10))
+    again = box.due(1031.0, 10)
+    assert [e.id for e in again] == ["st1", "st2", "sync"] and all(e.attempts == 1 for e in again)  # timed out
+    box.mark_sent([e.seq for e in again], 30.0, 100.0, now=1031.0)
+    assert box.due(1031.0 + 59, 10) == []  # second wait doubles to 60 s ...
+    third = box.due(1031.0 + 61, 10)
+    assert len(third) == 3
+    box.mark_sent([e.seq for e in third], 30.0, 100.0, now=1100.0)
+    assert box.due(1199.0, 10) == [] and len(box.due(1201.0, 10)) == 3  # ... then capped at 100 s, not 120
     box.requeue_all()  # a reconnect sends everything unacknowledged at once
-    assert len(box.due(1001.0, 30.0, 10)) == 3
+    assert len(box.due(1101.0, 10)) == 3
 
 
 def test_token_bucket_caps_the_rate() -> None:

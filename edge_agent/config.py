@@ -9,6 +9,7 @@ from typing import Literal
 
 from shared.inference import Runtime
 from shared.mqtt import BrokerConfig
+from shared.profiles import FirmwareProfile, is_profile_path, resolve_profile
 from shared.protocol import valid_device_id
 from shared.schema import SchemaError, describe, doc, load
 
@@ -47,12 +48,13 @@ class DetectorConfig:
         "Normal readings needed after an event before the next can be raised; 0 = the model's window length.",
         default=0,
     )
-    num_threads: int = doc("Interpreter threads.", default=1)
+    num_threads: int = doc("Interpreter threads; 0 = the firmware profile's num_threads (1 without a profile).",
+                           default=0)
     max_batch: int = doc("Most windows scored in one interpreter call when readings queue up.", default=64)
 
     def __post_init__(self) -> None:
-        if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 1 or self.max_batch < 1:
-            raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 1, max_batch >= 1")
+        if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 0 or self.max_batch < 1:
+            raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 0, max_batch >= 1")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class AgentConfig:
     state_dir: Path = doc("Where verified bundles and the active-model pointer are kept.")
     trusted_keys: list[str] = doc("Base64 Ed25519 public keys whose bundles are accepted (cloud-hub init prints one).")
     broker: BrokerConfig = doc("Connection to the hub's broker.", default_factory=BrokerConfig)
+    profile: str = doc("Firmware profile: a shipped name (rpi4-64, see firmware_profiles/) or a path to a .toml "
+                       "(relative to this file); its budgets apply to models on this gateway. Empty = none.",
+                       default="")
     sources: list[MqttSource | CsvSource] = doc("Where readings come from.", default_factory=list)
     detector: DetectorConfig = doc("Scoring options.", default_factory=DetectorConfig)
     sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
@@ -99,13 +104,31 @@ def load_config(path: Path) -> AgentConfig:
     cfg = load(AgentConfig, data)
     # Relative paths are relative to the config file, as users expect.
     base = path.parent
+    profile = agent_profile(cfg, base)
+    detector = cfg.detector
+    if detector.num_threads == 0:
+        detector = DetectorConfig(**{**detector.__dict__, "num_threads": profile.num_threads if profile else 1})
+    for key, broker in [("broker", cfg.broker), *((f"sources[{i}].broker", s.broker) for i, s in
+                                                  enumerate(cfg.sources) if isinstance(s, MqttSource))]:
+        try:
+            if broker is not None:
+                broker.resolved_password()  # a missing credential is a config error now, not at connect
+        except ValueError as exc:
+            raise SchemaError(key, str(exc)) from None
     state = cfg.state_dir if cfg.state_dir.is_absolute() else base / cfg.state_dir
     sources = [
         CsvSource(**{**s.__dict__, "path": s.path if s.path.is_absolute() else base / s.path})
         if isinstance(s, CsvSource) else s
         for s in cfg.sources
     ]
-    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources})
+    profile_ref = str(base / Path(cfg.profile).expanduser()) if is_profile_path(cfg.profile) else cfg.profile
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "detector": detector,
+                          "profile": profile_ref})
+
+
+def agent_profile(cfg: AgentConfig, base: Path | None = None) -> FirmwareProfile | None:
+    """The firmware profile the config names (None without one); SchemaError if it cannot be found."""
+    return resolve_profile(cfg.profile, base) if cfg.profile else None
 
 
 def reference() -> str:

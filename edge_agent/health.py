@@ -148,7 +148,9 @@ class BenchResult:
     over_budget: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["latency"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d["latency"].items()}
+        return d
 
 
 def rss_mb() -> float:

@@ -33,7 +33,16 @@ def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", "rpi4-64"])  # by name
     assert out.exit_code == 0, out.output
-    assert "Profile rpi4-64" in out.output and "2 interpreter thread(s)" in out.output
+    text = " ".join(out.output.split())  # rich wraps long lines
+    assert "Profile rpi4-64" in text and "1 interpreter thread(s)" in text
+    threads = tmp_path / "threads.toml"
+    threads.write_text('name = "threads"\ndescription = "d"\narch = "x86_64"\nnum_threads = 3\n'
+                       'quantization = "float16"\n')
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(threads), "-q", "int8"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0, out.output
+    assert "3 interpreter thread(s)" in text and "-q int8 given: overrides profile threads's float16" in text
+    assert not (tmp_path / "hub" / "bundles" / "ae-lstm-v1-float16").exists()
     manifest = json.loads((tmp_path / "hub" / "bundles" / "ae-lstm-v1-int8" / "manifest.json").read_text())
     assert manifest["preprocessing"]["features"] == ["temperature", "humidity"]
     assert manifest["quantization"]["mode"] == "int8" and manifest["quantization"]["agreement"]["windows"] > 0

@@ -89,7 +89,8 @@ def _gateway(tmp_path: Path, trained_home, broker: str, *, key: str | None = Non
     home, exported = trained_home
     x86 = (REPO / "firmware_profiles" / "x86-gateway.toml").read_text()
     (tmp_path / "site.toml").write_text(x86.replace('"x86-gateway"', '"site"').replace(
-        "latency_p99_ms = 5.0", "latency_p99_ms = 1000.0").replace("x86_64", platform.machine()))
+        "latency_p99_ms = 5.0", "latency_p99_ms = 1000.0").replace("x86_64", platform.machine()).replace(
+        "num_threads = 1", "num_threads = 2"))
     state = tmp_path / "state"
     store = ModelStore(state, [parse_public_key(home.public_key())])
     store.install(exported.archive.read_bytes())

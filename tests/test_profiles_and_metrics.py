@@ -51,12 +51,14 @@ def _agent_toml(tmp_path: Path, extra: str) -> Path:
 
 def test_agent_config_names_a_profile_and_takes_its_threads(tmp_path: Path) -> None:
     cfg = load_config(_agent_toml(tmp_path, 'profile = "rpi4-64"'))
-    assert cfg.profile == "rpi4-64" and cfg.detector.num_threads == 2
-    assert load_config(_agent_toml(tmp_path, 'profile = "rpi4-64"\n[detector]\nnum_threads = 3')).detector.num_threads == 3
-    assert load_config(_agent_toml(tmp_path, "")).detector.num_threads == 1
+    assert cfg.profile == "rpi4-64" and cfg.detector.num_threads == resolve_profile("rpi4-64").num_threads
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "mine.toml").write_text('name = "mine"\ndescription = "d"\narch = "x86_64"\n')
-    assert load_config(_agent_toml(tmp_path, 'profile = "p/mine.toml"')).profile == str(tmp_path / "p" / "mine.toml")
+    (tmp_path / "p" / "mine.toml").write_text('name = "mine"\ndescription = "d"\narch = "x86_64"\nnum_threads = 3\n')
+    cfg = load_config(_agent_toml(tmp_path, 'profile = "p/mine.toml"'))
+    assert cfg.profile == str(tmp_path / "p" / "mine.toml") and cfg.detector.num_threads == 3
+    explicit = load_config(_agent_toml(tmp_path, 'profile = "p/mine.toml"\n[detector]\nnum_threads = 2'))
+    assert explicit.detector.num_threads == 2  # an explicit setting wins over the profile
+    assert load_config(_agent_toml(tmp_path, "")).detector.num_threads == 1
     with pytest.raises(SchemaError, match="no firmware profile named 'pi4'"):
         load_config(_agent_toml(tmp_path, 'profile = "pi4"'))
 

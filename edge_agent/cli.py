@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.agent import Agent
+    from shared.mqtt import AGENT_MAX_DISCONNECTED_S, NetworkSupervisor
 
     agent = Agent(cfg)
     stop = agent.stop_event
@@ -68,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     agent.watchdog.install_test_hook()
     agent.start()
     agent.watchdog.notifier.notify("READY=1", f"STATUS=scoring as {cfg.device_id}, model v{agent.model_version}")
-    stop.wait()
+    supervisor = NetworkSupervisor()
+    supervisor.watch(agent.client, "agent", cfg.broker.disconnect_limit(AGENT_MAX_DISCONNECTED_S))
+    code = supervisor.run(stop, logging.getLogger("edge_agent"))
     agent.watchdog.notifier.notify("STOPPING=1")
-    agent.stop()
-    return 0
+    try:
+        agent.stop()
+    except Exception:  # the network may be what failed: exit with the reason already logged
+        logging.getLogger("edge_agent").exception("error while stopping")
+    return code
 
 
 def _doctor(cfg: AgentConfig, args: argparse.Namespace) -> int:

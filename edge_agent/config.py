@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -121,9 +121,12 @@ def load_config(path: Path) -> AgentConfig:
         if isinstance(s, CsvSource) else s
         for s in cfg.sources
     ]
+    broker = cfg.broker
+    if broker.ca_file and not Path(broker.ca_file).expanduser().is_absolute():
+        broker = replace(broker, ca_file=str(base / broker.ca_file))  # `devices add` ships ca.crt alongside
     profile_ref = str(base / Path(cfg.profile).expanduser()) if is_profile_path(cfg.profile) else cfg.profile
-    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "detector": detector,
-                          "profile": profile_ref})
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "broker": broker,
+                          "detector": detector, "profile": profile_ref})
 
 
 def agent_profile(cfg: AgentConfig, base: Path | None = None) -> FirmwareProfile | None:

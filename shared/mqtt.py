@@ -27,6 +27,10 @@ from shared.schema import doc
 
 log = logging.getLogger(__name__)
 
+HUB_MAX_DISCONNECTED_S = 300.0  # the hub is useless offline: let systemd restart it after 5 minutes
+AGENT_MAX_DISCONNECTED_S = 0.0  # never: a gateway keeps scoring and buffering through long outages
+EXIT_NETWORK = 3  # exit status of a process that gave up on its broker connection (2 = bad config)
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -89,6 +93,7 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str, clean_session: bool = 
     The session is persistent (clean_session=False) so QoS-1 subscriptions survive reconnects;
     short-lived clients (CLI calls, the doctor's probe) pass clean_session=True to leave nothing behind.
     """
+    NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
     client_id = cfg.client_id or f"{client_id_prefix}-{uuid.uuid4().hex[:8]}"
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=clean_session
@@ -223,6 +228,7 @@ class _Watched:
     name: str
     max_disconnected_s: float
     down_since: float | None = field(default_factory=time.monotonic)
+    thread: threading.Thread | None = None  # paho's loop thread (paho forgets it when it ends)
 
 
 class NetworkSupervisor:
@@ -239,17 +245,20 @@ class NetworkSupervisor:
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
         self._watched: list[_Watched] = []
-        self._install_excepthook()
+        self.install_excepthook()
 
     def watch(self, client: mqtt.Client, name: str, max_disconnected_s: float) -> None:
-        self._watched.append(_Watched(client, name, max_disconnected_s))
+        """Watch a client whose loop was started with ``loop_start`` (``connect``/``start`` here)."""
+        self._watched.append(_Watched(client, name, max_disconnected_s, thread=getattr(client, "_thread", None)))
 
     def check(self, now: float | None = None) -> tuple[LoopFailure, str] | None:
         now = time.monotonic() if now is None else now
         for w in self._watched:
-            thread: threading.Thread | None = getattr(w.client, "_thread", None)
-            if thread is not None and not thread.is_alive():
-                exc = self._errors.get(thread.name)
+            if w.thread is None:
+                w.thread = getattr(w.client, "_thread", None)
+            name = _loop_thread_name(w.client)
+            exc = self._errors.get(name)
+            if exc is not None or (w.thread is not None and not w.thread.is_alive()):
                 why = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
                 return LoopFailure.THREAD_DIED, f"{w.name}: MQTT network thread died ({why})"
             if w.client.is_connected():
@@ -269,8 +278,20 @@ class NetworkSupervisor:
                 return failure
         return None
 
+    def run(self, stop: threading.Event, logger: logging.Logger) -> int:
+        """The main thread's wait in ``edge-agent run`` / ``cloud-hub serve``: 0 when asked to stop;
+        :data:`EXIT_NETWORK` after logging why the connection is beyond repair (the caller then shuts
+        down what it can and exits with it, so systemd restarts the process)."""
+        failure = self.wait(stop)
+        if failure is None:
+            return 0
+        reason, message = failure
+        logger.critical("exiting with status %d: %s [%s]", EXIT_NETWORK, message, reason.value)
+        stop.set()
+        return EXIT_NETWORK
+
     @classmethod
-    def _install_excepthook(cls) -> None:
+    def install_excepthook(cls) -> None:
         """Remember what killed a thread so the exit message can say it."""
         with cls._hook_lock:
             if cls._hooked:
@@ -284,3 +305,9 @@ class NetworkSupervisor:
                 previous(args)
 
             threading.excepthook = hook
+
+
+def _loop_thread_name(client: mqtt.Client) -> str:
+    """The name paho gives a client's ``loop_start`` thread."""
+    raw = getattr(client, "_client_id", b"")
+    return f"paho-mqtt-client-{raw.decode(errors='replace') if isinstance(raw, bytes) else raw}"

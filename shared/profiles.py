@@ -70,19 +70,23 @@ def is_profile_path(ref: str | Path) -> bool:
     return "/" in str(ref) or str(ref).endswith(".toml")
 
 
-def resolve_profile(ref: str | Path, base: Path | None = None) -> FirmwareProfile:
-    """A profile by name (``rpi4-64``) or by path (anything with a ``/`` or ending in ``.toml``;
-    relative paths are taken from ``base``, e.g. the config file's directory)."""
+def profile_path(ref: str | Path, base: Path | None = None) -> Path:
+    """The file a profile reference names: by name (``rpi4-64``, searched in :func:`search_dirs`) or by
+    path (anything with a ``/`` or ending in ``.toml``; relative paths are taken from ``base``, e.g. the
+    config file's directory).  SchemaError if there is none."""
     text = str(ref)
     if not text:
         raise SchemaError("profile", "empty profile name")
     if is_profile_path(text):
         path = Path(text).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        return load_profile(path)
+        return base / path if base is not None and not path.is_absolute() else path
     for d in search_dirs():
         if (d / f"{text}.toml").is_file():
-            return load_profile(d / f"{text}.toml")
+            return d / f"{text}.toml"
     raise SchemaError("profile", f"no firmware profile named {text!r}; known: {', '.join(profile_names())} "
                                  f"(or give a path to a .toml)")
+
+
+def resolve_profile(ref: str | Path, base: Path | None = None) -> FirmwareProfile:
+    """The profile a reference names (see :func:`profile_path`), loaded and validated."""
+    return load_profile(profile_path(ref, base))

@@ -33,7 +33,7 @@ from edge_agent.model_store import ModelStore
 from edge_agent.readings_queue import Reading
 from shared.bundle import Bundle, BundleError, load_archive, load_dir
 from shared.inference import Runtime, RuntimeUnavailable, interpreter_class
-from shared.metrics import Latency, time_calls
+from shared.metrics import Latency, rss_mb, time_calls
 from shared.mqtt import BrokerConfig, make_client, parse_url
 from shared.profiles import FirmwareProfile
 from shared.signing import parse_public_key
@@ -151,19 +151,6 @@ class BenchResult:
         d = dataclasses.asdict(self)
         d["latency"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in d["latency"].items()}
         return d
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now (Linux ``/proc``; peak RSS elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench(bundle: Bundle, runtime: Runtime, num_threads: int, profile: FirmwareProfile | None,

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -63,3 +64,16 @@ def time_calls(call: Callable[[int], object], calls: int, warmup: int = 5) -> La
         call(warmup + i)
         times.append((time.perf_counter() - t) * 1000)
     return Latency(p50_ms=percentile(times, 50), p99_ms=percentile(times, 99), max_ms=max(times), calls=calls)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -5,8 +5,12 @@ TLS only, no anonymous or unknown clients, per-device ACLs, revocation on SIGHUP
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +42,14 @@ from shared.protocol import (
 from tests.conftest import run_agent, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass
@@ -284,3 +296,35 @@ def test_agent_and_hub_work_end_to_end_over_tls(secured: Secured, tmp_path: Path
         agent.terminate()
         assert agent.wait(30) == 0
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _user_exists("mosquitto"),
+                    reason="needs root and a mosquitto user: it runs the production default, where Mosquitto "
+                           "starts as root and drops to user mosquitto")
+def test_production_default_broker_user_reads_the_files(tmp_path: Path) -> None:
+    """Default --run-as mosquitto: the files are handed to that user, and stay readable after a rewrite."""
+    shared = Path(tempfile.mkdtemp(prefix="es-broker-", dir="/tmp"))
+    shared.chmod(0o755)  # pytest's tmp_path is private to root; the broker user must traverse to its files
+    try:
+        home = HubHome(tmp_path / "hub")
+        home.init()
+        port = free_port()
+        out = _hub_cli(home, "broker-config", "--out", str(shared / "broker"), "--host", "127.0.0.1",
+                       "--port", str(port), "--bind", "127.0.0.1")
+        assert "Could not hand the files" not in out
+        _hub_cli(home, "devices", "add", "gw-a", "--out", str(tmp_path / "gw-a"))
+        broker = run_mosquitto(shared / "broker" / "mosquitto.conf", port, tmp_path)
+        try:
+            cfg = load_config(tmp_path / "gw-a" / "agent.toml").broker
+            assert _refused(cfg) == "" and _refused(home.config().broker) == ""
+            # Rewritten as root by `devices add`, the files inherit the broker user's group.
+            _hub_cli(home, "devices", "add", "gw-b", "--out", str(tmp_path / "gw-b"),
+                     "--reload-pid", str(broker.proc.pid))
+            gw_b = load_config(tmp_path / "gw-b" / "agent.toml").broker
+            wait_until(lambda: _refused(gw_b) == "", 15, "the reloaded broker to accept gw-b")
+            assert broker.proc.poll() is None
+            assert (shared / "broker" / "data").stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(shared)

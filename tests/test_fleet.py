@@ -74,7 +74,8 @@ def test_broker_config_writes_a_secured_mosquitto_conf(hub: HubHome, tmp_path: P
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["hub.example.com"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
-    assert (out / "ca.key").stat().st_mode & 0o077 == 0 and (out / "server.key").stat().st_mode & 0o077 == 0
+    # The CA key is private; the server key is readable by Mosquitto's group at most, never by others.
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0 and (out / "server.key").stat().st_mode & 0o007 == 0
 
     cfg = hub.config()  # hub.toml now holds the hub's account and still loads
     assert cfg.broker.url == "mqtts://hub.example.com:8884" and cfg.broker.username == "edgesentry-hub"
@@ -176,3 +177,13 @@ def test_devices_add_list_show_remove(hub: HubHome, tmp_path: Path) -> None:
 def test_devices_need_an_initialised_hub(tmp_path: Path) -> None:
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", "add", "gw-1", ok=False).output
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", ok=False).output
+
+
+def test_unwritable_output_provisions_nothing(hub: HubHome, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _cli(hub.path, "devices", "add", "gw-1", "--out", str(blocker / "sub"), ok=False)
+    assert "cannot write the agent files" in out.output
+    with hub.sessions()() as s:
+        assert s.get(db.Device, "gw-1") is None
+    _cli(hub.path, "devices", "add", "gw-1")  # and the name is still free

@@ -94,7 +94,13 @@ def regenerate(home: HubHome) -> broker_files.BrokerDir:
     cfg = home.config()
     broker = broker_files.BrokerDir(home.broker_dir)
     with home.sessions()() as s:
-        broker_files.write_access_files(broker, broker_accounts(s, cfg), cfg.broker.username)
+        accounts = broker_accounts(s, cfg)
+    try:
+        broker_files.write_access_files(broker, accounts, cfg.broker.username)
+    except OSError as exc:
+        raise FleetError(f"the database is updated but the broker files in {broker.path} could not be "
+                         f"written ({exc}); fix that and run any `cloud-hub devices add/remove` or "
+                         f"`broker-config` again") from None
     return broker
 
 
@@ -150,26 +156,36 @@ def add_device(home: HubHome, name: str, profile: str = "", group: str = "", tag
             dev.tags = dict(tags or {})
         dev.password_hash = passwords.mosquitto_hash(password)
         dev.provisioned_at, dev.revoked_at = now, None
+        # The gateway's files first: if they cannot be written, nothing is committed.
+        toml, ca_copy = _write_agent_files(home, cfg, name, password, out_dir or home.path / "devices" / name,
+                                           profile_file[0] if profile_file else None)
         s.commit()
     broker = regenerate(home)
-    out = out_dir or home.path / "devices" / name
-    out.mkdir(parents=True, exist_ok=True)
-    ca = broker.path / "ca.crt"
-    url = cfg.fleet.agent_broker_url or cfg.broker.url
-    ca_copy: Path | None = None
-    if parse_url(url)[2] and ca.is_file():
-        ca_copy = out / "ca.crt"
-        shutil.copyfile(ca, ca_copy)
-    profile_copy: Path | None = None
-    if profile_file:
-        profile_copy = out / "profile.toml"  # the agent checks each new model against its budgets
-        shutil.copyfile(profile_file[0], profile_copy)
-    toml = out / "agent.toml"
-    fd = os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(agent_toml_text(cfg, name, password, home.public_key(),
-                                 profile_copy.name if profile_copy else "", ca_copy.name if ca_copy else None))
     return Provisioned(name, password, toml, ca_copy, broker.path)
+
+
+def _write_agent_files(home: HubHome, cfg: HubConfig, name: str, password: str, out: Path,
+                       profile: Path | None) -> tuple[Path, Path | None]:
+    """agent.toml (0600: it holds the password), plus ca.crt and profile.toml beside it when needed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        ca = home.broker_dir / "ca.crt"
+        ca_copy: Path | None = None
+        if parse_url(cfg.fleet.agent_broker_url or cfg.broker.url)[2] and ca.is_file():
+            ca_copy = out / "ca.crt"
+            shutil.copyfile(ca, ca_copy)
+        profile_copy: Path | None = None
+        if profile:
+            profile_copy = out / "profile.toml"  # the agent checks each new model against its budgets
+            shutil.copyfile(profile, profile_copy)
+        toml = out / "agent.toml"
+        fd = os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(agent_toml_text(cfg, name, password, home.public_key(),
+                                     profile_copy.name if profile_copy else "", ca_copy.name if ca_copy else None))
+    except OSError as exc:
+        raise FleetError(f"cannot write the agent files for {name} in {out}: {exc}") from None
+    return toml, ca_copy
 
 
 def remove_device(home: HubHome, name: str) -> broker_files.BrokerDir:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +76,10 @@ class RunningBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files (and drops clients no longer allowed)."""
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -91,8 +96,8 @@ class RunningBroker:
             self.proc.wait()
 
     def restart(self, persistence: bool | None = None) -> None:
-        """Start again on the same port and workdir (after ``stop`` or ``kill``); with persistence, the
-        saved sessions and queued messages come back."""
+        """Start again on the same port and workdir (after ``stop`` or ``kill``) with the test configuration
+        of :func:`start_mosquitto`; with persistence, the saved sessions and queued messages come back."""
         if self.kind != "mosquitto":
             raise RuntimeError("only Mosquitto can be restarted in place")
         self.stop()
@@ -103,9 +108,6 @@ class RunningBroker:
 def start_mosquitto(port: int | None = None, workdir: Path | None = None, persistence: bool = False) -> RunningBroker:
     """A Mosquitto on 127.0.0.1:port; ``persistence`` keeps sessions and queued QoS-1 messages on disk in
     ``workdir`` (what a gateway broker must do, see docs/architecture.md)."""
-    exe = mosquitto_path()
-    if exe is None:
-        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mosquitto-"))
     conf = workdir / "mosquitto.conf"
@@ -115,7 +117,15 @@ def start_mosquitto(port: int | None = None, workdir: Path | None = None, persis
             # As root Mosquitto drops to the `mosquitto` user, who cannot write a private temp dir.
             user="user root" if hasattr(os, "geteuid") and os.geteuid() == 0 else "",
         ) if persistence else "persistence false"))
-    log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the broker
+    return run_mosquitto(conf, port, workdir, persistence)
+
+
+def run_mosquitto(conf: Path, port: int, workdir: Path, persistence: bool = False) -> RunningBroker:
+    """Run Mosquitto on an existing config (e.g. one `cloud-hub broker-config` wrote) listening on ``port``."""
+    exe = mosquitto_path()
+    if exe is None:
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+    log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the broker (appended on restart)
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_for_port(port, 10, proc)
     return RunningBroker("mosquitto", port, proc, workdir, persistence)

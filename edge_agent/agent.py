@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource
 from edge_agent.detector import ActiveModel, EpisodeTracker, ScoredWindow, StreamingDetector
+from edge_agent.health import SystemdNotifier, Watchdog
 from edge_agent.model_store import Assembly, ModelStore
 from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, Kind, Outbox, Sender
 from edge_agent.readings_queue import Reading, ReadingQueue
@@ -98,6 +99,7 @@ class Agent:
         self.counters = Counters()
         self.started = time.monotonic()
         self.stop_event = threading.Event()
+        self.watchdog = Watchdog(SystemdNotifier(), release=self.stop_event)
         self._lock = threading.Lock()  # guards model lifecycle state below
         self._fleet_ann: ModelAnnouncement | None = None
         self._device_ann: ModelAnnouncement | None = None
@@ -396,6 +398,7 @@ class Agent:
 
     def _score_loop(self) -> None:
         while not self.stop_event.is_set() or len(self.queue):
+            self.watchdog.ping()  # systemd restarts the agent when scoring hangs
             batch = self.queue.get(max_items=1024, timeout=0.5)
             if batch:
                 self._process(batch)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_agent.config import DEFAULT_OUTBOX_BYTES as DEFAULT_MAX_BYTES
+
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.outbox")
 
 FILENAME = "outbox.sqlite"
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ENTRY_OVERHEAD = 96  # bytes counted per entry beyond payload and topic (row, index entries)
 
 

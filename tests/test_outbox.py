@@ -12,9 +12,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_hub.brokers import RunningBroker
-from edge_agent.config import OutboxConfig, load_config
+from edge_agent.config import DEFAULT_OUTBOX_BYTES, OutboxConfig, load_config
 from edge_agent.outbox import ENTRY_OVERHEAD, FILENAME, Kind, Outbox, Sender, TokenBucket, read_stats
 from shared.mqtt import BrokerConfig, connect, make_client
+from shared.profiles import resolve_profile
 from shared.schema import SchemaError
 from tests.conftest import REPO, wait_until
 
@@ -104,6 +105,10 @@ def test_outbox_config_is_typed(tmp_path: Path) -> None:
     conf.write_text(base + '[outbox]\nconfirm = "broker"\nmax_bytes = 2000000\n')
     cfg = load_config(conf)
     assert cfg.outbox.confirm == "broker" and cfg.outbox.max_bytes == 2_000_000
+    conf.write_text(base + 'profile = "rpi3-32"\n')  # no explicit budget: the firmware profile's
+    assert load_config(conf).outbox.max_bytes == resolve_profile("rpi3-32").outbox_max_bytes
+    conf.write_text(base)
+    assert load_config(conf).outbox.max_bytes == DEFAULT_OUTBOX_BYTES
     for bad in ('[outbox]\nretries = 3\n', '[outbox]\nconfirm = "nobody"\n', '[outbox]\nack_timeout_s = 0\n'):
         conf.write_text(base + bad)
         with pytest.raises((SchemaError, ValueError)):

@@ -2,7 +2,7 @@
 
 A good setup (TLS + password from a systemd credential directory) passes every check; a wrong broker port,
 a wrong password, a CA that did not sign the broker, a key that did not sign the bundle, and a profile the
-model does not fit each fail with their own reason.
+model does not fit each fail with their own reason; a fresh gateway without a model warns instead.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from cloud_hub.brokers import RunningBroker, free_port, mosquitto_path, wait_for
 from edge_agent.model_store import ModelStore
 from shared.signing import generate_private_key, parse_public_key, public_key_b64
 from tests.conftest import REPO
-
-pytestmark = pytest.mark.integration
 
 PASSWORD = "doctor-s3cret"
 
@@ -116,6 +114,7 @@ def _doctor(conf: Path, env: dict[str, str] | None = None) -> tuple[int, dict[st
     return out.returncode, lines
 
 
+@pytest.mark.integration
 def test_good_setup_passes_every_check_over_tls_with_a_credential(tmp_path: Path, trained_home,
                                                                    secured_broker) -> None:  # type: ignore[no-untyped-def]
     broker, ca = secured_broker
@@ -143,6 +142,7 @@ def test_good_setup_passes_every_check_over_tls_with_a_credential(tmp_path: Path
     assert figures["budget"]["max_model_bytes"] == 16777216 and figures["num_threads"] == 2  # from the profile
 
 
+@pytest.mark.integration
 def test_wrong_password_and_wrong_ca_fail_the_broker_check(tmp_path: Path, trained_home,
                                                            secured_broker) -> None:  # type: ignore[no-untyped-def]
     broker, ca = secured_broker
@@ -161,6 +161,7 @@ def test_wrong_password_and_wrong_ca_fail_the_broker_check(tmp_path: Path, train
     assert code == 1 and lines["broker"].startswith("FAIL") and "CERTIFICATE_VERIFY_FAILED" in lines["broker"]
 
 
+@pytest.mark.integration
 def test_wrong_port_fails_with_connection_refused(tmp_path: Path, trained_home,
                                                   mosquitto) -> None:  # type: ignore[no-untyped-def]
     conf = _gateway(tmp_path, trained_home, f'url = "{mosquitto.url}"')
@@ -171,6 +172,7 @@ def test_wrong_port_fails_with_connection_refused(tmp_path: Path, trained_home,
     assert code == 1 and lines["broker"].startswith("FAIL") and "Connection refused" in lines["broker"]
 
 
+@pytest.mark.integration
 def test_untrusted_key_fails_the_model_check(tmp_path: Path, trained_home,
                                              mosquitto) -> None:  # type: ignore[no-untyped-def]
     stranger = public_key_b64(generate_private_key())
@@ -183,6 +185,7 @@ def test_untrusted_key_fails_the_model_check(tmp_path: Path, trained_home,
     assert code == 1 and lines["keys"].startswith("FAIL") and "trusted_keys[0]" in lines["keys"]
 
 
+@pytest.mark.integration
 def test_over_budget_profile_fails_the_bench_with_each_reason(tmp_path: Path, trained_home,
                                                               mosquitto) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "tiny.toml").write_text(
@@ -196,3 +199,22 @@ def test_over_budget_profile_fails_the_bench_with_each_reason(tmp_path: Path, tr
     assert lines["broker"].startswith("OK") and lines["model"].startswith("OK")
     bench = _cli("bench", "--config", str(conf), "--windows", "20")
     assert bench.returncode == 1 and "over budget: p99" in bench.stdout
+
+
+def test_doctor_without_a_model_warns_and_names_disk_and_broker_failures(tmp_path: Path) -> None:
+    """Fast (no training): a fresh gateway with no model yet, a disk budget it cannot meet, no broker."""
+    from edge_agent.config import load_config
+    from edge_agent.health import CheckStatus, Doctor
+
+    (tmp_path / "huge.toml").write_text('name = "huge"\ndescription = "d"\narch = "x86_64"\n'
+                                        "outbox_max_bytes = 1000000000000000\n")
+    key = public_key_b64(generate_private_key())
+    (tmp_path / "agent.toml").write_text(f'device_id = "gw-1"\nstate_dir = "state"\ntrusted_keys = ["{key}"]\n'
+                                         f'profile = "huge.toml"\n[broker]\nurl = "mqtt://127.0.0.1:{free_port()}"\n')
+    checks = {c.name: c for c in Doctor(load_config(tmp_path / "agent.toml"), broker_timeout_s=3).run()}
+    assert checks["model"].status == CheckStatus.WARN and "no model installed yet" in checks["model"].detail
+    assert checks["bench"].status == CheckStatus.SKIP
+    assert checks["disk"].status == CheckStatus.FAIL and "need 953674328 MiB (outbox_max_bytes + 3 x max_model_bytes of huge)" in checks["disk"].detail
+    assert checks["broker"].status == CheckStatus.FAIL and "Connection refused" in checks["broker"].detail
+    assert checks["keys"].status == CheckStatus.OK and checks["clock"].status in (CheckStatus.OK, CheckStatus.WARN)
+    assert not (tmp_path / "state").exists()  # the doctor reads; it does not create the agent's state

@@ -1,5 +1,6 @@
 """systemd integration: the real agent speaks sd_notify (READY, WATCHDOG from the scoring loop, STOPPING),
-a stalled scoring loop stops the watchdog pings, and the shipped unit file is valid and hardened."""
+a stalled scoring loop stops the watchdog pings, the shipped unit file is valid and hardened, and the
+install script plans the venv, credential and unit (dry run: it would create a user and write /etc)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,25 @@ def test_unit_file_is_valid_and_hardened(tmp_path: Path) -> None:
     out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (out.stdout + out.stderr).splitlines() if str(unit) in line or "Failed" in line]
     assert out.returncode == 0 and problems == [], out.stdout + out.stderr
+
+
+def test_install_script_dry_run_plans_venv_user_credential_and_unit(tmp_path: Path) -> None:
+    script = REPO / "deploy" / "install-gateway.sh"
+    conf = tmp_path / "agent.toml"
+    conf.write_text('device_id = "gw-1"\n')
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    out = subprocess.run(["sh", str(script), "--dry-run", "--prefix", str(tmp_path / "opt"), "--extra", "edge-tflite",
+                          "--config", str(conf), "--password-file", str(secret)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    plan = out.stdout
+    assert f"-m venv {tmp_path / 'opt'}/venv" in plan and f"install --quiet --upgrade {REPO}[edge-tflite]" in plan
+    assert f"install -m 0600 -o root -g root {secret} /etc/edgesentry/credentials/broker-password" in plan
+    assert "edge-agent.service -> /etc/systemd/system/edge-agent.service" in plan and "daemon-reload" in plan
+    assert "edge-agent doctor --config /etc/edgesentry/agent.toml" in plan
+    bad = subprocess.run(["sh", str(script), "--dry-run", "--extra", "gpu"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--extra must be edge or edge-tflite" in bad.stderr
+    missing = subprocess.run(["sh", str(script), "--dry-run", "--config", str(tmp_path / "nope.toml")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no such config file" in missing.stderr

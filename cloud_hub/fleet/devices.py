@@ -24,12 +24,11 @@ from cloud_hub.config import HubConfig
 from cloud_hub.fleet import broker_files, passwords
 from cloud_hub.home import HubHome
 from shared.mqtt import parse_url
-from shared.profiles import FirmwareProfile, load_profile
+from shared.profiles import FirmwareProfile, load_profile, profile_path
 from shared.protocol import valid_device_id
 from shared.schema import SchemaError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "firmware_profiles"
 RECENT_HEARTBEATS = 5
 
 
@@ -69,17 +68,12 @@ def _check_label(kind: str, value: str) -> None:
 
 
 def find_profile(name_or_path: str) -> tuple[Path, FirmwareProfile]:
-    """A firmware profile by file path or by name (``firmware_profiles/<name>.toml``), validated."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        path = PROFILES_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-        raise FleetError(f"no firmware profile {name_or_path!r}; known: {', '.join(known) or 'none'} (or give a path)")
+    """A firmware profile by name or path (the agent's resolver, :func:`shared.profiles.profile_path`)."""
     try:
+        path = profile_path(name_or_path)
         return path, load_profile(path)
     except SchemaError as exc:
-        raise FleetError(f"firmware profile {path}: {exc}") from None
+        raise FleetError(f"firmware profile: {exc.message}") from None
 
 
 def active_devices(s: Session) -> list[db.Device]:

@@ -35,6 +35,7 @@ from edge_agent.config import AgentConfig, UpdateConfig
 from edge_agent.detector import ActiveModel, ScoredWindow, StreamingDetector
 from edge_agent.model_store import Assembly, ModelStore
 from shared.bundle import Bundle, BundleError
+from shared.metrics import rss_mb
 from shared.profiles import FirmwareProfile
 from shared.protocol import (
     Channel,
@@ -113,8 +114,10 @@ class RecordFile:
     def load(self) -> UpdateRecord:
         try:
             return UpdateRecord.from_json(self.path.read_text())
-        except FileNotFoundError:
-            return UpdateRecord()
+        except FileNotFoundError:  # gateways from before the state machine kept plain pointer files
+            active, previous = _read_int(self.dir / "active"), _read_int(self.dir / "previous")
+            return UpdateRecord(state=S.COMMITTED if active is not None else S.NONE, committed=active,
+                                previous=previous)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("%s unreadable (%s): starting from the models on disk", self.path, exc)
             return UpdateRecord()
@@ -134,6 +137,12 @@ class RecordFile:
         if os.environ.get(KILL_ENV) == rec.state.value:
             log.warning("%s=%s: killing the agent", KILL_ENV, rec.state.value)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def boot_version(state_dir: Path) -> int | None:
+    """The version the agent starts with: the candidate on probation, else the committed model."""
+    rec = RecordFile(state_dir).load()
+    return rec.candidate if rec.state == S.ACTIVE else rec.committed
 
 
 def provision(state_dir: Path, version: int) -> None:
@@ -193,17 +202,6 @@ def staged_health(model: ActiveModel, readings: list[tuple[float, dict[str, floa
         scored = det.push([r])
         health.add(scored, time.perf_counter() - t0)
     return health
-
-
-def rss_mb() -> float:
-    """Resident memory of this process."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def budget_error(bundle: Bundle, profile: FirmwareProfile | None) -> str | None:
@@ -295,7 +293,7 @@ class Updater:
     def boot(self) -> None:
         """Resume from the persisted record: run the committed model (or the candidate on probation)."""
         with self._lock:
-            self.rec = self._read_record()
+            self.rec = self.file.load()
             st = self.rec.state
             if st == S.ACTIVE:
                 self._resume_probation()
@@ -303,14 +301,6 @@ class Updater:
             if st in _IN_FLIGHT:
                 self._recover_in_flight()
             self._boot_committed()
-
-    def _read_record(self) -> UpdateRecord:
-        rec = self.file.load()
-        if not self.file.path.exists():  # gateways from before the state machine kept plain pointers
-            active, previous = _read_int(self.cfg.state_dir / "active"), _read_int(self.cfg.state_dir / "previous")
-            if active is not None:
-                rec = UpdateRecord(state=S.COMMITTED, committed=active, previous=previous)
-        return rec
 
     def _recover_in_flight(self) -> None:
         version, restarts = self.rec.candidate, self.rec.restarts + 1

@@ -159,7 +159,7 @@ class Fleet:
             store = ModelStore(state, [parse_public_key(self.home.public_key())])
             store.install(self.v1)
             provision(state, 1)
-            ts, values = simulated_series(30, seed=1, t0=1_700_100_000.0)  # the trained device, later on
+            ts, values = simulated_series(120, seed=1, t0=1_700_100_000.0)  # the trained device, later on
             write_csv(d / "replay.csv", ts, values)
         src = '[[sources]]\ntype = "csv"\npath = "replay.csv"\nrate_hz = 100\nloop = true\n' if csv else ""
         top, _, tables = extra.partition("[")
@@ -192,6 +192,10 @@ class Fleet:
             hb = s.scalars(select(db.Heartbeat).where(db.Heartbeat.device_id == device)
                            .order_by(db.Heartbeat.id.desc())).first()
             return (hb.readings_scored, hb.model_version) if hb else (0, None)
+
+    def last_heartbeat_id(self) -> int:
+        with self.home.sessions()() as s:
+            return int(s.scalar(select(func.max(db.Heartbeat.id))) or 0)
 
     def events(self, device: str, version: int) -> int:
         with self.home.sessions()() as s:
@@ -231,8 +235,11 @@ def _on(fleet: Fleet, device: str, state: str, version: int) -> bool:
     return st is not None and st[:2] == (state, version)
 
 
-def _scored_beyond(fleet: Fleet, device: str, n: int) -> bool:
-    return fleet.scored(device)[0] > n
+def _scored_beyond(fleet: Fleet, device: str, n: int, after_heartbeat: int) -> bool:
+    """A heartbeat newer than ``after_heartbeat`` (the restarted process) reports more than n scored."""
+    with fleet.home.sessions()() as s:
+        return bool(s.scalar(select(func.count()).select_from(db.Heartbeat).where(
+            db.Heartbeat.device_id == device, db.Heartbeat.id > after_heartbeat, db.Heartbeat.readings_scored > n)))
 
 
 def _keeps_scoring_with(fleet: Fleet, device: str, version: int) -> None:
@@ -309,7 +316,7 @@ def test_sigkill_at_every_state_boundary_boots_into_a_working_model(fleet: Fleet
     """EDGESENTRY_TEST_KILL_AT=<state> SIGKILLs the agent right after it persists that state; restarted
     without it, each agent scores at once with a working model and finishes the update."""
     _bundle(fleet.home, fleet.src, 2)
-    extra = "[update]\nmin_windows = 20\nprobation_s = 0.5"
+    extra = "[update]\nmin_windows = 200\nprobation_s = 0.5"
     devices = {f"gw-kill-{s.value}": s for s in KILL_STATES}
     for device, s in devices.items():
         fleet.agent(device, extra, env={"EDGESENTRY_TEST_KILL_AT": s.value})
@@ -319,13 +326,13 @@ def test_sigkill_at_every_state_boundary_boots_into_a_working_model(fleet: Fleet
     for device, s in devices.items():
         assert fleet.procs[device].wait(60) == -signal.SIGKILL, device
         assert RecordFile(fleet.tmp / device / "state").load().state == s
+    last_hb = fleet.last_heartbeat_id()
     for device in devices:
         fleet.agent(device, extra)
     for device, s in devices.items():
         # Boots into a model that scores (v1, or v2 when it was on probation or committed) ...
         expected_boot = 2 if s in (ModelState.ACTIVE, ModelState.COMMITTED) else 1
-        before = fleet.scored(device)[0]
-        wait_until(partial(_scored_beyond, fleet, device, before + 50), 30, f"{device} scoring after restart")
+        wait_until(partial(_scored_beyond, fleet, device, 50, last_hb), 60, f"{device} scoring after restart")
         assert RecordFile(fleet.tmp / device / "state").load().committed in (expected_boot, 2)
     for device in devices:
         # ... and the interrupted update completes: v2 committed, scoring.

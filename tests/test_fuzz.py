@@ -377,7 +377,7 @@ def test_fuzzed_agent_keeps_reporting_spikes(mosquitto: RunningBroker, fuzz_agen
     watch = Watch(mosquitto)
     pub = Publisher(mosquitto, "fuzz-agent")
     subscribed = {p.fleet_model_topic(), *(p.device_topic(DEVICE, c) for c in (
-        p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK))}
+        p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK, p.Channel.ACK))}
     # A genuine signed announcement of a version nobody serves: the agent starts assembling it, so the
     # forged chunks below meet a download in progress (and must not spoil it or the running model).
     genuine = signing.sign_announcement(home.signing_key(), p.ModelAnnouncement(
@@ -385,11 +385,11 @@ def test_fuzzed_agent_keeps_reporting_spikes(mosquitto: RunningBroker, fuzz_agen
     pub.client.publish(p.fleet_model_topic(), p.encode(genuine), qos=1).wait_for_publish(10)
     oversized = Msg(p.device_topic(DEVICE, p.Channel.READINGS), b"[" + b" " * p.MAX_MESSAGE_BYTES + b"]", True)
     try:
-        _run_fuzz(_batches([p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK], _agent_topic),
+        _run_fuzz(_batches([p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK, p.Channel.ACK], _agent_topic),
                   lambda b: pub.send(b, subscribed.__contains__), [oversized])
         assert pub.delivered >= MIN_MESSAGES
         # Then normal readings with one spike, stamped after anything the fuzzing sent.
-        ts, values = simulated_series(30, seed=5, t0=time.time() - 120)
+        ts, values = simulated_series(30, seed=1, t0=time.time() - 120)  # the training device
         values[500:503, FEATURES.index("power")] -= 30.0
         for i in range(0, len(ts), 100):
             batch = p.Readings(v=V, readings=[

@@ -98,7 +98,7 @@ class Agent:
         self._extra_clients: list[mqtt.Client] = []
         self.sources: list[CsvReplay] = []
 
-        self.client = make_client(cfg.broker, f"edge-{self.device}")
+        self.client = make_client(cfg.broker, f"edge-{self.device}", persistent=True)
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
         self.client.on_connect = self._on_connect
@@ -132,7 +132,7 @@ class Agent:
     def _start_extra_source(self, src: MqttSource) -> None:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
-        c = make_client(src.broker, f"edge-src-{self.device}")
+        c = make_client(src.broker, f"edge-src-{self.device}", persistent=True)
         c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
         c.on_message = lambda _c, _u, msg: self._handle_readings(msg.topic, msg.payload)
         connect(c, src.broker)

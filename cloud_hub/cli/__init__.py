@@ -328,8 +328,13 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Connect to the broker: store events, heartbeats and synced data; serve model downloads."""
+    """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
+
+    Exits with status 3 if the MQTT network thread dies or the broker stays unreachable for longer
+    than ``broker.max_disconnected_s`` (default 300 s), so a service manager restarts it.
+    """
     from cloud_hub.server import HubServer
+    from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
     server = HubServer(home)
@@ -341,9 +346,13 @@ def serve(ctx: click.Context) -> None:
     except ConnectionError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"hub serving; broker {server.cfg.broker.url}; Ctrl-C to stop")
-    stop.wait()
+    supervisor = NetworkSupervisor()
+    supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
+    code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
     server.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
+    if code:
+        sys.exit(code)
 
 
 @main.group()

@@ -19,10 +19,9 @@ from cloud_hub.home import HubHome
 from cloud_hub.ingest import store
 from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
-from cloud_hub.ingest.errors import InternalErrors
 from cloud_hub.ingest.rollout_hooks import serve_model_request
 from shared import protocol as p
-from shared.mqtt import connect, make_client
+from shared.mqtt import MessageGuard, connect, make_client
 
 log = logging.getLogger("cloud_hub.ingest")
 
@@ -43,8 +42,8 @@ class HubServer:
         self.home = home
         self.cfg = home.config()
         self.sessions = home.sessions()
-        self.rejects = p.RejectCounter(log)
-        self.errors = InternalErrors(log)
+        self.rejects = p.RejectCounter(log)  # rejections by reason; internal errors by channel too
+        self.guard = MessageGuard(self.rejects)  # nothing one message raises reaches paho's loop
         self.received: Counter[str] = Counter()
         self.stored: Counter[str] = Counter()  # new rows by channel, plus "duplicate" for redeliveries
         self.transactions = 0  # committed batch transactions (the per-message fallback counts each)
@@ -56,7 +55,7 @@ class HubServer:
         self._closing = False
         self.client = make_client(self.cfg.broker, HUB_CLIENT_ID, persistent=True)
         self.client.manual_ack_set(True)
-        self.client.on_connect = self._on_connect
+        self.client.on_connect = self.guard.callback(self._on_connect, "connect")
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self._subscribed.set()
@@ -86,31 +85,21 @@ class HubServer:
             client.subscribe([(p.subscription(ch), 1) for ch in HUB_CHANNELS])
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        """Isolated: nothing raised here reaches paho's loop; unqueued messages are PUBACKed at once."""
+        """Guarded: nothing raised here reaches paho's loop; a message not queued is PUBACKed at once."""
         if self._closing:
             return  # not acknowledged: the broker redelivers it to the next session
-        queued = False
-        try:
-            queued = self._intake(msg)
-        except Exception as exc:
-            self.errors.record(_channel_name(msg.topic), f"receiving {msg.topic}", exc)
-        finally:
-            if not queued and msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
+        if not self.guard.handle(self._intake, msg) and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
 
-    def _intake(self, msg: mqtt.MQTTMessage) -> bool:
-        try:
-            device, channel = p.parse_topic(msg.topic)
-            if channel not in HUB_CHANNELS:
-                raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
-            message = p.decode(channel, msg.payload, device=device)
-        except p.ProtocolError as exc:
-            self.rejects.reject(msg.topic, exc)
-            return False
+    def _intake(self, msg: mqtt.MQTTMessage) -> None:
+        """Validate and enqueue one message; raises ProtocolError (counted by the guard) if invalid."""
+        device, channel = p.parse_topic(msg.topic)
+        if channel not in HUB_CHANNELS:
+            raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
+        message = p.decode(channel, msg.payload, device=device)
         self.received[channel.value] += 1
         self.idle.clear()
         self.batcher.put(Inbound(channel, device, message, time.time(), msg.mid if msg.qos > 0 else 0, self._epoch))
-        return True
 
     # ------------------------------------------------------------------ writer thread
 
@@ -119,7 +108,7 @@ class HubServer:
             try:
                 self._write(batch)
             except Exception as exc:  # a bug must not stop storage: count it and go on
-                self.errors.record("writer", f"batch of {len(batch)}", exc)
+                self.rejects.internal_error("writer", f"a batch of {len(batch)}", exc)
             finally:
                 self._puback(batch)
             if self.batcher.empty():
@@ -137,7 +126,7 @@ class HubServer:
                 self.transactions += 1
             except Exception as exc:
                 # One bad row must not lose the batch: write each message on its own.
-                self.errors.record("batch", f"batch of {len(storable)}; retrying one by one", exc)
+                self.rejects.internal_error("batch", f"a batch of {len(storable)}, retried one by one", exc)
                 result = self._write_one_by_one(storable)
         self.stored.update(result.stored)
         self.stored["duplicate"] += sum(result.duplicates.values())
@@ -157,7 +146,7 @@ class HubServer:
                 self.transactions += 1
                 result.merge(one)
             except Exception as exc:
-                self.errors.record(it.channel.value, f"storing a message from {it.device}", exc)
+                self.rejects.internal_error(it.channel.value, p.device_topic(it.device, it.channel), exc)
         return result
 
     def _model_request(self, it: Inbound) -> None:
@@ -167,20 +156,13 @@ class HubServer:
                                     it.received_at)
                 s.commit()
         except Exception as exc:
-            self.errors.record(it.channel.value, f"model request from {it.device}", exc)
+            self.rejects.internal_error(it.channel.value, p.device_topic(it.device, it.channel), exc)
 
     def _puback(self, batch: list[Inbound]) -> None:
         """PUBACK after storing; a message from an earlier connection is redelivered by the broker instead."""
         for it in batch:
             if it.mid and it.epoch == self._epoch:
                 self.client.ack(it.mid, 1)
-
-
-def _channel_name(topic: str) -> str:
-    try:
-        return p.parse_topic(topic)[1].value
-    except p.ProtocolError:
-        return "unknown"
 
 
 __all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "HubServer"]

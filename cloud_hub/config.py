@@ -72,6 +72,17 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Provisioning: where the broker's files live and what each device's agent.toml says."""
+
+    broker_dir: str = doc("Directory of the broker's passwd, acl, mosquitto.conf and TLS files "
+                          "(set by `cloud-hub broker-config --out`); empty = <home>/broker.", default="")
+    agent_broker_url: str = doc("Broker URL written into each device's agent.toml; empty = broker.url.", default="")
+    agent_state_dir: str = doc("state_dir written into each device's agent.toml (a path on the gateway).",
+                               default="/var/lib/edgesentry")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     broker: BrokerConfig = doc("MQTT broker the fleet uses.", default_factory=BrokerConfig)
     database_url: str = doc("SQLAlchemy URL; empty = SQLite file hub.db in the hub home.", default="")
@@ -79,6 +90,7 @@ class HubConfig:
     default_quantization: str = doc("Quantization rolled out by default.", default="int8")
     log_level: str = doc("Logging level.", default="INFO")
     ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
+    fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
 
 
 def load_hub_config(path: Path) -> HubConfig:
@@ -100,4 +112,4 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["HubConfig", "IngestConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["FleetConfig", "HubConfig", "IngestConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

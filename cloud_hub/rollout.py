@@ -88,7 +88,8 @@ def start(home: HubHome, version: int, quantization: str) -> RolloutInfo:
         rollout = db.Rollout(bundle_id=bundle.id, version=version)
         s.add(rollout)
         s.flush()
-        devices = list(s.scalars(select(db.Device.device_id).order_by(db.Device.device_id)))
+        devices = list(s.scalars(select(db.Device.device_id).where(db.Device.revoked_at.is_(None))
+                                 .order_by(db.Device.device_id)))
         now = time.time()
         for d in devices:
             s.add(db.RolloutDevice(rollout_id=rollout.id, device_id=d, state=db.DeviceRolloutState.PENDING, updated_at=now))

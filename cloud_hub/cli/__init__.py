@@ -10,28 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
 from cloud_hub import db
+from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
-from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
+from cloud_hub.home import DEFAULT_HOME, HubHome
+from shared.profiles import FirmwareProfile, resolve_profile
 from shared.schema import SchemaError
 
-console = Console()
 QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
 
 
-def _home(ctx: click.Context) -> HubHome:
-    home: HubHome = ctx.obj
-    try:
-        home.require()
-    except HubHomeError as exc:
-        raise click.ClickException(str(exc)) from None
-    return home
+_home = home_of
 
 
 @click.group()
@@ -287,37 +281,59 @@ def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_mo
     console.print(f"Wrote {path}")
 
 
-def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None,
+def _export(home: HubHome, version: int, quantization: str, profile: FirmwareProfile | None = None,
             decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
-    from cloud_hub.export import Decision, Quantization, export
-    from shared.profiles import load_profile
+    import numpy as np
 
-    budget = load_profile(profile) if profile else None
+    from cloud_hub.export import Decision, Quantization, export
+    from shared.bundle import MODEL_FILE
+    from shared.inference import TFLiteModel
+    from shared.metrics import time_calls
+
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold)
-    if budget and r.tflite_bytes > budget.max_model_bytes:
-        raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
-                                   f"{budget.max_model_bytes} bytes")
+        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold,
+                   profile=profile)
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
                   f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+    if profile is not None:
+        model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
+                            num_threads=profile.num_threads)
+        window = np.random.default_rng(0).uniform(0, 1, (1, model.window, model.n_features)).astype(np.float32)
+        lat = time_calls(lambda _: model.predict(window), 200)
+        console.print(f"Profile [bold]{profile.name}[/]: model {r.tflite_bytes} of {profile.max_model_bytes} bytes; "
+                      f"{profile.num_threads} interpreter thread(s); on this hub the interpreter takes p50 "
+                      f"{lat.p50_ms:.3f} / p99 {lat.p99_ms:.3f} ms (gateway budget p99 {profile.latency_p99_ms} ms "
+                      f"— check on the device with `edge-agent doctor`)")
 
 
 @main.command()
 @click.option("--model", "version", type=int, required=True, help="Model version to export.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Firmware profile whose model-size budget the export must meet.")
+@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True,
+              help="Quantization(s) to export [default: the profile's, else int8]. Given explicitly, it wins "
+                   "over the profile's.")
+@click.option("--profile", "profile_ref",
+              help="Firmware profile (a name such as rpi4-64, or a path to a .toml): picks the quantization "
+                   "and interpreter threads, and refuses a model larger than its max_model_bytes.")
 @click.option("--decide-on", type=click.Choice(["score", "likelihood"]), default="score", show_default=True,
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")
 @click.pass_context
-def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None, decide_on: str,
+def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile_ref: str | None, decide_on: str,
            likelihood_threshold: float) -> None:
     """Convert a version to TFLite, measure agreement with the original, write a signed bundle."""
     home = _home(ctx)
+    try:
+        profile = resolve_profile(profile_ref) if profile_ref else None
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quantization:
+        quantization = (profile.quantization if profile else "int8",)
+    elif profile and profile.quantization not in quantization:
+        console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
+                      f"{profile.quantization}[/]")
     for q in quantization:
         try:
             _export(home, version, q, profile, decide_on, likelihood_threshold)
@@ -452,21 +468,6 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
 
 
 @main.command()
-@click.pass_context
-def devices(ctx: click.Context) -> None:
-    """Known devices and what they run."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("device", "online", "model", "state", "runtime", "scored", "last seen (s ago)", "error")
-        import time
-
-        for d in s.scalars(select(db.Device).order_by(db.Device.device_id)):
-            table.add_row(d.device_id, "yes" if d.online else "no", str(d.model_version or "-"), d.model_state,
-                          d.runtime, str(d.readings_scored), f"{time.time() - d.last_seen:.0f}", d.last_error[:60])
-    console.print(table)
-
-
-@main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.pass_context
@@ -513,3 +514,15 @@ def bench(out: Path, broker: str | None, workdir: Path) -> None:
 
     run_bench(workdir.resolve(), out.resolve(), broker, console=console)
 
+
+
+def _register() -> None:
+    """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.broker import broker_config
+    from cloud_hub.cli.devices import devices
+
+    main.add_command(devices)
+    main.add_command(broker_config)
+
+
+_register()

@@ -105,7 +105,7 @@ class Inbox:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = make_client(cfg, name)
+        self.client = make_client(cfg, name, persistent=bool(cfg.client_id))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         connect(self.client, cfg, timeout_s=10)
@@ -136,7 +136,7 @@ class Inbox:
 
 
 def _refused(cfg: BrokerConfig) -> str:
-    client = make_client(cfg, "probe")
+    client = make_client(cfg, "probe", persistent=bool(cfg.client_id))
     try:
         connect(client, cfg, timeout_s=10)
     except ConnectionError as exc:

@@ -91,6 +91,8 @@ def _convert(tp: Any, value: Any, strict: bool, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SchemaError(path, f"expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # what every database column (and numpy int64) can hold
+            raise SchemaError(path, f"integer out of the signed 64-bit range: {value}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):

@@ -237,7 +237,7 @@ class Publisher:
 
     def __init__(self, broker: RunningBroker, name: str) -> None:
         cfg = BrokerConfig(url=broker.url)
-        self.client = make_client(cfg, name)
+        self.client = make_client(cfg, name, persistent=False)
         connect(self.client, cfg)
         self.sent = self.delivered = self.surely_rejected = 0
 
@@ -305,7 +305,10 @@ def test_fuzzed_hub_keeps_storing(tmp_path: Path, mosquitto: RunningBroker) -> N
         def handled() -> int:
             return sum(server.received.values()) + server.rejects.total
 
-        wait_until(lambda: handled() == pub.delivered, 120, f"the hub to handle {pub.delivered} messages")
+        try:
+            wait_until(lambda: handled() == pub.delivered, 120, f"the hub to handle {pub.delivered} messages")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; handled {handled()}: {server.rejects.counts()} {dict(server.received)}") from None
         assert server.rejects.total >= pub.surely_rejected
         assert server.rejects.internal_errors() == {}, server.rejects.internal_errors()
         event = p.AnomalyEvent(v=V, event_id=uuid.uuid4().hex, device=DEVICE, ts=2.0, detected_at=2.0, score=9.0,
@@ -352,7 +355,7 @@ class Watch:
         self.heartbeat: p.Heartbeat | None = None
         self.lock = threading.Lock()
         cfg = BrokerConfig(url=broker.url)
-        self.client = make_client(cfg, "fuzz-watch")
+        self.client = make_client(cfg, "fuzz-watch", persistent=False)
         self.client.on_message = self._on_message
         connect(self.client, cfg)
         subscribed = threading.Event()

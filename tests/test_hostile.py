@@ -228,3 +228,13 @@ def test_forged_chunks_do_not_spoil_a_download() -> None:
             asm.add(bad)
     assert asm.parts == {}
     assert asm.add(genuine[0]) and asm.archive() == archive
+
+
+def test_integers_beyond_64_bits_are_schema_errors() -> None:
+    """Found by the fuzz suite: seq = 2**63 passed decode and then failed the hub's database write."""
+    hb = {"v": p.PROTOCOL_VERSION, "device": "gw-1", "ts": 1.0, "seq": 2**63, "uptime_s": 1.0, "model_version": None,
+          "readings_received": 0, "readings_scored": 0, "anomalies": 0, "rejected": 0, "queue_depth": 0}
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode(p.Channel.HEARTBEAT, json.dumps(hb).encode())
+    assert err.value.reason == p.RejectReason.SCHEMA and "64-bit" in err.value.detail
+    assert p.decode(p.Channel.HEARTBEAT, json.dumps({**hb, "seq": 2**63 - 1}).encode()).seq == 2**63 - 1

@@ -38,7 +38,7 @@ from shared import bundle as bundle_fmt
 from shared import protocol as p
 from shared import signing
 from shared.mqtt import BrokerConfig, connect, make_client
-from tests.conftest import simulated_series, start_agent, wait_until
+from tests.conftest import simulated_series, start_agent, wait_online, wait_until
 
 SCALE = max(1, int(os.environ.get("FUZZ_SCALE", "1")))
 BATCH = 250  # messages per Hypothesis example (expanded from its drawn seed)
@@ -340,7 +340,7 @@ def fuzz_agent(tmp_path: Path, mosquitto: RunningBroker, trained_home: Any) -> I
     store.set_active(1)
     proc, log = start_agent(tmp_path, DEVICE, src_home.public_key(), mosquitto.url, "heartbeat_s = 0.5")
     try:
-        wait_until(lambda: f"agent {DEVICE} started" in log.read_text(), 60, "agent started")
+        wait_online(mosquitto.url, DEVICE)
         yield proc, log, src_home
     finally:
         proc.terminate()

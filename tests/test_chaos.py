@@ -82,7 +82,7 @@ class Rig:
 
     def start_hub(self) -> None:
         hub_log = open(self.tmp / "hub.log", "ab")  # noqa: SIM115
-        self.hub = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "--home", str(self.home.root), "serve"],
+        self.hub = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "--home", str(self.home.path), "serve"],
                                     cwd=REPO, stdout=hub_log, stderr=subprocess.STDOUT)
 
     def start_agent(self) -> None:
@@ -157,35 +157,37 @@ def rig(tmp_path_factory: pytest.TempPathFactory, trained_home) -> Iterator[Rig]
     tmp = tmp_path_factory.mktemp("chaos")
     (tmp / "gateway").mkdir()
     (tmp / "cloud").mkdir()
-    gateway = start_mosquitto(workdir=tmp / "gateway", persistence=True)  # a gateway broker must persist
-    cloud = start_mosquitto(workdir=tmp / "cloud", persistence=False)
     src_home, exported = trained_home
     install_model(tmp / "state", src_home, exported.bundle_dir)
-    home = HubHome(tmp / "hub")
-    home.init(cloud.url)
-    hub_toml_fast_reconnect(home)
-    text = home.config_path.read_text()  # a stable hub session (until hub.toml gets it by default)
-    if "client_id" not in text:
-        home.config_path.write_text(text.replace("reconnect_max_s = 2", 'reconnect_max_s = 2\nclient_id = "edgesentry-hub"'))
-    sensor = Sensor(gateway.url)
-    r = Rig(tmp, gateway, cloud, home, src_home.public_key(), sensor)
-    r.start_hub()
-    r.start_agent()
-    sensor.start()
+    gateway = start_mosquitto(workdir=tmp / "gateway", persistence=True)  # a gateway broker must persist
+    cloud = start_mosquitto(workdir=tmp / "cloud", persistence=False)
+    r: Rig | None = None
     try:
+        home = HubHome(tmp / "hub")
+        home.init(cloud.url)
+        hub_toml_fast_reconnect(home)
+        text = home.config_path.read_text()  # a stable hub session (until hub.toml gets it by default)
+        if "client_id" not in text:
+            home.config_path.write_text(text.replace("reconnect_max_s = 2",
+                                                     'reconnect_max_s = 2\nclient_id = "edgesentry-hub"'))
+        r = Rig(tmp, gateway, cloud, home, src_home.public_key(), Sensor(gateway.url))
+        r.start_hub()
+        r.start_agent()
+        r.sensor.start()
         yield r
     finally:
-        sensor.stop.set()
-        for proc in (r.agent, r.hub):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if r is not None:
+            r.sensor.stop.set()
+            for proc in (r.agent, r.hub):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            print("\n| fault | spikes stored / raised | readings stored / synced / sent | duplicate timestamps |")
+            print("|---|---|---|---|")
+            for name, es, er, rs, rq, sent, dup in r.rows:
+                print(f"| {name} | {es} / {er} | {rs} / {rq} / {sent} | {dup} |")
         gateway.stop()
         cloud.stop()
-        print("\n| fault | spikes stored / raised | readings stored / synced / sent | duplicate timestamps |")
-        print("|---|---|---|---|")
-        for name, es, er, rs, rq, sent, dup in r.rows:
-            print(f"| {name} | {es} / {er} | {rs} / {rq} / {sent} | {dup} |")
 
 
 FAULTS: list[tuple[str, Callable[[Rig], None]]] = [

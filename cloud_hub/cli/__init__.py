@@ -49,6 +49,8 @@ def init(home: HubHome, broker: str, force: bool) -> None:
     created = home.init(broker, force=force)
     console.print(f"{'Created' if created else 'Already initialised:'} hub home [bold]{home.path}[/]")
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
+    console.print("For a fleet: `cloud-hub broker-config --out DIR` (TLS, accounts, ACLs), then "
+                  "`cloud-hub devices add NAME` writes each gateway's agent.toml.")
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:

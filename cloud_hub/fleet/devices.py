@@ -104,10 +104,11 @@ def regenerate(home: HubHome) -> broker_files.BrokerDir:
     return broker
 
 
-def agent_toml_text(cfg: HubConfig, device: str, password: str, public_key: str, profile_file: str,
-                    ca_name: str | None) -> str:
+def agent_toml_text(cfg: HubConfig, device: str, password: str, client_id: str, public_key: str,
+                    profile_file: str, ca_name: str | None) -> str:
     """The gateway's config; ``profile_file`` and ``ca_name`` are files placed next to it (relative paths)."""
-    from_hub = {"url": cfg.fleet.agent_broker_url or cfg.broker.url, "username": device, "password": password}
+    from_hub = {"url": cfg.fleet.agent_broker_url or cfg.broker.url, "username": device, "password": password,
+                "client_id": client_id}
     if ca_name:
         from_hub["ca_file"] = ca_name  # relative: the agent resolves it next to agent.toml
     top: dict[str, object] = {"device_id": device, "state_dir": cfg.fleet.agent_state_dir,
@@ -155,16 +156,18 @@ def add_device(home: HubHome, name: str, profile: str = "", group: str = "", tag
         if not rotate or tags:
             dev.tags = dict(tags or {})
         dev.password_hash = passwords.mosquitto_hash(password)
+        dev.mqtt_client_id = dev.mqtt_client_id or passwords.client_id(f"edge-{name}")  # kept on rotation
         dev.provisioned_at, dev.revoked_at = now, None
         # The gateway's files first: if they cannot be written, nothing is committed.
-        toml, ca_copy = _write_agent_files(home, cfg, name, password, out_dir or home.path / "devices" / name,
+        toml, ca_copy = _write_agent_files(home, cfg, name, password, dev.mqtt_client_id,
+                                           out_dir or home.path / "devices" / name,
                                            profile_file[0] if profile_file else None)
         s.commit()
     broker = regenerate(home)
     return Provisioned(name, password, toml, ca_copy, broker.path)
 
 
-def _write_agent_files(home: HubHome, cfg: HubConfig, name: str, password: str, out: Path,
+def _write_agent_files(home: HubHome, cfg: HubConfig, name: str, password: str, client_id: str, out: Path,
                        profile: Path | None) -> tuple[Path, Path | None]:
     """agent.toml (0600: it holds the password), plus ca.crt and profile.toml beside it when needed."""
     try:
@@ -181,7 +184,7 @@ def _write_agent_files(home: HubHome, cfg: HubConfig, name: str, password: str, 
         toml = out / "agent.toml"
         fd = os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(agent_toml_text(cfg, name, password, home.public_key(),
+            fh.write(agent_toml_text(cfg, name, password, client_id, home.public_key(),
                                      profile_copy.name if profile_copy else "", ca_copy.name if ca_copy else None))
     except OSError as exc:
         raise FleetError(f"cannot write the agent files for {name} in {out}: {exc}") from None

@@ -6,6 +6,8 @@ each: hub SIGKILL, cloud broker SIGKILL and restart without persistence, agent S
 cloud broker is down, agent restart; then all of them in sequence.  Pass: every anomaly the agent
 raised is stored exactly once and every sync batch it queued arrives exactly once (full sync).
 Prints the table of issue 12.  Each outage lasts until ~10 s of readings (2000) have gone by.
+Not asserted (reported): readings the agent held in memory when SIGKILLed are lost, and readings the
+gateway broker redelivers after the kill (QoS 1 is at-least-once) are synced twice.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cloud_hub.home import HubHome
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
 from tests.conftest import REPO, start_agent, wait_until
-from tests.faults import SPIKE, hub_toml_fast_reconnect, install_model, raised, stored
+from tests.faults import SPIKE, Raised, Stored, hub_toml_fast_reconnect, install_model, raised, stored
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-chaos"
@@ -77,7 +79,7 @@ class Rig:
     hub: subprocess.Popen[bytes] | None = None
     agent: subprocess.Popen[bytes] | None = None
     log: Path = Path()
-    rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)
+    rows: list[tuple[str, int, int, int, int, int, int]] = field(default_factory=list)  # the printed table
     mark: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     def start_hub(self) -> None:
@@ -109,14 +111,18 @@ class Rig:
         """Wait until the hub holds exactly what the agent raised and queued; record the table row."""
         self.wait_events(2)  # spikes after the fault are raised ...
 
+        seen: list[tuple[Raised, Stored, int]] = []
+
         def delivered() -> bool:
+            sent = self.sensor.sent
             r, s = raised(self.log), stored(self.home, DEVICE)
+            seen[:] = [(r, s, sent)]
             return sorted(r.events) == sorted(s.events) and r.batches == s.batches
 
         wait_until(delivered, 120, f"delivery after '{name}'")  # ... and everything reaches the hub
-        r, s = raised(self.log), stored(self.home, DEVICE)
+        r, s, sent = seen[0]  # the very snapshot that matched: the table's counts are exact
         assert len(set(r.events)) == len(r.events)
-        ev_s, ev_r, rows_s, rows_q, sent = len(s.events), len(r.events), s.rows, r.rows, self.sensor.sent
+        ev_s, ev_r, rows_s, rows_q = len(s.events), len(r.events), s.rows, r.rows
         m = self.mark
         self.rows.append((name, ev_s - m[0], ev_r - m[1], rows_s - m[2], rows_q - m[3], sent - m[4],
                           len(s.timestamps) - len(set(s.timestamps.tolist()))))
@@ -186,6 +192,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory, trained_home) -> Iterator[Rig]
             print("|---|---|---|---|")
             for name, es, er, rs, rq, sent, dup in r.rows:
                 print(f"| {name} | {es} / {er} | {rs} / {rq} / {sent} | {dup} |")
+            # readings stored / synced: rows of the sync batches the agent queued (all of them stored once);
+            # sent: what the sensor had published; the difference is in flight, or was in the agent's memory
+            # when it was killed. Duplicate timestamps: readings the gateway broker redelivered after a kill.
         gateway.stop()
         cloud.stop()
 

@@ -538,4 +538,5 @@ class Agent:
                 continue
             self._send(Channel.SYNC, batch)
             self.counters.sync_rows_sent += len(rows)
+            # The fault and chaos tests count what reached the outbox from this line (tests/faults.py).
             log.info("sync batch %s: %d rows queued", batch.batch_id, len(rows))

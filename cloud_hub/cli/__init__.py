@@ -266,6 +266,27 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
                   f"{s['own_decision']['standard']}) in {s['seconds']} s → {out / 'report.md'}")
 
 
+@main.command("nab-score")
+@click.option("--data", "nab_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="NAB directory (data/, labels/combined_windows.json, config/profiles.json).")
+@click.option("--results", "results_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A detector's results folder (results/<detector>, files <detector>_<name>.csv).")
+@click.option("--files", "only", multiple=True, help="Only data files whose path contains this (repeatable).")
+def nab_score(nab_dir: Path, results_dir: Path, only: tuple[str, ...]) -> None:
+    """Score NAB results files as they are on disk: the threshold sweep on anomaly_score and the detector's
+    own decisions (is_anomaly), with NAB's published rules and normalisation."""
+    from cloud_hub.evaluation import nab as nab_run
+
+    try:
+        s = nab_run.score_results(nab_dir, results_dir, nab_run.data_files(nab_dir, None, list(only) or None))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for how, scores in (("threshold sweep", s), ("own decisions (is_anomaly)", s["own_decision"])):
+        console.print(f"{s['detector']} {how}: standard [bold]{scores['standard']}[/], "
+                      f"low FP {scores['reward_low_FP_rate']}, low FN {scores['reward_low_FN_rate']}")
+
+
 @main.command("bench-models")
 @click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/datasets"),
               show_default=True, help="Folder with netflow/ and nab/ (absent parts are skipped).")

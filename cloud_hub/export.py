@@ -7,7 +7,6 @@ false-alarm rate.  The bundle also carries the likelihood prior fitted on those 
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +20,14 @@ from cloud_hub.home import HubHome
 from cloud_hub.models import Detector, NotExportable
 from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
+from shared.decision import Decision, DecisionMode
+from shared.inference import Quantization
 from shared.likelihood import LikelihoodParams, fit_prior
 from shared.preprocessing import PreprocessParams
 from shared.scoring import ScoringParams
+from shared.stuck import StuckParams
 
 log = logging.getLogger(__name__)
-
-
-class Quantization(enum.StrEnum):
-    INT8 = "int8"  # full integer: int8 weights, activations, inputs and outputs
-    FLOAT16 = "float16"
-    DYNAMIC = "dynamic"  # int8 weights, float activations
-    FLOAT32 = "float32"
-
-
-class Decision(enum.StrEnum):
-    SCORE = "score"  # raw score against the calibrated threshold
-    LIKELIHOOD = "likelihood"  # streaming likelihood against a fixed threshold
 
 
 @dataclass
@@ -86,11 +76,12 @@ def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, Sco
     probe = perturbed(detector.calibration["x_val"], detector.cfg.seed)
     k_scores = detector.score(probe)
     t_scores = detector.tflite_scores(tflite, probe, scoring)
-    agree = agreement(k_scores, t_scores, k_scores > detector.threshold, t_scores > scoring.threshold)
+    agree = agreement(k_scores, t_scores, detector.decision.flags(k_scores),
+                      Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
     return tflite, scoring, val_scores, agree
 
 
-def export(home: HubHome, version: int, quantization: Quantization, decide_on: Decision = Decision.SCORE,
+def export(home: HubHome, version: int, quantization: Quantization, decide_on: DecisionMode = DecisionMode.SCORE,
            likelihood_threshold: float = 0.5, **likelihood: Any) -> ExportResult:
     """Write a signed bundle; ``likelihood`` overrides LikelihoodParams fields (history, short_window...)."""
     meta, detector = load_version(home, version)
@@ -107,6 +98,7 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
         files={bundle_fmt.MODEL_FILE: tflite},
         training=meta["training"],
         likelihood=prior,
+        stuck=StuckParams.from_dict(meta["stuck"]) if meta.get("stuck") else None,
     )
     files = bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: tflite}, home.signing_key())
     stem = f"{meta['name']}-v{version}-{quantization.value}"

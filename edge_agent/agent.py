@@ -363,7 +363,7 @@ class Agent:
     def _report(self, s: ScoredWindow) -> None:
         model = self.detector.model
         names = model.preprocessing.features if model else []
-        shares = attribution(s.contributions, names, TOP_FEATURES)
+        shares = attribution(s.attribution_weights, names, TOP_FEATURES)
         event = AnomalyEvent(
             v=PROTOCOL_VERSION,
             event_id=uuid.uuid4().hex,

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.bundle import Bundle
+from shared.decision import Decision, DecisionMode
 from shared.inference import Runtime, TFLiteModel
 from shared.likelihood import AnomalyLikelihood, LikelihoodParams
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
 from shared.scoring import ScoringParams, score_outputs
+from shared.stuck import StuckParams, stuck_channels
 
 BUFFER_READINGS = 4096
 _BUCKETS = (1, 4, 16, 64, 256)
@@ -32,6 +34,11 @@ class ActiveModel:
     scoring: ScoringParams
     model: TFLiteModel
     likelihood: LikelihoodParams | None = None
+    stuck: StuckParams | None = None
+
+    @property
+    def decision(self) -> Decision:
+        return Decision.from_manifest(self.scoring, self.likelihood)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, runtime: Runtime = Runtime.AUTO, num_threads: int = 1) -> ActiveModel:
@@ -43,7 +50,7 @@ class ActiveModel:
                 f"model input ({model.window}, {model.n_features}) does not match manifest ({p.window}, {p.n_features})"
             )
         return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring, model=model,
-                   likelihood=m.likelihood)
+                   likelihood=m.likelihood, stuck=m.stuck)
 
 
 @dataclass(frozen=True)
@@ -57,13 +64,22 @@ class ScoredWindow:
     model_version: int
     window: np.ndarray  # preprocessed model input (w, f)
     likelihood: float = 0.0  # streaming anomaly likelihood in [0, 1] (log-scaled), 0 without params
-    likelihood_threshold: float | None = None  # set when the decision is on the likelihood
+    decision: Decision | None = None  # the bundle's decision at the agent's scale (None: score > threshold)
+    stuck: np.ndarray | None = None  # (f,) bool: channels whose readings stopped varying
 
     @property
     def anomalous(self) -> bool:
-        if self.likelihood_threshold is not None:
-            return self.likelihood >= self.likelihood_threshold
-        return self.score > self.threshold
+        if self.stuck is not None and self.stuck.any():
+            return True
+        decision = self.decision or Decision(DecisionMode.SCORE, self.threshold)
+        return decision.is_anomalous(self.score, self.likelihood)
+
+    @property
+    def attribution_weights(self) -> np.ndarray:
+        """Per-channel weights for attribution: the stuck channels if any, else the score contributions."""
+        if self.stuck is not None and self.stuck.any():
+            return self.stuck.astype(np.float64)
+        return self.contributions
 
 
 class StreamingDetector:
@@ -111,18 +127,19 @@ class StreamingDetector:
         w = p.window
         rows = [self._rows[i] for i in range(start - w + 1, end)]
         raw = np.array([[_value(r.get(f)) for f in p.features] for r in rows], dtype=np.float64)
-        x = preprocess_windows(sliding_windows(raw, w), p)
+        raw_windows = sliding_windows(raw, w)
+        x = preprocess_windows(raw_windows, p)
+        stuck = stuck_channels(raw_windows, model.stuck) if model.stuck is not None else None
         n = len(x)
         bucket = next((b for b in _BUCKETS if b >= n), n)
         padded = x if bucket == n else np.concatenate([x, np.repeat(x[-1:], bucket - n, axis=0)])
         outputs = {h: v[:n] for h, v in model.model.predict(padded).items()}
         scored = score_outputs(x, outputs, model.scoring)
         errors, contrib, scores = scored.errors, scored.contributions, scored.scores
-        threshold = model.scoring.threshold * self.threshold_scale
+        decision = model.decision.scaled(self.threshold_scale)
+        # Events report the score threshold at this agent's scale (a likelihood decision is on another axis).
+        threshold = Decision(DecisionMode.SCORE, model.scoring.threshold, self.threshold_scale).in_force
         lik = likelihood.update(scores, raw[w - 1 :]) if likelihood else np.zeros(n)
-        lik_threshold = None
-        if model.likelihood is not None and model.likelihood.decide_on == "likelihood":
-            lik_threshold = model.likelihood.threshold
         return [
             ScoredWindow(
                 ts=self._ts[start + i],
@@ -134,7 +151,8 @@ class StreamingDetector:
                 model_version=model.version,
                 window=x[i],
                 likelihood=float(lik[i]),
-                likelihood_threshold=lik_threshold,
+                decision=decision,
+                stuck=None if stuck is None else stuck[i],
             )
             for i in range(n)
         ]

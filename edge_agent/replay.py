@@ -64,7 +64,7 @@ def replay(bundle: Bundle, series: Series, runtime: Runtime = Runtime.AUTO) -> R
         for s in detector.push(rows):
             i = index[s.ts]
             score[i], likelihood[i], anomalous[i] = s.score, s.likelihood, s.anomalous
-            shares = attribution(s.contributions, features, 1)
+            shares = attribution(s.attribution_weights, features, 1)
             top[i] = next(iter(shares), "")
     return ReplayResult(series.timestamps, values, features, score, likelihood, anomalous, top)
 

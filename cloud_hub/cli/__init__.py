@@ -19,10 +19,13 @@ from cloud_hub import db
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
+from shared.decision import DecisionMode
+from shared.inference import Quantization
 from shared.schema import SchemaError
 
 console = Console()
-QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
+QUANT_CHOICE = click.Choice([q.value for q in Quantization])
+DECISION_CHOICE = click.Choice([d.value for d in DecisionMode])
 
 
 def _home(ctx: click.Context) -> HubHome:
@@ -310,12 +313,12 @@ def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_mo
 
 def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None,
             decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
-    from cloud_hub.export import Decision, Quantization, export
+    from cloud_hub.export import export
     from shared.profiles import load_profile
 
     budget = load_profile(profile) if profile else None
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold)
+        r = export(home, version, Quantization(quantization), DecisionMode(decide_on), likelihood_threshold)
     if budget and r.tflite_bytes > budget.max_model_bytes:
         raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
                                    f"{budget.max_model_bytes} bytes")
@@ -330,7 +333,7 @@ def _export(home: HubHome, version: int, quantization: str, profile: Path | None
 @click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Firmware profile whose model-size budget the export must meet.")
-@click.option("--decide-on", type=click.Choice(["score", "likelihood"]), default="score", show_default=True,
+@click.option("--decide-on", type=DECISION_CHOICE, default="score", show_default=True,
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")

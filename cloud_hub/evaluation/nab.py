@@ -90,11 +90,13 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     """Train on the probationary rows, export, replay on the edge path; write the raw per-row output."""
     from cloud_hub import training
     from cloud_hub.data import TrainingData
-    from cloud_hub.export import Decision, Quantization, export
+    from cloud_hub.export import export
     from cloud_hub.home import HubHome
     from edge_agent.replay import load_bundle
     from edge_agent.replay import replay as edge_replay
     from shared.csvdata import read_series
+    from shared.decision import DecisionMode
+    from shared.inference import Quantization
 
     t0 = time.perf_counter()
     path = nab_dir / "data" / name
@@ -107,7 +109,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         home.init()
         data = TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation)
         result = training.train(home, data, cfg.training, model=cfg.model)
-        exp = export(home, result.version, Quantization(cfg.quantization), Decision.LIKELIHOOD,
+        exp = export(home, result.version, Quantization(cfg.quantization), DecisionMode.LIKELIHOOD,
                      cfg.likelihood_threshold, history=cfg.likelihood_history,
                      short_window=cfg.likelihood_short_window, spatial_tolerance=cfg.spatial_tolerance,
                      onset_window=cfg.onset_window)

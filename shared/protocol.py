@@ -183,6 +183,10 @@ class Heartbeat:
     anomalies: int = doc("Anomaly events raised since start.")
     rejected: int = doc("Messages rejected since start.")
     queue_depth: int = doc("Readings waiting to be scored.")
+    outbox_depth: int = doc("Reports in the agent's outbox not yet acknowledged by the hub.", default=0)
+    outbox_bytes: int = doc("Bytes those reports take (counted against the outbox budget).", default=0)
+    outbox_dropped: dict[str, int] = doc("Reports dropped because the outbox was full, by kind, since install.",
+                                         default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,11 @@ class Secured:
     def hub_cfg(self) -> BrokerConfig:
         return self.home.config().broker
 
-    def device_cfg(self, device: str) -> BrokerConfig:
-        """The broker settings exactly as the gateway's agent reads them from its generated agent.toml."""
-        return load_config(self.agent_dirs[device] / "agent.toml").broker
+    def device_cfg(self, device: str, agent: bool = False) -> BrokerConfig:
+        """The broker settings as the gateway's agent reads them from its generated agent.toml; other
+        clients on the gateway (sensors, probes) use the account with their own client id."""
+        cfg = load_config(self.agent_dirs[device] / "agent.toml").broker
+        return cfg if agent else replace(cfg, client_id="")
 
     def cli(self, *args: str) -> str:
         return _hub_cli(self.home, *args)
@@ -201,6 +203,27 @@ def test_a_device_cannot_touch_another_devices_topics(secured: Secured) -> None:
     finally:
         for c in (hub, a, b):
             c.close()
+
+
+def test_a_device_cannot_knock_another_off_by_its_conventional_client_id(secured: Secured) -> None:
+    """Mosquitto does not bind client ids to accounts (a CONNECT with a live client's id takes its session
+    over), so `devices add` gives each agent an unguessable id; the obvious ones take nothing over."""
+    b_cfg = secured.device_cfg("gw-b", agent=True)
+    assert b_cfg.client_id.startswith("edge-gw-b-") and b_cfg.client_id != secured.device_cfg("gw-a", True).client_id
+    hub = Inbox(secured.hub_cfg(), "hub-watch", ["edgesentry/#"])
+    b = Inbox(b_cfg, "unused-prefix")
+    drops: list[object] = []
+    b.client.on_disconnect = lambda *args: drops.append(args)
+    try:
+        for guess in ("edge-gw-b", "gw-b", "edgesentry-hub"):
+            thief = Inbox(replace(secured.device_cfg("gw-a"), client_id=guess), "unused")  # CONNACK received
+            thief.close()
+        b.publish(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        hub.wait_for(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        assert b.client.is_connected() and not drops
+    finally:
+        b.close()
+        hub.close()
 
 
 def test_removed_device_is_locked_out_after_reload(secured: Secured) -> None:

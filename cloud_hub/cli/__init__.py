@@ -21,6 +21,7 @@ from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome
 from shared.decision import DecisionMode
 from shared.inference import Quantization
+from shared.profiles import FirmwareProfile, resolve_profile
 from shared.schema import SchemaError
 
 QUANT_CHOICE = click.Choice([q.value for q in Quantization])
@@ -176,7 +177,7 @@ def train(ctx: click.Context, data_path: Path | None, synced: bool, features: st
 @click.option("--test-size", default=0.3, show_default=True, type=float, help="Stratified held-out fraction.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--folds", default=0, show_default=True, type=int, help="Also run k-fold cross-validation (k > 1).")
-@click.option("--quantization", "-q", type=click.Choice(["int8", "float16", "dynamic", "float32", "none"]),
+@click.option("--quantization", "-q", type=click.Choice([*(q.value for q in Quantization), "none"]),
               default="int8", show_default=True, help="Also score the exported TFLite model (quantization delta).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @SET_OPTION
@@ -304,37 +305,59 @@ def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_mo
     console.print(f"Wrote {path}")
 
 
-def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None,
+def _export(home: HubHome, version: int, quantization: str, profile: FirmwareProfile | None = None,
             decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
-    from cloud_hub.export import export
-    from shared.profiles import load_profile
+    import numpy as np
 
-    budget = load_profile(profile) if profile else None
+    from cloud_hub.export import export
+    from shared.bundle import MODEL_FILE
+    from shared.inference import TFLiteModel
+    from shared.metrics import time_calls
+
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization), DecisionMode(decide_on), likelihood_threshold)
-    if budget and r.tflite_bytes > budget.max_model_bytes:
-        raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
-                                   f"{budget.max_model_bytes} bytes")
+        r = export(home, version, Quantization(quantization), DecisionMode(decide_on), likelihood_threshold,
+                   profile=profile)
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
                   f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+    if profile is not None:
+        model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
+                            num_threads=profile.num_threads)
+        window = np.random.default_rng(0).uniform(0, 1, (1, model.window, model.n_features)).astype(np.float32)
+        lat = time_calls(lambda _: model.predict(window), 200)
+        console.print(f"Profile [bold]{profile.name}[/]: model {r.tflite_bytes} of {profile.max_model_bytes} bytes; "
+                      f"{profile.num_threads} interpreter thread(s); on this hub the interpreter takes p50 "
+                      f"{lat.p50_ms:.3f} / p99 {lat.p99_ms:.3f} ms (gateway budget p99 {profile.latency_p99_ms} ms "
+                      f"— check on the device with `edge-agent doctor`)")
 
 
 @main.command()
 @click.option("--model", "version", type=int, required=True, help="Model version to export.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Firmware profile whose model-size budget the export must meet.")
+@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True,
+              help="Quantization(s) to export [default: the profile's, else int8]. Given explicitly, it wins "
+                   "over the profile's.")
+@click.option("--profile", "profile_ref",
+              help="Firmware profile (a name such as rpi4-64, or a path to a .toml): picks the quantization "
+                   "and interpreter threads, and refuses a model larger than its max_model_bytes.")
 @click.option("--decide-on", type=DECISION_CHOICE, default="score", show_default=True,
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")
 @click.pass_context
-def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None, decide_on: str,
+def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile_ref: str | None, decide_on: str,
            likelihood_threshold: float) -> None:
     """Convert a version to TFLite, measure agreement with the original, write a signed bundle."""
     home = _home(ctx)
+    try:
+        profile = resolve_profile(profile_ref) if profile_ref else None
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quantization:
+        quantization = (profile.quantization if profile else "int8",)
+    elif profile and profile.quantization not in quantization:
+        console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
+                      f"{profile.quantization}[/]")
     for q in quantization:
         try:
             _export(home, version, q, profile, decide_on, likelihood_threshold)

@@ -169,8 +169,8 @@ class HubServer:
             row.state, row.updated_at, row.detail = state, now, detail[:500]
 
     def _sync(self, s: Session, device: str, m: p.SyncBatch, now: float) -> None:
-        data = np.array([[np.nan if v is None else v for v in row] for row in m.rows], dtype=np.float64)
-        flags = np.array(m.flags or [0] * len(m.rows), dtype=np.int8)
+        data = m.table()
+        flags = np.array(m.flags or [0] * len(data), dtype=np.int8)
         s.add(db.SyncBatch(device_id=device, batch_id=m.batch_id, received_at=now,
                            start_ts=float(data[:, 0].min()), end_ts=float(data[:, 0].max()), rows=len(data),
                            features=m.features, data=npy_bytes(data), flags=npy_bytes(flags),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +65,10 @@ class RunningBroker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files (and drops clients no longer allowed)."""
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -75,13 +80,18 @@ class RunningBroker:
 
 
 def start_mosquitto(port: int | None = None, workdir: Path | None = None) -> RunningBroker:
-    exe = mosquitto_path()
-    if exe is None:
-        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mosquitto-"))
     conf = workdir / "mosquitto.conf"
     conf.write_text(MOSQUITTO_CONF.format(port=port))
+    return run_mosquitto(conf, port, workdir)
+
+
+def run_mosquitto(conf: Path, port: int, workdir: Path) -> RunningBroker:
+    """Run Mosquitto on an existing config (e.g. one `cloud-hub broker-config` wrote) listening on ``port``."""
+    exe = mosquitto_path()
+    if exe is None:
+        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
     log = open(workdir / "mosquitto.log", "wb")  # noqa: SIM115 - lives as long as the broker
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_for_port(port, 10, proc)

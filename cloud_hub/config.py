@@ -53,12 +53,24 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Provisioning: where the broker's files live and what each device's agent.toml says."""
+
+    broker_dir: str = doc("Directory of the broker's passwd, acl, mosquitto.conf and TLS files "
+                          "(set by `cloud-hub broker-config --out`); empty = <home>/broker.", default="")
+    agent_broker_url: str = doc("Broker URL written into each device's agent.toml; empty = broker.url.", default="")
+    agent_state_dir: str = doc("state_dir written into each device's agent.toml (a path on the gateway).",
+                               default="/var/lib/edgesentry")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     broker: BrokerConfig = doc("MQTT broker the fleet uses.", default_factory=BrokerConfig)
     database_url: str = doc("SQLAlchemy URL; empty = SQLite file hub.db in the hub home.", default="")
     training: TrainingConfig = doc("Defaults for train/retrain.", default_factory=TrainingConfig)
     default_quantization: str = doc("Quantization rolled out by default.", default="int8")
     log_level: str = doc("Logging level.", default="INFO")
+    fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
 
 
 def load_hub_config(path: Path) -> HubConfig:
@@ -80,4 +92,4 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["HubConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["FleetConfig", "HubConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

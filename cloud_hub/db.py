@@ -63,6 +63,13 @@ class Device(Base):
     runtime: Mapped[str] = mapped_column(String(32), default="")
     last_error: Mapped[str] = mapped_column(String(500), default="")
     readings_scored: Mapped[int] = mapped_column(Integer, default=0)
+    # Provisioning (cloud_hub/fleet): a device may connect to a secured broker once provisioned and not revoked.
+    profile: Mapped[str] = mapped_column(String(64), default="")
+    group: Mapped[str] = mapped_column("device_group", String(64), default="", index=True)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    password_hash: Mapped[str] = mapped_column(String(200), default="")
+    provisioned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Heartbeat(Base):

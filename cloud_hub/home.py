@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
@@ -13,6 +16,7 @@ from sqlalchemy.orm import sessionmaker
 from cloud_hub import db
 from cloud_hub.config import DEFAULT_TOML, HubConfig, load_hub_config
 from shared import signing
+from shared.schema import load
 
 DEFAULT_HOME = Path(os.environ.get("EDGESENTRY_HOME", "~/.edgesentry")).expanduser()
 
@@ -67,6 +71,29 @@ class HubHome:
     def config(self) -> HubConfig:
         self.require()
         return load_hub_config(self.config_path)
+
+    def update_config(self, changes: dict[str, dict[str, Any]]) -> HubConfig:
+        """Merge ``{section: {key: value}}`` into hub.toml, validate, write atomically (mode 0600: it can
+        hold the hub's broker password).  Comments in the file are not kept."""
+        self.require()
+        data = tomllib.loads(self.config_path.read_text())
+        for section, values in changes.items():
+            data.setdefault(section, {}).update(values)
+        cfg = load(HubConfig, data)  # refuse to write a config the hub could not load
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("# edgesentry hub configuration; see docs/architecture.md. Rewritten by cloud-hub broker-config.\n")
+            fh.write(tomli_w.dumps(data))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.config_path)
+        return cfg
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the broker's passwd/acl/conf/TLS files live (hub.toml [fleet] broker_dir)."""
+        configured = self.config().fleet.broker_dir
+        return Path(configured).expanduser() if configured else self.path / "broker"
 
     def database_url(self) -> str:
         return self.config().database_url or f"sqlite:///{self.path / 'hub.db'}"

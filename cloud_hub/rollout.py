@@ -38,6 +38,7 @@ from shared.protocol import (
     parse_topic,
     subscription,
 )
+from shared.signing import sign_announcement
 
 
 def chunks(archive: bytes, version: int, sha256: str) -> list[ModelChunk]:
@@ -55,6 +56,14 @@ def send_bundle(client: mqtt.Client, device: str, archive: bytes, version: int, 
     for c in parts:
         client.publish(topic, encode(c), qos=1)
     return len(parts)
+
+
+def announce(home: HubHome, version: int, name: str, archive: bytes, sha256: str, rollout_id: int) -> ModelAnnouncement:
+    """The one place the hub builds a model announcement: signed with the hub's key (agents ignore
+    unsigned or badly signed ones, so a forged ``edgesentry/fleet/model`` does nothing)."""
+    ann = ModelAnnouncement(v=PROTOCOL_VERSION, version=version, name=name, sha256=sha256, size=len(archive),
+                            chunks=len(chunks(archive, version, sha256)), rollout_id=rollout_id)
+    return sign_announcement(home.signing_key(), ann)
 
 
 @dataclass
@@ -79,14 +88,12 @@ def start(home: HubHome, version: int, quantization: str) -> RolloutInfo:
         rollout = db.Rollout(bundle_id=bundle.id, version=version)
         s.add(rollout)
         s.flush()
-        devices = list(s.scalars(select(db.Device.device_id).order_by(db.Device.device_id)))
+        devices = list(s.scalars(select(db.Device.device_id).where(db.Device.revoked_at.is_(None))
+                                 .order_by(db.Device.device_id)))
         now = time.time()
         for d in devices:
             s.add(db.RolloutDevice(rollout_id=rollout.id, device_id=d, state=db.DeviceRolloutState.PENDING, updated_at=now))
-        announcement = ModelAnnouncement(
-            v=PROTOCOL_VERSION, version=version, name=_model_name(s, version), sha256=bundle.sha256, size=len(archive),
-            chunks=len(chunks(archive, version, bundle.sha256)), rollout_id=rollout.id,
-        )
+        announcement = announce(home, version, _model_name(s, version), archive, bundle.sha256, rollout.id)
         cfg = home.config()
         client = make_client(cfg.broker, "hub-rollout")
         connect(client, cfg.broker)

@@ -26,7 +26,7 @@ from cloud_hub.data import npy_bytes
 from cloud_hub.home import HubHome
 from cloud_hub.rollout import send_bundle
 from shared import protocol as p
-from shared.mqtt import connect, make_client
+from shared.mqtt import MessageGuard, connect, make_client
 
 log = logging.getLogger("cloud_hub.server")
 
@@ -46,13 +46,14 @@ class HubServer:
         self.cfg = home.config()
         self.sessions = home.sessions()
         self.rejects = p.RejectCounter(log)
+        self.guard = MessageGuard(self.rejects)  # nothing one message raises reaches paho's loop
         self.received: Counter[str] = Counter()
         self.stored: Counter[str] = Counter()
         self._queue: queue.Queue[tuple[p.Channel, str, Any, float] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="hub-db", daemon=True)
         self.client = make_client(self.cfg.broker, "hub")
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client.on_connect = self.guard.callback(self._on_connect, "connect")
+        self.client.on_message = self.guard.on_message(self._on_message)
         self.idle = threading.Event()  # set whenever the work queue is drained (tests, demo)
 
     def start(self) -> None:
@@ -70,15 +71,12 @@ class HubServer:
         if not getattr(reason, "is_failure", False):
             client.subscribe([(p.subscription(ch), 1) for ch in HUB_CHANNELS])
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            device, channel = p.parse_topic(msg.topic)
-            if channel not in HUB_CHANNELS:
-                raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
-            message = p.decode(channel, msg.payload, device=device)
-        except p.ProtocolError as exc:
-            self.rejects.reject(msg.topic, exc)
-            return
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Validate and enqueue one message (under ``self.guard``: rejections and bugs are counted)."""
+        device, channel = p.parse_topic(msg.topic)
+        if channel not in HUB_CHANNELS:
+            raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
+        message = p.decode(channel, msg.payload, device=device)
         self.received[channel.value] += 1
         self.idle.clear()
         self._queue.put((channel, device, message, time.time()))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource
 from edge_agent.detector import ActiveModel, EpisodeTracker, PushResult, ScoredWindow, StreamingDetector
@@ -24,7 +25,7 @@ from edge_agent.sources import CsvReplay
 from edge_agent.sync import SyncSelector
 from shared import __version__
 from shared.bundle import Bundle, BundleError
-from shared.mqtt import connect, make_client
+from shared.mqtt import MessageGuard, connect, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -51,11 +52,10 @@ from shared.protocol import (
 )
 from shared.readings import ReadingsBlock, decode_readings, decode_readings_npy
 from shared.scoring import attribution
-from shared.signing import parse_public_key
+from shared.signing import SignatureError, parse_public_key, verify_announcement
 
 log = logging.getLogger("edge_agent")
 
-NPY_SUFFIX = "/npy"
 DOWNLOAD_STALL_S = 10.0
 DOWNLOAD_ATTEMPTS = 5
 TOP_FEATURES = 3
@@ -70,6 +70,16 @@ class Counters:
     sync_rows_sent: int = 0
 
 
+def verified_announcement(trusted: list[Ed25519PublicKey], payload: bytes | bytearray) -> ModelAnnouncement:
+    """Decode a model announcement and check the hub's signature; ProtocolError otherwise."""
+    ann: ModelAnnouncement = decode(Channel.MODEL, payload)
+    try:
+        verify_announcement(trusted, ann)
+    except SignatureError as exc:
+        raise ProtocolError(RejectReason.BAD_SIGNATURE, str(exc)) from None
+    return ann
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -80,6 +90,7 @@ class Agent:
         self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
         self.queue = ReadingQueue(cfg.queue_size)
         self.rejects = RejectCounter(log)
+        self.guard = MessageGuard(self.rejects, self._channel_of)
         self.counters = Counters()
         self.started = time.monotonic()
         self.stop_event = threading.Event()
@@ -104,8 +115,8 @@ class Agent:
         self.client = make_client(cfg.broker, f"edge-{self.device}")
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.client.on_connect = self.guard.callback(self._on_connect, "connect")
+        self.client.on_message = self.guard.on_message(self._on_message)
         self._reading_topics = {self._topic(Channel.READINGS)} if not cfg.sources else set()
         for src in cfg.sources:
             if isinstance(src, MqttSource) and src.broker is None:
@@ -138,8 +149,8 @@ class Agent:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
         c = make_client(src.broker, f"edge-src-{self.device}")
-        c.on_connect = lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)])
-        c.on_message = lambda _c, _u, msg: self._handle_readings(msg.topic, msg.payload)
+        c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)]), "connect")
+        c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
         connect(c, src.broker)
         self._extra_clients.append(c)
 
@@ -195,35 +206,38 @@ class Agent:
         client.subscribe(subs)
         self._publish_status()
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _channel_of(self, topic: str) -> str:
+        if topic in self._reading_topics:
+            return Channel.READINGS.value
+        return Channel.READINGS_NPY.value if topic in self._npy_topics else topic_channel(topic)
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """Route one message (run under ``self.guard``: whatever it raises is counted, never fatal)."""
         topic = msg.topic
-        try:
-            if topic in self._reading_topics or topic in self._npy_topics:
-                self._handle_readings(topic, msg.payload)
-            elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
-                self._handle_announcement(topic, msg.payload)
-            elif topic == self._topic(Channel.MODEL_CHUNK):
-                self._handle_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
-        except ProtocolError as exc:
-            self.rejects.reject(topic, exc)
-        except Exception:  # a bug must not kill the network thread
-            log.exception("error handling message on %s", topic)
+        if topic in self._reading_topics or topic in self._npy_topics:
+            self._handle_readings(topic, msg.payload)
+        elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
+            self._handle_announcement(topic, msg.payload)
+        elif topic == self._topic(Channel.MODEL_CHUNK):
+            self._handle_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
+        else:
+            raise ProtocolError(RejectReason.BAD_TOPIC, "not a topic this agent consumes")
 
     def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
         """JSON (per reading or columnar) or .npy → one numpy block on the scoring queue."""
-        try:
-            if topic.endswith(NPY_SUFFIX):
-                model = self.detector.model
-                block = decode_readings_npy(payload, model.preprocessing.features if model else None)
-            else:
-                block = decode_readings(payload)
-        except ProtocolError as exc:
-            self.rejects.reject(topic, exc)
-            return
+        if topic in self._npy_topics:
+            model = self.detector.model
+            block = decode_readings_npy(payload, model.preprocessing.features if model else None)
+        else:
+            block = decode_readings(payload)
         self.queue.put(block)
 
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
-        ann = None if not payload else decode(Channel.MODEL, payload)
+        """Follow a signed announcement; unsigned or badly signed ones raise ``bad_signature``.
+
+        An empty retained payload clears the topic's announcement (it can only stop a pending download).
+        """
+        ann = None if not payload else verified_announcement(self.store.trusted, payload)
         with self._lock:
             previous = self._fleet_ann if topic == fleet_model_topic() else self._device_ann
             if ann is not None and (previous is None or previous.rollout_id != ann.rollout_id):
@@ -265,21 +279,34 @@ class Agent:
         log.info("requested model v%d", version)
 
     def _handle_chunk(self, chunk: ModelChunk) -> None:
+        """Collect a chunk.  Chunks that cannot belong are rejected (``bad_chunk``) and the download
+        goes on; an archive that does not match the announced size/SHA-256 is fetched again."""
         with self._lock:
             asm = self._assembly
             if asm is None or chunk.version != asm.announcement.version:
                 return  # a late chunk of a superseded download
             try:
                 complete = asm.add(chunk)
-                archive = asm.archive() if complete else None
             except ValueError as exc:
+                raise ProtocolError(RejectReason.BAD_CHUNK, str(exc)) from None
+            if not complete:
+                return
+            try:
+                archive = asm.archive()
+            except ValueError as exc:
+                asm.parts.clear()
+                if asm.requests >= DOWNLOAD_ATTEMPTS:
+                    self._assembly = None
+                    self._fail(chunk.version, f"download: {exc}")
+                    return
+                log.warning("model v%d: %s; fetching it again", chunk.version, exc)
+                archive = None
+            else:
                 self._assembly = None
-                self._fail(chunk.version, f"download: {exc}")
-                return
-            if archive is None:
-                return
-            self._assembly = None
-            self._installing = chunk.version
+                self._installing = chunk.version
+        if archive is None:
+            self._request(chunk.version)
+            return
         threading.Thread(target=self._install, args=(chunk.version, archive), daemon=True).start()
 
     def _install(self, version: int, archive: bytes) -> None:

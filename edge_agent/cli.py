@@ -45,15 +45,21 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edge_agent.agent import Agent
+    from shared.mqtt import AGENT_MAX_DISCONNECTED_S, NetworkSupervisor
 
     agent = Agent(cfg)
     stop = agent.stop_event
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.start()
-    stop.wait()
-    agent.stop()
-    return 0
+    supervisor = NetworkSupervisor()
+    supervisor.watch(agent.client, "agent", cfg.broker.disconnect_limit(AGENT_MAX_DISCONNECTED_S))
+    code = supervisor.run(stop, logging.getLogger("edge_agent"))
+    try:
+        agent.stop()
+    except Exception:  # the network may be what failed: exit with the reason already logged
+        logging.getLogger("edge_agent").exception("error while stopping")
+    return code
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -130,7 +130,10 @@ def load_config(path: Path) -> AgentConfig:
         if isinstance(s, CsvSource) else s
         for s in cfg.sources
     ]
-    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources})
+    broker = cfg.broker
+    if broker.ca_file and not Path(broker.ca_file).expanduser().is_absolute():
+        broker = replace(broker, ca_file=str(base / broker.ca_file))  # `devices add` ships ca.crt alongside
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "broker": broker})
 
 
 def reference() -> str:

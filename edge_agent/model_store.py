@@ -38,7 +38,8 @@ class Assembly:
     parts: dict[int, bytes] = field(default_factory=dict)
 
     def add(self, chunk: ModelChunk) -> bool:
-        """Store a chunk; True when the archive is complete. Mismatched chunks raise ValueError."""
+        """Store a chunk; True when every chunk is in.  A chunk that cannot belong to the announced
+        archive raises ValueError and changes nothing (a forged chunk must not spoil the download)."""
         a = self.announcement
         if chunk.version != a.version or chunk.sha256 != a.sha256 or chunk.total != a.chunks:
             raise ValueError("chunk does not belong to the announced archive")
@@ -46,10 +47,11 @@ class Assembly:
             data = base64.b64decode(chunk.data, validate=True)
         except binascii.Error:
             raise ValueError("chunk data is not base64") from None
+        others = sum(len(p) for i, p in self.parts.items() if i != chunk.index)
+        if others + len(data) > a.size:
+            raise ValueError("chunks exceed the announced size")
         self.parts[chunk.index] = data
         self.last_progress = time.monotonic()
-        if sum(len(p) for p in self.parts.values()) > a.size:
-            raise ValueError("chunks exceed the announced size")
         return len(self.parts) == a.chunks
 
     def archive(self) -> bytes:

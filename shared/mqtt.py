@@ -1,17 +1,33 @@
-"""Broker connection settings and a paho client factory used by hub, agent, demo and bench."""
+"""Broker connection settings, a paho client factory, per-message isolation and the supervised loop.
+
+Used by hub, agent, demo and bench.  :class:`MessageGuard` is the ONE way an MQTT callback handles a
+message (agent and hub ingest alike); :class:`NetworkSupervisor` is the one place a process decides
+that its broker connection is beyond repair and exits non-zero so systemd restarts it.
+"""
 
 from __future__ import annotations
 
+import enum
+import logging
 import socket
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from shared.protocol import ProtocolError, RejectCounter, parse_topic
 from shared.schema import doc
+
+log = logging.getLogger(__name__)
+
+HUB_MAX_DISCONNECTED_S = 300.0  # the hub is useless offline: let systemd restart it after 5 minutes
+AGENT_MAX_DISCONNECTED_S = 0.0  # never: a gateway keeps scoring and buffering through long outages
+EXIT_NETWORK = 3  # exit status of a process that gave up on its broker connection (2 = bad config)
 
 
 @dataclass(frozen=True)
@@ -24,11 +40,21 @@ class BrokerConfig:
     keepalive_s: int = doc("MQTT keepalive in seconds.", default=30)
     client_id: str = doc("Client id; empty picks a unique one.", default="")
     ca_file: str = doc("CA bundle for mqtts:// (empty = system CAs).", default="")
+    max_disconnected_s: float | None = doc(
+        "Exit non-zero (for systemd to restart) after this long without a broker connection; 0 = never. "
+        "Unset = the side's default: hub 300 s, agent never (a gateway may be offline for days and keeps "
+        "scoring).", default=None)
 
     def __post_init__(self) -> None:
         parse_url(self.url)
         if self.keepalive_s < 5:
             raise ValueError("keepalive_s must be >= 5")
+        if self.max_disconnected_s is not None and self.max_disconnected_s < 0:
+            raise ValueError("max_disconnected_s must be >= 0 (0 = never)")
+
+    def disconnect_limit(self, side_default: float) -> float:
+        """Seconds of disconnection after which the process gives up (0 = never)."""
+        return side_default if self.max_disconnected_s is None else self.max_disconnected_s
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -45,6 +71,7 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str) -> mqtt.Client:
 
     The session is persistent (clean_session=False) so QoS-1 subscriptions survive reconnects.
     """
+    NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
     client_id = cfg.client_id or f"{client_id_prefix}-{uuid.uuid4().hex[:8]}"
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
@@ -95,3 +122,170 @@ def start(client: mqtt.Client, cfg: BrokerConfig) -> None:
     host, port, _ = parse_url(cfg.url)
     client.connect_async(host, port, keepalive=cfg.keepalive_s)
     client.loop_start()
+
+
+# ------------------------------------------------------------------------------ per-message isolation
+
+
+def topic_channel(topic: str) -> str:
+    """Channel name of an ``edgesentry/<device>/<channel>`` topic, ``unknown`` otherwise."""
+    try:
+        return parse_topic(topic)[1].value
+    except ProtocolError:
+        return "unknown"
+
+
+Handler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MessageGuard:
+    """Handles each MQTT message in isolation: nothing one message raises reaches paho's loop.
+
+    A :class:`~shared.protocol.ProtocolError` is counted by reason (``rejects.reject``); any other
+    exception is a bug: counted as ``internal_error`` by channel and logged rate-limited with at most
+    one traceback per interval (``rejects.internal_error``).  Both the agent and the hub's ingest
+    (``cloud_hub/ingest/``) wrap every paho callback with this — use :meth:`on_message` for
+    ``client.on_message`` and :meth:`callback` for ``on_connect`` and friends.
+    """
+
+    def __init__(self, rejects: RejectCounter, channel_of: Callable[[str], str] = topic_channel) -> None:
+        self.rejects = rejects
+        self.channel_of = channel_of
+
+    def handle(self, handler: Handler, msg: mqtt.MQTTMessage) -> bool:
+        """Run ``handler(msg)``; True if it returned normally."""
+        topic = "?"
+        try:
+            topic = msg.topic
+            handler(msg)
+            return True
+        except ProtocolError as exc:
+            self.rejects.reject(topic, exc)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point: count, log, carry on
+            self.rejects.internal_error(self._channel(topic), topic, exc)
+        return False
+
+    def on_message(self, handler: Handler) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
+        """A paho ``on_message`` callback that runs ``handler`` under the guard."""
+
+        def callback(_client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            self.handle(handler, msg)
+
+        return callback
+
+    def callback(self, fn: Callable[..., None], name: str) -> Callable[..., None]:
+        """Wrap any other paho callback (``on_connect``, ...): failures count as ``internal_error``
+        under ``name``."""
+
+        def wrapped(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001
+                self.rejects.internal_error(name, name, exc)
+
+        return wrapped
+
+    def _channel(self, topic: str) -> str:
+        try:
+            return self.channel_of(topic)
+        except Exception:  # noqa: BLE001
+            return "unknown"
+
+
+# ------------------------------------------------------------------------------ supervised loop
+
+
+class LoopFailure(enum.StrEnum):
+    THREAD_DIED = "network_thread_died"  # paho's loop thread ended while we still needed it: always fatal
+    DISCONNECTED = "disconnected_too_long"  # no broker connection for longer than max_disconnected_s
+
+
+@dataclass
+class _Watched:
+    client: mqtt.Client
+    name: str
+    max_disconnected_s: float
+    down_since: float | None = field(default_factory=time.monotonic)
+    thread: threading.Thread | None = None  # paho's loop thread (paho forgets it when it ends)
+
+
+class NetworkSupervisor:
+    """Watches paho clients started with ``loop_start``; :meth:`wait` returns why one failed.
+
+    The process then logs the reason and exits non-zero: a service manager restarting it is better
+    than a process that runs on and stores nothing (a dead network thread is silent otherwise).
+    """
+
+    _errors: dict[str, BaseException] = {}
+    _hook_lock = threading.Lock()
+    _hooked = False
+
+    def __init__(self, poll_s: float = 0.5) -> None:
+        self.poll_s = poll_s
+        self._watched: list[_Watched] = []
+        self.install_excepthook()
+
+    def watch(self, client: mqtt.Client, name: str, max_disconnected_s: float) -> None:
+        """Watch a client whose loop was started with ``loop_start`` (``connect``/``start`` here)."""
+        self._watched.append(_Watched(client, name, max_disconnected_s, thread=getattr(client, "_thread", None)))
+
+    def check(self, now: float | None = None) -> tuple[LoopFailure, str] | None:
+        now = time.monotonic() if now is None else now
+        for w in self._watched:
+            if w.thread is None:
+                w.thread = getattr(w.client, "_thread", None)
+            name = _loop_thread_name(w.client)
+            exc = self._errors.get(name)
+            if exc is not None or (w.thread is not None and not w.thread.is_alive()):
+                why = f"{type(exc).__name__}: {exc}" if exc is not None else "it returned"
+                return LoopFailure.THREAD_DIED, f"{w.name}: MQTT network thread died ({why})"
+            if w.client.is_connected():
+                w.down_since = None
+            elif w.down_since is None:
+                w.down_since = now
+            elif w.max_disconnected_s > 0 and now - w.down_since > w.max_disconnected_s:
+                return LoopFailure.DISCONNECTED, (f"{w.name}: no broker connection for {now - w.down_since:.0f} s "
+                                                  f"(broker.max_disconnected_s = {w.max_disconnected_s:g})")
+        return None
+
+    def wait(self, stop: threading.Event) -> tuple[LoopFailure, str] | None:
+        """Block until ``stop`` is set (None) or a watched client fails (its reason and message)."""
+        while not stop.wait(self.poll_s):
+            failure = self.check()
+            if failure is not None:
+                return failure
+        return None
+
+    def run(self, stop: threading.Event, logger: logging.Logger) -> int:
+        """The main thread's wait in ``edge-agent run`` / ``cloud-hub serve``: 0 when asked to stop;
+        :data:`EXIT_NETWORK` after logging why the connection is beyond repair (the caller then shuts
+        down what it can and exits with it, so systemd restarts the process)."""
+        failure = self.wait(stop)
+        if failure is None:
+            return 0
+        reason, message = failure
+        logger.critical("exiting with status %d: %s [%s]", EXIT_NETWORK, message, reason.value)
+        stop.set()
+        return EXIT_NETWORK
+
+    @classmethod
+    def install_excepthook(cls) -> None:
+        """Remember what killed a thread so the exit message can say it."""
+        with cls._hook_lock:
+            if cls._hooked:
+                return
+            cls._hooked = True
+            previous = threading.excepthook
+
+            def hook(args: threading.ExceptHookArgs) -> None:
+                if args.thread is not None and args.exc_value is not None:
+                    cls._errors[args.thread.name] = args.exc_value
+                previous(args)
+
+            threading.excepthook = hook
+
+
+def _loop_thread_name(client: mqtt.Client) -> str:
+    """The name paho gives a client's ``loop_start`` thread."""
+    raw = getattr(client, "_client_id", b"")
+    return f"paho-mqtt-client-{raw.decode(errors='replace') if isinstance(raw, bytes) else raw}"

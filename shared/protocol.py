@@ -1,9 +1,11 @@
 """MQTT topic tree and versioned message schemas (see docs/protocol.md).
 
-Every message is a JSON object with ``"v": 1``.  :func:`decode` is the only way bytes from the
-network become messages: it enforces the size limit, rejects NaN/Infinity, checks the schema and the
-topic's device id, and raises :class:`ProtocolError` with a :class:`RejectReason`.  Callers count and
-log rejections with :class:`RejectCounter` and carry on — a malformed message never crashes a peer.
+Every message is a JSON object with ``"v": 2``.  :func:`decode` is the only way bytes from the
+network become messages: it checks the size first, then parses with a depth-limited decoder (orjson:
+nesting beyond 1024 levels fails cleanly, never a RecursionError), rejects NaN/Infinity, checks the
+version, the schema and the topic's device id, and raises :class:`ProtocolError` with a
+:class:`RejectReason` — nothing else.  Callers count and log rejections with :class:`RejectCounter` and
+carry on — a malformed message never crashes a peer (see ``shared.mqtt.MessageGuard``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 from shared.schema import SchemaError, doc, dump, load
 
-PROTOCOL_VERSION = 1
+# 2: model announcements are signed (agents of version 1 would follow unsigned, forgeable ones).
+PROTOCOL_VERSION = 2
 ROOT = "edgesentry"
 FLEET = "fleet"
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -66,6 +70,10 @@ class RejectReason(enum.StrEnum):
     STALE_TIMESTAMP = "stale_timestamp"  # a reading not after the previous one (counted per reading)
     FUTURE_TIMESTAMP = "future_timestamp"  # a reading too far ahead of the agent's clock (per reading)
     NO_MODEL = "no_model"  # plain .npy readings need the active model's feature order
+    TOO_DEEP = "too_deep"  # nesting beyond the decoder's depth limit
+    BAD_SIGNATURE = "bad_signature"  # unsigned or badly signed model announcement
+    BAD_CHUNK = "bad_chunk"  # a model chunk that cannot belong to the announced archive
+    INTERNAL_ERROR = "internal_error"  # a handler raised on this message (a bug); counted by channel
 
 
 class ProtocolError(ValueError):
@@ -358,6 +366,9 @@ class ModelAnnouncement:
     size: int = doc("Archive size in bytes.")
     chunks: int = doc("Number of chunks the archive is sent in.")
     rollout_id: int = doc("Hub rollout id.")
+    key_id: str = doc("Fingerprint of the hub key that signed this announcement.", default="")
+    signature: str = doc("Base64 Ed25519 signature over the other fields (shared.signing.announcement_bytes); "
+                         "agents ignore announcements without a valid one.", default="")
 
     def __post_init__(self) -> None:
         if self.version < 1 or self.chunks < 1 or self.size < 1:
@@ -404,10 +415,6 @@ SCHEMAS: dict[Channel, type] = {
 M = TypeVar("M")
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
 def encode(message: Any) -> bytes:
     data = json.dumps(dump(message), separators=(",", ":"), allow_nan=False).encode()
     if len(data) > MAX_MESSAGE_BYTES:
@@ -415,31 +422,45 @@ def encode(message: Any) -> bytes:
     return data
 
 
-def decode(channel: Channel, payload: bytes | bytearray, *, device: str | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Validate ``payload`` for ``channel``; if ``device`` is given, the message must name it."""
-    return decode_object(channel, parse_json(payload, max_bytes), device=device)
-
-
-def parse_json(payload: bytes | bytearray, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
-    """Size limit, strict JSON (no NaN/Infinity), an object, our protocol version."""
+def parse_json(payload: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Bytes → plain JSON data, bounded: size first, then orjson (depth limit 1024, no NaN/Infinity,
+    strict UTF-8).  Raises only :class:`ProtocolError` (``too_large``, ``too_deep``, ``not_json``)."""
     if len(payload) > max_bytes:
         raise ProtocolError(RejectReason.TOO_LARGE, f"{len(payload)} bytes > {max_bytes}")
     try:
-        data = json.loads(payload, parse_constant=_no_constants)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(RejectReason.NOT_JSON, str(exc)[:200]) from None
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        text = str(exc)
+        reason = RejectReason.TOO_DEEP if "depth limit" in text or "recursion" in text else RejectReason.NOT_JSON
+        raise ProtocolError(reason, text[:200]) from None
+
+
+def decode(channel: Channel, payload: bytes | bytearray, *, device: str | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Validate ``payload`` for ``channel``; if ``device`` is given, the message must name it.
+
+    The one way bytes from the network become messages: any input gives a message or a
+    :class:`ProtocolError`, never another exception.
+    """
+    return decode_object(channel, parse_json(payload, max_bytes), device=device)
+
+
+def envelope(data: Any) -> dict[str, Any]:
+    """Parsed JSON that must be an object of our protocol version."""
     if not isinstance(data, dict):
         raise ProtocolError(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(data).__name__}")
-    if data.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(RejectReason.BAD_VERSION, f"unsupported protocol version {data.get('v')!r}")
+    version = data.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(RejectReason.BAD_VERSION, f"protocol version {str(version)[:20]!r} refused: this peer "
+                            f"speaks version {PROTOCOL_VERSION} only (upgrade hub and agents together)")
     return data
 
 
-def decode_object(channel: Channel, data: dict[str, Any], *, device: str | None = None) -> Any:
+def decode_object(channel: Channel, data: Any, *, device: str | None = None) -> Any:
     """The schema half of :func:`decode`, for data :func:`parse_json` returned."""
+    data = envelope(data)
     try:
         msg: Any = load(SCHEMAS[channel], data, strict=False)
-    except SchemaError as exc:
+    except (SchemaError, OverflowError) as exc:
         raise ProtocolError(RejectReason.SCHEMA, str(exc)[:300]) from None
     msg_device = getattr(msg, "device", None)
     if device is not None and msg_device is not None and msg_device != device:
@@ -453,14 +474,20 @@ def finite(x: float) -> float:
 
 
 class RejectCounter:
-    """Thread-safe counts of rejected messages by reason, with rate-limited logging."""
+    """Thread-safe counts of rejected messages by reason, and of handler failures by channel.
+
+    Logging is rate-limited (at most one line per ``log_every_s``, one traceback per interval for
+    internal errors) so a flood of hostile messages cannot become a log storm.
+    """
 
     def __init__(self, logger: logging.Logger | None = None, log_every_s: float = 10.0) -> None:
         self._counts: Counter[str] = Counter()
+        self._internal: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._log = logger or log
         self._every = log_every_s
-        self._last_log = 0.0
+        self._last_log = -math.inf
+        self._last_trace = -math.inf
 
     def reject(self, topic: str, error: ProtocolError) -> None:
         self.count(error.reason, 1, f"rejected message on {topic}: {error}")
@@ -474,7 +501,21 @@ class RejectCounter:
             if emit:
                 self._last_log = now
         if emit:
-            self._log.warning("%s (totals: %s)", what, dict(self._counts))
+            self._log.warning("%s (totals: %s)", what[:300], dict(self._counts))
+
+    def internal_error(self, channel: str, topic: str, exc: BaseException) -> None:
+        """A handler raised on one message: count it (reason ``internal_error``, and by channel)."""
+        with self._lock:
+            self._counts[RejectReason.INTERNAL_ERROR.value] += 1
+            self._internal[channel] += 1
+            now = time.monotonic()
+            trace = now - self._last_trace >= self._every
+            if trace:
+                self._last_trace = now
+            totals = dict(self._internal)
+        if trace:
+            self._log.error("internal error handling a message on %s (by channel: %s)", topic[:200], totals,
+                            exc_info=exc)
 
     @property
     def total(self) -> int:
@@ -484,3 +525,8 @@ class RejectCounter:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def internal_errors(self) -> dict[str, int]:
+        """Handler failures by channel."""
+        with self._lock:
+            return dict(self._internal)

@@ -26,6 +26,7 @@ from shared.protocol import (
     RejectReason,
     check_columnar,
     decode_object,
+    envelope,
     parse_json,
 )
 
@@ -77,7 +78,7 @@ def _schema(detail: str) -> ProtocolError:
 
 def decode_readings(payload: bytes | bytearray, max_bytes: int = MAX_MESSAGE_BYTES) -> ReadingsBlock:
     """A JSON ``Readings`` message (either shape) → a block; :class:`ProtocolError` if invalid."""
-    data = parse_json(payload, max_bytes)
+    data = envelope(parse_json(payload, max_bytes))
     if "values" not in data or data.get("readings"):
         msg: Readings = decode_object(Channel.READINGS, data)
         return _block(msg)

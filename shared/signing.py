@@ -1,15 +1,20 @@
-"""Ed25519 keys and signatures for model bundles."""
+"""Ed25519 keys and signatures for model bundles and model announcements."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.protocol import ModelAnnouncement
+from shared.schema import dump
 
 
 class SignatureError(ValueError):
@@ -78,4 +83,26 @@ def verify(trusted: list[Ed25519PublicKey], signer_key_id: str, signature_b64: s
             return
         except InvalidSignature:
             continue
-    raise SignatureError("signature does not match the manifest")
+    raise SignatureError("signature does not match the signed data")
+
+
+ANNOUNCEMENT_DOMAIN = b"edgesentry-model-announcement\n"
+
+
+def announcement_bytes(ann: ModelAnnouncement) -> bytes:
+    """Canonical bytes an announcement's signature covers: every field but key_id and signature,
+    as sorted compact ASCII JSON, after a domain tag (so no other signed text can pass for one)."""
+    fields = {k: v for k, v in dump(ann).items() if k not in ("key_id", "signature")}
+    return ANNOUNCEMENT_DOMAIN + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_announcement(key: Ed25519PrivateKey, ann: ModelAnnouncement) -> ModelAnnouncement:
+    """The hub's announcement, signed: the one way the hub builds what it publishes on ``model`` topics."""
+    return dataclasses.replace(ann, key_id=key_id(key.public_key()), signature=sign(key, announcement_bytes(ann)))
+
+
+def verify_announcement(trusted: list[Ed25519PublicKey], ann: ModelAnnouncement) -> None:
+    """Raise :class:`SignatureError` unless a trusted key signed this announcement (agents ignore it then)."""
+    if not ann.signature or not ann.key_id:
+        raise SignatureError("announcement is not signed")
+    verify(trusted, ann.key_id, ann.signature, announcement_bytes(ann))

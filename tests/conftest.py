@@ -107,7 +107,12 @@ def start_agent(tmp_path: Path, device: str, public_key: str, broker_url: str, e
         top, tables = "", extra.strip()[1:]
     conf.write_text(f'device_id = "{device}"\nstate_dir = "state"\ntrusted_keys = ["{public_key}"]\n{top}\n'
                     f'[broker]\nurl = "{broker_url}"\n' + (f"[{tables}\n" if tables else ""))
-    log = tmp_path / "agent.log"
+    return run_agent(conf)
+
+
+def run_agent(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Run `edge-agent run` on an existing agent.toml (e.g. one `cloud-hub devices add` wrote); log beside it."""
+    log = conf.parent / "agent.log"
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)], cwd=REPO,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
     return proc, log

@@ -172,17 +172,17 @@ def test_hub_counts_malformed_messages_and_keeps_serving(tmp_path: Path, mosquit
     try:
         garbage = [
             ("edgesentry/gw-1/anomaly", b"\x00\x01garbage"),
-            ("edgesentry/gw-1/heartbeat", b'{"v": 1}'),
-            ("edgesentry/gw-1/sync", b'{"v": 1, "device": "gw-1", "batch_id": "b", "features": ["a"], "rows": [[1]]}'),
+            ("edgesentry/gw-1/heartbeat", b'{"v": 2}'),
+            ("edgesentry/gw-1/sync", b'{"v": 2, "device": "gw-1", "batch_id": "b", "features": ["a"], "rows": [[1]]}'),
             ("edgesentry/gw-1/status", b'{"v": 99}'),
             ("edgesentry/gw-1/anomaly", b"{" + b" " * 300_000 + b"}"),
-            ("edgesentry/gw-2/heartbeat", b'{"v":1,"device":"gw-1","ts":1,"seq":1,"uptime_s":1,"model_version":null,'
+            ("edgesentry/gw-2/heartbeat", b'{"v":2,"device":"gw-1","ts":1,"seq":1,"uptime_s":1,"model_version":null,'
                                           b'"readings_received":0,"readings_scored":0,"anomalies":0,"rejected":0,'
                                           b'"queue_depth":0}'),
         ]
         for topic, payload in garbage:
             client.publish(topic, payload, qos=1).wait_for_publish(5)
-        good = ('{"v":1,"device":"gw-1","ts":1,"seq":1,"uptime_s":1,"model_version":null,"readings_received":0,'
+        good = ('{"v":2,"device":"gw-1","ts":1,"seq":1,"uptime_s":1,"model_version":null,"readings_received":0,'
                 '"readings_scored":0,"anomalies":0,"rejected":0,"queue_depth":0}')
         client.publish("edgesentry/gw-1/heartbeat", good.encode(), qos=1).wait_for_publish(5)
         wait_until(lambda: _count(home, db.Heartbeat) == 1, 10, "valid heartbeat stored")
@@ -200,24 +200,24 @@ def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosqu
     from shared import bundle as bundle_fmt
     from shared.schema import load
 
-    home = HubHome(tmp_path / "hub")  # a hub whose key the agent does not trust
+    home = HubHome(tmp_path / "hub")  # the hub the agent trusts (its announcements are signed)
     home.init(mosquitto.url)
-    trusted = HubHome(tmp_path / "trusted")
-    trusted.init(mosquitto.url)
+    other = HubHome(tmp_path / "other")  # a key the agent does not trust
+    other.init(mosquitto.url)
     server = HubServer(home)
     server.start()
-    agent = _agent(tmp_path, trusted, mosquitto)
+    agent = _agent(tmp_path, home, mosquitto)
     sensor = Sensor(mosquitto)
     try:
         wait_until(lambda: _device(home) is not None, 30, "agent seen")
         sensor.client.publish(device_topic(DEVICE, Channel.READINGS), b"not json", qos=1).wait_for_publish(5)
         sensor.send(50)
-        # Put the untrusted-hub's bundle of the trained model in place and announce it.
+        # Put a bundle of the trained model signed by the untrusted key in place and announce it.
         _, exported = trained_home
         files = bundle_fmt.read_dir(exported.bundle_dir)
         manifest = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
         evil = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: files[bundle_fmt.MODEL_FILE]},
-                                                       home.signing_key()))
+                                                       other.signing_key()))
         path = tmp_path / "evil.tar.gz"
         path.write_bytes(evil)
         with home.sessions()() as s:
@@ -234,7 +234,7 @@ def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosqu
 
         # The operator fixes the bundle (signed by the key the agent trusts) and rolls out v1 again.
         good = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: files[bundle_fmt.MODEL_FILE]},
-                                                       trusted.signing_key()))
+                                                       home.signing_key()))
         path.write_bytes(good)
         with home.sessions()() as s:
             row = s.scalars(select(db.Bundle)).one()

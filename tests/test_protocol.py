@@ -10,7 +10,7 @@ from shared import protocol as p
 
 
 def _event(**over: object) -> dict[str, object]:
-    msg = {"v": 1, "event_id": "e1", "device": "gw-1", "ts": 1.0, "detected_at": 1.1, "score": 5.0,
+    msg = {"v": p.PROTOCOL_VERSION, "event_id": "e1", "device": "gw-1", "ts": 1.0, "detected_at": 1.1, "score": 5.0,
            "threshold": 3.0, "model_version": 1}
     msg.update(over)
     return msg
@@ -33,7 +33,7 @@ def test_unknown_optional_keys_are_ignored_for_forward_compatibility() -> None:
         (b"\xff\xfe", p.RejectReason.NOT_JSON),
         (b"{not json", p.RejectReason.NOT_JSON),
         (b"[1, 2]", p.RejectReason.NOT_OBJECT),
-        (json.dumps(_event(v=2)).encode(), p.RejectReason.BAD_VERSION),
+        (json.dumps(_event(v=1)).encode(), p.RejectReason.BAD_VERSION),
         (json.dumps({k: v for k, v in _event().items() if k != "score"}).encode(), p.RejectReason.SCHEMA),
         (json.dumps(_event(score="high")).encode(), p.RejectReason.SCHEMA),
         (json.dumps(_event(model_version=True)).encode(), p.RejectReason.SCHEMA),
@@ -50,7 +50,7 @@ def test_malformed_messages_are_rejected_with_a_reason(payload: bytes, reason: p
 
 
 def test_sync_rows_must_match_features() -> None:
-    bad = {"v": 1, "device": "gw-1", "batch_id": "b", "features": ["a", "b"], "rows": [[1.0, 2.0]]}
+    bad = {"v": p.PROTOCOL_VERSION, "device": "gw-1", "batch_id": "b", "features": ["a", "b"], "rows": [[1.0, 2.0]]}
     with pytest.raises(p.ProtocolError) as err:
         p.decode(p.Channel.SYNC, json.dumps(bad).encode())
     assert err.value.reason == p.RejectReason.SCHEMA
@@ -80,8 +80,8 @@ def test_reject_counter_counts_by_reason() -> None:
 
 
 def test_encode_refuses_oversized_and_non_finite() -> None:
-    big = p.SyncBatch(v=1, device="d", batch_id="b", features=["a"], rows=[[1.0, 1.0]] * p.MAX_SYNC_ROWS)
+    big = p.SyncBatch(v=p.PROTOCOL_VERSION, device="d", batch_id="b", features=["a"], rows=[[1.0, 1.0]] * p.MAX_SYNC_ROWS)
     p.encode(big)  # the largest legal batch of one feature fits
     with pytest.raises(ValueError):
-        p.encode(p.Telemetry(v=1, device="d", ts=1.0, interval_s=1.0, scored=1, score_mean=float("nan"),
+        p.encode(p.Telemetry(v=p.PROTOCOL_VERSION, device="d", ts=1.0, interval_s=1.0, scored=1, score_mean=float("nan"),
                              score_max=1.0, readings_scored_total=1))

@@ -10,28 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
 from cloud_hub import db
+from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
-from cloud_hub.home import DEFAULT_HOME, HubHome, HubHomeError
+from cloud_hub.home import DEFAULT_HOME, HubHome
 from shared.schema import SchemaError
 
-console = Console()
 QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
 
 
-def _home(ctx: click.Context) -> HubHome:
-    home: HubHome = ctx.obj
-    try:
-        home.require()
-    except HubHomeError as exc:
-        raise click.ClickException(str(exc)) from None
-    return home
+_home = home_of
 
 
 @click.group()
@@ -328,8 +321,13 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Connect to the broker: store events, heartbeats and synced data; serve model downloads."""
+    """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
+
+    Exits with status 3 if the MQTT network thread dies or the broker stays unreachable for longer
+    than ``broker.max_disconnected_s`` (default 300 s), so a service manager restarts it.
+    """
     from cloud_hub.server import HubServer
+    from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
     server = HubServer(home)
@@ -341,9 +339,13 @@ def serve(ctx: click.Context) -> None:
     except ConnectionError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"hub serving; broker {server.cfg.broker.url}; Ctrl-C to stop")
-    stop.wait()
+    supervisor = NetworkSupervisor()
+    supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
+    code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
     server.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
+    if code:
+        sys.exit(code)
 
 
 @main.group()
@@ -443,21 +445,6 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
 
 
 @main.command()
-@click.pass_context
-def devices(ctx: click.Context) -> None:
-    """Known devices and what they run."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("device", "online", "model", "state", "runtime", "scored", "last seen (s ago)", "error")
-        import time
-
-        for d in s.scalars(select(db.Device).order_by(db.Device.device_id)):
-            table.add_row(d.device_id, "yes" if d.online else "no", str(d.model_version or "-"), d.model_state,
-                          d.runtime, str(d.readings_scored), f"{time.time() - d.last_seen:.0f}", d.last_error[:60])
-    console.print(table)
-
-
-@main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.pass_context
@@ -504,3 +491,15 @@ def bench(out: Path, broker: str | None, workdir: Path) -> None:
 
     run_bench(workdir.resolve(), out.resolve(), broker, console=console)
 
+
+
+def _register() -> None:
+    """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.broker import broker_config
+    from cloud_hub.cli.devices import devices
+
+    main.add_command(devices)
+    main.add_command(broker_config)
+
+
+_register()

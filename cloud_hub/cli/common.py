@@ -1,0 +1,20 @@
+"""What every ``cloud-hub`` command module shares: the console and the hub home from the context."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from cloud_hub.home import HubHome, HubHomeError
+
+console = Console()
+
+
+def home_of(ctx: click.Context) -> HubHome:
+    """The initialised hub home named by ``--home``, or a clear error."""
+    home: HubHome = ctx.find_object(HubHome) or ctx.obj
+    try:
+        home.require()
+    except HubHomeError as exc:
+        raise click.ClickException(str(exc)) from None
+    return home

@@ -18,7 +18,15 @@ from edge_agent.detector import BUFFER_READINGS, ActiveModel, EpisodeTracker, St
 from shared import bundle as bundle_fmt
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.preprocessing import series_windows
-from shared.protocol import Channel, ProtocolError, RejectReason, decode, device_topic, npy_topic
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    Channel,
+    ProtocolError,
+    RejectReason,
+    decode,
+    device_topic,
+    npy_topic,
+)
 from shared.readings import (
     MAX_NPY_BYTES,
     ReadingsBlock,
@@ -170,29 +178,33 @@ def test_npy_limits_and_no_model() -> None:
     assert np.isnan(block.values[0, 0]) and block.values[1, 0] == 3.0  # NaN = missing
 
 
+def _v(body: str) -> bytes:
+    return body.replace("VV", str(PROTOCOL_VERSION)).encode()
+
+
 @pytest.mark.parametrize(("body", "match"), [
-    ('{"v":1,"ts":[1,2],"features":["a"],"values":[[1]]}', "one row per ts"),
-    ('{"v":1,"ts":[1],"features":["a","a"],"values":[[1,2]]}', "unique"),
-    ('{"v":1,"ts":[1],"features":["a"],"values":[["1"]]}', "numbers or null"),
-    ('{"v":1,"ts":[1],"features":["a"],"values":[[true]]}', "numbers or null"),
-    ('{"v":1,"ts":["x"],"features":["a"],"values":[[1]]}', "ts must be numbers"),
-    ('{"v":1,"ts":[1],"features":"a","values":[[1]]}', "need lists"),
-    ('{"v":1,"ts":[],"features":["a"],"values":[]}', "need 1-10000"),
-    ('{"v":1,"ts":[1],"features":["a"],"values":[[NaN]]}', None),
+    ('{"v":VV,"ts":[1,2],"features":["a"],"values":[[1]]}', "one row per ts"),
+    ('{"v":VV,"ts":[1],"features":["a","a"],"values":[[1,2]]}', "unique"),
+    ('{"v":VV,"ts":[1],"features":["a"],"values":[["1"]]}', "numbers or null"),
+    ('{"v":VV,"ts":[1],"features":["a"],"values":[[true]]}', "numbers or null"),
+    ('{"v":VV,"ts":["x"],"features":["a"],"values":[[1]]}', "ts must be numbers"),
+    ('{"v":VV,"ts":[1],"features":"a","values":[[1]]}', "need lists"),
+    ('{"v":VV,"ts":[],"features":["a"],"values":[]}', "need 1-10000"),
+    ('{"v":VV,"ts":[1],"features":["a"],"values":[[NaN]]}', None),
 ])
 def test_bad_columnar_json_is_refused(body: str, match: str | None) -> None:
     with pytest.raises(ProtocolError, match=match):
-        decode_readings(body.encode())
+        decode_readings(_v(body))
 
 
 def test_json_null_is_missing_and_both_json_shapes_decode() -> None:
-    block = decode_readings(b'{"v":1,"ts":[1.5,2],"features":["a","b"],"values":[[1,null],[2,3]]}')
+    block = decode_readings(_v('{"v":VV,"ts":[1.5,2],"features":["a","b"],"values":[[1,null],[2,3]]}'))
     assert block.features == ("a", "b") and np.isnan(block.values[0, 1]) and block.ts.tolist() == [1.5, 2.0]
-    per = decode_readings(b'{"v":1,"readings":[{"ts":1,"values":{"a":1,"b":null}},{"ts":2,"values":{"b":4}}]}')
+    per = decode_readings(_v('{"v":VV,"readings":[{"ts":1,"values":{"a":1,"b":null}},{"ts":2,"values":{"b":4}}]}'))
     assert per.features == ("a", "b") and np.isnan(per.values[1, 0]) and per.values[1, 1] == 4.0
     with pytest.raises(ProtocolError):
-        decode(Channel.READINGS, b'{"v":1,"readings":[{"ts":1,"values":{"a":1}}],"ts":[1],"features":["a"],'
-                                 b'"values":[[1]]}')
+        decode(Channel.READINGS, _v('{"v":VV,"readings":[{"ts":1,"values":{"a":1}}],"ts":[1],"features":["a"],'
+                                    '"values":[[1]]}'))
 
 
 def test_episode_tracker_batch_equals_one_at_a_time() -> None:

@@ -14,7 +14,16 @@ import pytest
 from edge_agent.config import SyncConfig, SyncPolicy
 from edge_agent.detector import PushResult, ScoredBatch
 from edge_agent.sync import SyncSelector
-from shared.protocol import MAX_SYNC_ROWS, Channel, ProtocolError, SyncBatch, decode, encode, pack_rows
+from shared.protocol import (
+    MAX_SYNC_ROWS,
+    PROTOCOL_VERSION,
+    Channel,
+    ProtocolError,
+    SyncBatch,
+    decode,
+    encode,
+    pack_rows,
+)
 from shared.readings import ReadingsBlock
 from shared.schema import SchemaError, load
 
@@ -161,11 +170,11 @@ def test_smart_bound_keeps_flagged_rows_over_samples() -> None:
 
 def test_packed_rows_are_bounded_and_validated() -> None:
     table = np.column_stack([np.arange(5.0), np.ones((5, 2))])
-    ok = SyncBatch(v=1, device="d", batch_id="b", features=["x", "y"], packed=pack_rows(table), flags=[0] * 5)
+    ok = SyncBatch(v=PROTOCOL_VERSION, device="d", batch_id="b", features=["x", "y"], packed=pack_rows(table), flags=[0] * 5)
     assert np.array_equal(decode(Channel.SYNC, encode(ok)).table(), table)
 
     def bad(packed: str, features: list[str] | None = None) -> None:
-        body = {"v": 1, "device": "d", "batch_id": "b", "features": features or ["x", "y"], "packed": packed}
+        body = {"v": PROTOCOL_VERSION, "device": "d", "batch_id": "b", "features": features or ["x", "y"], "packed": packed}
         with pytest.raises(ProtocolError, match="packed rows|at least one row"):
             decode(Channel.SYNC, json.dumps(body).encode())
 
@@ -187,7 +196,7 @@ def test_packed_rows_are_bounded_and_validated() -> None:
     bad("not base64!")
     bad(base64.b64encode(b"not zlib").decode())
     with pytest.raises(ValueError, match="rows or packed"):
-        SyncBatch(v=1, device="d", batch_id="b", features=["x", "y"], rows=[[1.0, 2.0, 3.0]], packed=pack_rows(table))
+        SyncBatch(v=PROTOCOL_VERSION, device="d", batch_id="b", features=["x", "y"], rows=[[1.0, 2.0, 3.0]], packed=pack_rows(table))
 
 
 def test_sync_config_is_typed_and_described() -> None:

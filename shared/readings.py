@@ -51,6 +51,8 @@ class ReadingsBlock:
         names: dict[str, None] = {}
         for _, values in rows:
             names.update(dict.fromkeys(values))
+            if len(names) > MAX_READINGS_FEATURES:  # checked before allocating (rows x features)
+                raise ValueError(f"readings name more than {MAX_READINGS_FEATURES} distinct features")
         features = tuple(names)
         index = {f: j for j, f in enumerate(features)}
         table = np.full((len(rows), len(features)), np.nan)
@@ -102,7 +104,10 @@ def _block(msg: Readings) -> ReadingsBlock:
     if msg.ts:
         values = np.array(msg.values, dtype=np.float64).reshape(len(msg.ts), len(msg.features))
         return ReadingsBlock(np.array(msg.ts, dtype=np.float64), tuple(msg.features), values)
-    return ReadingsBlock.from_rows([(r.ts, r.values) for r in msg.readings])
+    try:
+        return ReadingsBlock.from_rows([(r.ts, r.values) for r in msg.readings])
+    except ValueError as exc:
+        raise _schema(str(exc)) from None
 
 
 def decode_readings_npy(payload: bytes | bytearray, features: list[str] | tuple[str, ...] | None,

@@ -275,3 +275,9 @@ def test_agent_takes_npy_and_columnar_readings_and_counts_rejected_timestamps(
         for c in (pub, watch):
             c.disconnect()
             c.loop_stop()
+
+
+def test_per_reading_json_with_too_many_distinct_features_is_refused_before_allocating() -> None:
+    readings = ",".join(f'{{"ts":{i},"values":{{"f{i}":1}}}}' for i in range(1, 2000))
+    with pytest.raises(ProtocolError, match="distinct features"):
+        decode_readings(_v('{"v":VV,"readings":[' + readings + "]}"))

@@ -30,8 +30,6 @@ from edge_agent.detector import PushResult
 from shared.protocol import MAX_MESSAGE_BYTES, MAX_SYNC_ROWS, PROTOCOL_VERSION, SyncBatch, encode, pack_rows
 from shared.readings import with_nulls
 
-NO_MODEL_WINDOW = 32  # smart sampling before any model is active: runs of this many readings
-
 
 class Priority(enum.IntEnum):
     FLAGGED = 0
@@ -95,9 +93,12 @@ class SyncSelector:
         if scored is not None and len(scored):
             flags[n - len(scored) :] = scored.anomalous
         with self._lock:
-            if self.cfg.policy == SyncPolicy.FULL:
+            if self.cfg.policy == SyncPolicy.FULL or not pushed.window:
+                # smart without a model: nothing to choose on, and the hub needs data for a first model;
+                # everything goes, at the lowest priority (within the cap, first dropped by the bound).
+                priority = Priority.ALL if self.cfg.policy == SyncPolicy.FULL else Priority.SAMPLE
                 new = n - pushed.admitted
-                self._add(Segment(Priority.ALL, rows.features, rows.ts[new:], rows.values[new:], flags[new:]))
+                self._add(Segment(priority, rows.features, rows.ts[new:], rows.values[new:], flags[new:]))
             else:
                 self._choose(pushed, flags)
             self._bound()
@@ -105,17 +106,14 @@ class SyncSelector:
     def _choose(self, pushed: PushResult, flags: np.ndarray) -> None:
         rows, scored = pushed.rows, pushed.scored
         n = len(rows)
-        w = pushed.window or NO_MODEL_WINDOW
-        if scored is not None and len(scored):
-            ends = np.arange(n - len(scored), n)
-            flagged = np.asarray(scored.anomalous, dtype=bool)
-            ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
-            thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
-            hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))
-        else:  # no model: every new reading ends a candidate run
-            ends = np.arange(n - pushed.admitted, n)
-            ends = ends[ends >= w - 1]
-            flagged = hard = np.zeros(len(ends), dtype=bool)
+        w = pushed.window
+        if scored is None or not len(scored):
+            return  # the model's first window is not complete yet
+        ends = np.arange(n - len(scored), n)
+        flagged = np.asarray(scored.anomalous, dtype=bool)
+        ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
+        thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
+        hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))
         fresh = rows.ts > self._selected_to  # rows an earlier, overlapping window already took
         flagged_rows = _cover(ends[flagged], w, n) & fresh
         hard_rows = _cover(ends[hard], w, n) & fresh & ~flagged_rows

@@ -208,3 +208,14 @@ def test_sync_config_is_typed_and_described() -> None:
         load(SyncConfig, {"bandwith": 5})
     with pytest.raises(SchemaError):
         load(SyncConfig, {"hard_margin": 1.5})
+
+
+def test_smart_without_a_model_sends_everything_at_the_lowest_priority() -> None:
+    """The hub needs data to train a first model: before one is active, smart uploads every reading."""
+    ts = 1000.0 + np.arange(50)
+    sel = SyncSelector(SyncConfig(policy=SyncPolicy.SMART, max_buffered_rows=30))
+    for i in range(50):
+        sel.offer(PushResult(1, {}, ReadingsBlock(ts[i : i + 1], FEATURES, np.ones((1, 2))), None, 0))
+    assert sel.dropped["sample"] == 20
+    table, _ = _decoded(sel.take("gw", None))
+    assert np.array_equal(table[:, 0], ts[20:])

@@ -33,7 +33,7 @@ from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
 from shared import bundle as bundle_fmt
 from shared.inference import TFLiteModel
-from shared.metrics import percentile
+from shared.metrics import percentile, rss_mb
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -114,17 +114,6 @@ class _Watcher:
             return bool(self.cond.wait_for(lambda: predicate(self), timeout_s))
 
 
-def _rss_mb(pid: int) -> float | None:
-    """Resident set size of a process (Linux /proc), in MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
 def _agent_e2e(workdir: Path, broker: RunningBroker, home: HubHome, bundle_dir: Path) -> dict[str, Any]:
     from edge_agent.model_store import ModelStore
     from shared.signing import parse_public_key
@@ -162,7 +151,7 @@ enabled = false
         window = store.load(version).manifest.preprocessing.window
         features = store.load(version).manifest.preprocessing.features
         watcher.wait(lambda w: w.heartbeats >= 4, 10)  # a second of idling: heartbeats only
-        rss_idle = _rss_mb(agent.pid)
+        rss_idle = round(rss_mb(agent.pid), 1)
 
         # Throughput: 20k readings in batches of 100, as fast as the broker takes them.
         n = 20_000

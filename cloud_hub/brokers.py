@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 MOSQUITTO_CONF = """\
 listener {port} 127.0.0.1
 allow_anonymous true
-persistence false
+{persistence}
 # The default (1000) silently drops QoS-1 messages to a slow subscriber.
 max_queued_messages 1000000
 max_inflight_messages 100
@@ -26,6 +27,15 @@ log_dest stderr
 log_type error
 log_type warning
 """
+
+
+PERSISTENCE_ON = """persistence true
+persistence_location {workdir}/
+# Save every change at once so a broker that is killed loses nothing it acknowledged (tests; production
+# setups trade this for fewer writes).
+autosave_interval 1
+autosave_on_changes true
+{user}"""
 
 
 def free_port() -> int:
@@ -60,6 +70,7 @@ class RunningBroker:
     port: int
     proc: subprocess.Popen[bytes]
     workdir: Path
+    persistence: bool = False
 
     @property
     def url(self) -> str:
@@ -78,24 +89,46 @@ class RunningBroker:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, nothing saved that was not saved already."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
-def start_mosquitto(port: int | None = None, workdir: Path | None = None) -> RunningBroker:
+    def restart(self, persistence: bool | None = None) -> None:
+        """Start again on the same port and workdir (after ``stop`` or ``kill``) with the test configuration
+        of :func:`start_mosquitto`; with persistence, the saved sessions and queued messages come back."""
+        if self.kind != "mosquitto":
+            raise RuntimeError("only Mosquitto can be restarted in place")
+        self.stop()
+        again = start_mosquitto(self.port, self.workdir, self.persistence if persistence is None else persistence)
+        self.proc, self.persistence = again.proc, again.persistence
+
+
+def start_mosquitto(port: int | None = None, workdir: Path | None = None, persistence: bool = False) -> RunningBroker:
+    """A Mosquitto on 127.0.0.1:port; ``persistence`` keeps sessions and queued QoS-1 messages on disk in
+    ``workdir`` (what a gateway broker must do, see docs/architecture.md)."""
     port = port or free_port()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mosquitto-"))
     conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.format(port=port))
-    return run_mosquitto(conf, port, workdir)
+    conf.write_text(MOSQUITTO_CONF.format(
+        port=port, persistence=PERSISTENCE_ON.format(
+            workdir=workdir,
+            # As root Mosquitto drops to the `mosquitto` user, who cannot write a private temp dir.
+            user="user root" if hasattr(os, "geteuid") and os.geteuid() == 0 else "",
+        ) if persistence else "persistence false"))
+    return run_mosquitto(conf, port, workdir, persistence)
 
 
-def run_mosquitto(conf: Path, port: int, workdir: Path) -> RunningBroker:
+def run_mosquitto(conf: Path, port: int, workdir: Path, persistence: bool = False) -> RunningBroker:
     """Run Mosquitto on an existing config (e.g. one `cloud-hub broker-config` wrote) listening on ``port``."""
     exe = mosquitto_path()
     if exe is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-    log = open(workdir / "mosquitto.log", "wb")  # noqa: SIM115 - lives as long as the broker
+    log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the broker (appended on restart)
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     wait_for_port(port, 10, proc)
-    return RunningBroker("mosquitto", port, proc, workdir)
+    return RunningBroker("mosquitto", port, proc, workdir, persistence)
 
 
 def start_amqtt(port: int | None = None, workdir: Path | None = None) -> RunningBroker:

@@ -70,6 +70,9 @@ class Device(Base):
     password_hash: Mapped[str] = mapped_column(String(200), default="")
     provisioned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Unguessable MQTT client id in the device's agent.toml: Mosquitto does not bind client ids to accounts,
+    # so a device that knew another's id could take over (and drop) that client's session.
+    mqtt_client_id: Mapped[str] = mapped_column(String(128), default="")
 
 
 class Heartbeat(Base):

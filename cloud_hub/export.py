@@ -23,6 +23,7 @@ from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
 from shared.likelihood import LikelihoodParams, fit_prior
 from shared.preprocessing import PreprocessParams
+from shared.profiles import FirmwareProfile
 from shared.scoring import ScoringParams
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,24 @@ def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, Sco
     return tflite, scoring, val_scores, agree
 
 
+class OverBudget(ValueError):
+    """The exported model does not fit the target firmware profile."""
+
+
 def export(home: HubHome, version: int, quantization: Quantization, decide_on: Decision = Decision.SCORE,
-           likelihood_threshold: float = 0.5, **likelihood: Any) -> ExportResult:
-    """Write a signed bundle; ``likelihood`` overrides LikelihoodParams fields (history, short_window...)."""
+           likelihood_threshold: float = 0.5, profile: FirmwareProfile | None = None,
+           **likelihood: Any) -> ExportResult:
+    """Write a signed bundle; ``likelihood`` overrides LikelihoodParams fields (history, short_window...).
+
+    With a ``profile``, a model larger than its ``max_model_bytes`` raises :class:`OverBudget` before
+    anything is written, so no bundle that the gateway would refuse is ever produced.
+    """
     meta, detector = load_version(home, version)
     pre = PreprocessParams.from_dict(meta["preprocessing"])
     tflite, scoring, val_scores, agree = exported(detector, quantization)
+    if profile is not None and len(tflite) > profile.max_model_bytes:
+        raise OverBudget(f"{len(tflite)}-byte {quantization.value} model exceeds profile {profile.name}'s budget of "
+                         f"{profile.max_model_bytes} bytes (max_model_bytes); nothing written")
     likelihood = {"range_min": pre.scale_min, "range_max": pre.scale_max, **likelihood}
     prior = fit_prior(val_scores, threshold=likelihood_threshold, decide_on=decide_on.value, **likelihood)
     manifest = bundle_fmt.build_manifest(

@@ -12,14 +12,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource
 from edge_agent.detector import ActiveModel, EpisodeTracker, PushResult, ScoredWindow, StreamingDetector
+from edge_agent.health import SystemdNotifier, Watchdog
 from edge_agent.model_store import Assembly, ModelStore
+from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, Kind, Outbox, Sender
 from edge_agent.readings_queue import ReadingQueue
 from edge_agent.sources import CsvReplay
 from edge_agent.sync import SyncSelector
@@ -29,6 +31,7 @@ from shared.mqtt import MessageGuard, connect, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
     PROTOCOL_VERSION,
+    Ack,
     AgentState,
     AnomalyEvent,
     Channel,
@@ -59,6 +62,9 @@ log = logging.getLogger("edge_agent")
 DOWNLOAD_STALL_S = 10.0
 DOWNLOAD_ATTEMPTS = 5
 TOP_FEATURES = 3
+OUTBOX_KIND = {Channel.ANOMALY: Kind.ANOMALY, Channel.STATUS: Kind.STATUS, Channel.TELEMETRY: Kind.TELEMETRY,
+               Channel.SYNC: Kind.SYNC}
+STOP_DRAIN_S = 5.0
 
 
 @dataclass
@@ -94,6 +100,7 @@ class Agent:
         self.counters = Counters()
         self.started = time.monotonic()
         self.stop_event = threading.Event()
+        self.watchdog = Watchdog(SystemdNotifier(), release=self.stop_event)
         self._lock = threading.Lock()  # guards model lifecycle state below
         self._fleet_ann: ModelAnnouncement | None = None
         self._device_ann: ModelAnnouncement | None = None
@@ -112,10 +119,18 @@ class Agent:
         self._extra_clients: list[mqtt.Client] = []
         self.sources: list[CsvReplay] = []
 
-        self.client = make_client(cfg.broker, f"edge-{self.device}")
+        self.outbox = Outbox(cfg.state_dir / FILENAME, cfg.outbox.max_bytes or DEFAULT_MAX_BYTES,
+                             synchronous=cfg.outbox.synchronous.upper())
+        # A stable id and a persistent session: the broker keeps our subscriptions (and queues what the
+        # hub sends, e.g. acknowledgements and model chunks) across our restarts.
+        self.client = make_client(replace(cfg.broker, client_id=cfg.broker.client_id or f"edge-{self.device}"),
+                                  f"edge-{self.device}")
+        self.sender = Sender(self.outbox, self.client, cfg.outbox, self.stop_event)
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
         self.client.on_connect = self.guard.callback(self._on_connect, "connect")
+        self.client.on_disconnect = self.guard.callback(lambda *_: self.sender.on_disconnect(), "disconnect")
+        self.client.on_publish = self.guard.callback(lambda _c, _u, mid, *_: self.sender.on_publish(mid), "publish")
         self.client.on_message = self.guard.on_message(self._on_message)
         self._reading_topics = {self._topic(Channel.READINGS)} if not cfg.sources else set()
         for src in cfg.sources:
@@ -132,7 +147,8 @@ class Agent:
     def start(self) -> None:
         self._load_from_disk()
         start_mqtt(self.client, self.cfg.broker)
-        for target, name in ((self._score_loop, "scorer"), (self._housekeeping, "housekeeping")):
+        for target, name in ((self._score_loop, "scorer"), (self._housekeeping, "housekeeping"),
+                             (self.sender.run, "outbox-sender")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -148,28 +164,34 @@ class Agent:
     def _start_extra_source(self, src: MqttSource) -> None:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
-        c = make_client(src.broker, f"edge-src-{self.device}")
+        # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts.
+        c = make_client(replace(src.broker, client_id=src.broker.client_id or f"edge-src-{self.device}"),
+                        f"edge-src-{self.device}")
         c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)]), "connect")
         c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
         connect(c, src.broker)
         self._extra_clients.append(c)
 
     def stop(self) -> None:
-        """Flush what can be flushed, announce offline, disconnect."""
+        """Put the last reports in the outbox, publish what is unsent (bounded), disconnect.
+
+        Whatever the hub has not acknowledged stays in the outbox and is sent again after the next start.
+        """
         self.stop_event.set()
         self.queue.close()
         for t in self._threads:
             t.join(timeout=10)
         if self.client.is_connected():
             self._heartbeat()
-            self._telemetry()
-            if self.cfg.sync.enabled:
-                self._flush_sync()
-            status = self._status(AgentState.OFFLINE)
-            self.client.publish(self._topic(Channel.STATUS), encode(status), qos=1, retain=True).wait_for_publish(5)
+        self._telemetry()
+        if self.cfg.sync.enabled:
+            self._flush_sync()
+        self._send(Channel.STATUS, self._status(AgentState.OFFLINE))
+        self.sender.drain(STOP_DRAIN_S)
         for c in [self.client, *self._extra_clients]:
             c.disconnect()
             c.loop_stop()
+        self.outbox.close()
 
     @property
     def model_version(self) -> int | None:
@@ -203,7 +225,9 @@ class Agent:
             return
         subs = [(fleet_model_topic(), 1), (self._topic(Channel.MODEL), 1), (self._topic(Channel.MODEL_CHUNK), 1)]
         subs += [(t, 1) for t in self._reading_topics | self._npy_topics]
+        subs.append((self._topic(Channel.ACK), 1))
         client.subscribe(subs)
+        self.sender.on_connect()
         self._publish_status()
 
     def _channel_of(self, topic: str) -> str:
@@ -220,6 +244,9 @@ class Agent:
             self._handle_announcement(topic, msg.payload)
         elif topic == self._topic(Channel.MODEL_CHUNK):
             self._handle_chunk(decode(Channel.MODEL_CHUNK, msg.payload))
+        elif topic == self._topic(Channel.ACK):
+            ack: Ack = decode(Channel.ACK, msg.payload, device=self.device)
+            self.sender.on_ack(ack.ids)
         else:
             raise ProtocolError(RejectReason.BAD_TOPIC, "not a topic this agent consumes")
 
@@ -367,15 +394,22 @@ class Agent:
     def _send(self, channel: Channel, message: AnomalyEvent | Status | SyncBatch | Telemetry) -> None:
         """The one way durable reports leave the agent (anomaly, status, telemetry, sync).
 
-        Each message carries its durable id (``event_id`` / ``batch_id`` / ``msg_id``).
+        Each message carries its durable id (``event_id`` / ``batch_id`` / ``msg_id``); it is written to
+        the on-disk outbox (local disk only, never the network) and the sender thread delivers it.
         """
-        retain = channel == Channel.STATUS
-        self.client.publish(self._topic(channel), encode(message), qos=1, retain=retain)
+        durable_id = (message.event_id if isinstance(message, AnomalyEvent)
+                      else message.batch_id if isinstance(message, SyncBatch) else message.msg_id)
+        payload = encode(message)
+        if isinstance(message, Status):
+            self.outbox.set_meta("last_status", payload.decode())
+        self.outbox.put(durable_id, OUTBOX_KIND[channel], self._topic(channel), payload,
+                        retain=channel == Channel.STATUS)
 
     # ------------------------------------------------------------------ scoring
 
     def _score_loop(self) -> None:
         while not self.stop_event.is_set() or len(self.queue):
+            self.watchdog.ping()  # systemd restarts the agent when scoring hangs
             batch = self.queue.get(max_items=1024, timeout=0.5)
             if batch:
                 self._process(batch)
@@ -426,10 +460,10 @@ class Agent:
             likelihood=finite(s.likelihood),
         )
         self.counters.anomalies += 1
-        log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s)", event.ts, event.score,
-                 event.threshold, event.likelihood, event.model_version,
-                 ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
-        self._send(Channel.ANOMALY, event)
+        self._send(Channel.ANOMALY, event)  # durable before it is logged: a logged event is never lost
+        log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s) id %s", event.ts,
+                 event.score, event.threshold, event.likelihood, event.model_version,
+                 ", ".join(f"{k} {v:.0%}" for k, v in shares.items()), event.event_id)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -463,6 +497,7 @@ class Agent:
 
     def _heartbeat(self) -> None:
         self._hb_seq += 1
+        stats = self.outbox.stats()
         hb = Heartbeat(
             v=PROTOCOL_VERSION,
             device=self.device,
@@ -476,6 +511,9 @@ class Agent:
             rejected=self.rejects.total,
             queue_depth=len(self.queue),
             rejects=self.rejects.counts(),
+            outbox_depth=stats.depth,
+            outbox_bytes=stats.bytes,
+            outbox_dropped=stats.dropped,
         )
         self.client.publish(self._topic(Channel.HEARTBEAT), encode(hb), qos=0)
 
@@ -497,10 +535,10 @@ class Agent:
         self._send(Channel.TELEMETRY, msg)
 
     def _flush_sync(self) -> None:
-        """Hand what the sync policy chose (within its bandwidth cap) to ``_send``; while offline it waits."""
-        if not self.client.is_connected():
-            return
+        """Move what the sync policy chose (within its bandwidth cap) into the outbox as sync batches
+        (the outbox holds them while offline and delivers them resumably, one batch_id each)."""
         for batch in self.sync.take(self.device, self.model_version):
             self._send(Channel.SYNC, batch)
             self.counters.sync_rows_sent += len(batch.flags)
+            log.info("sync batch %s: %d rows queued", batch.batch_id, len(batch.flags))
         self.counters.sync_dropped = sum(self.sync.dropped.values())

@@ -10,6 +10,7 @@ from typing import Literal
 
 from shared.inference import Runtime
 from shared.mqtt import BrokerConfig
+from shared.profiles import FirmwareProfile, is_profile_path, resolve_profile
 from shared.protocol import valid_device_id
 from shared.schema import SchemaError, describe, doc, load
 
@@ -48,7 +49,8 @@ class DetectorConfig:
         "Normal readings needed after an event before the next can be raised; 0 = the model's window length.",
         default=0,
     )
-    num_threads: int = doc("Interpreter threads.", default=1)
+    num_threads: int = doc("Interpreter threads; 0 = the firmware profile's num_threads (1 without a profile).",
+                           default=0)
     max_batch: int = doc("Most windows scored in one interpreter call when readings queue up.", default=64)
     max_future_s: float = doc(
         "Readings stamped more than this many seconds ahead of the agent's clock are rejected (counted as "
@@ -57,8 +59,8 @@ class DetectorConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 1 or self.max_batch < 1:
-            raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 1, max_batch >= 1")
+        if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 0 or self.max_batch < 1:
+            raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 0, max_batch >= 1")
         if not self.max_future_s >= 0:
             raise ValueError("max_future_s must be >= 0")
 
@@ -91,6 +93,42 @@ class SyncConfig:
             raise ValueError("bandwidth_bytes_s >= 0, 0 <= hard_margin < 1, sample_windows >= 0")
 
 
+DEFAULT_OUTBOX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """The durable outbox (state_dir/outbox.sqlite): every report waits there until delivered."""
+
+    max_bytes: int = doc(
+        "Disk budget for undelivered reports; when full, sync batches are dropped first, then telemetry, then "
+        "status, anomaly events last (each drop counted). 0 = the firmware profile's outbox_max_bytes if a "
+        "profile is configured, else 64 MiB.", default=0)
+    confirm: Literal["hub", "broker"] = doc(
+        "When an entry may be deleted: hub = on the hub's Ack (it is in the database; survives a broker "
+        "restarted without persistence); broker = on the broker's PUBACK (for hubs that do not acknowledge).",
+        default="hub")
+    ack_timeout_s: float = doc("Seconds after which an unacknowledged entry is published again (doubling per "
+                               "attempt up to ack_timeout_max_s; every reconnect sends all of them again).",
+                               default=30.0)
+    ack_timeout_max_s: float = doc("Longest wait before re-sending an unacknowledged entry.", default=600.0)
+    max_messages_per_s: float = doc("Rate cap for publishing (replay after an outage included).", default=200.0)
+    max_bytes_per_s: float = doc("Byte-rate cap for publishing (payload bytes/s).", default=2_000_000.0)
+    max_inflight: int = doc("QoS-1 messages published but not yet PUBACKed by the broker (flow control).",
+                            default=50)
+    synchronous: Literal["normal", "full"] = doc(
+        "SQLite synchronous mode: normal survives a process crash, full also a power cut (slower).",
+        default="normal")
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0 or self.ack_timeout_s <= 0 or self.max_inflight < 1:
+            raise ValueError("max_bytes >= 0, ack_timeout_s > 0 and max_inflight >= 1")
+        if self.ack_timeout_max_s < self.ack_timeout_s:
+            raise ValueError("ack_timeout_max_s must be >= ack_timeout_s")
+        if self.max_messages_per_s <= 0 or self.max_bytes_per_s <= 0:
+            raise ValueError("max_messages_per_s and max_bytes_per_s must be > 0")
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """edge-agent configuration file."""
@@ -99,9 +137,13 @@ class AgentConfig:
     state_dir: Path = doc("Where verified bundles and the active-model pointer are kept.")
     trusted_keys: list[str] = doc("Base64 Ed25519 public keys whose bundles are accepted (cloud-hub init prints one).")
     broker: BrokerConfig = doc("Connection to the hub's broker.", default_factory=BrokerConfig)
+    profile: str = doc("Firmware profile: a shipped name (rpi4-64, see firmware_profiles/) or a path to a .toml "
+                       "(relative to this file); its budgets apply to models on this gateway. Empty = none.",
+                       default="")
     sources: list[MqttSource | CsvSource] = doc("Where readings come from.", default_factory=list)
     detector: DetectorConfig = doc("Scoring options.", default_factory=DetectorConfig)
     sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
+    outbox: OutboxConfig = doc("Durable store-and-forward of reports.", default_factory=OutboxConfig)
     heartbeat_s: float = doc("Seconds between heartbeats.", default=10.0)
     telemetry_s: float = doc("Seconds between telemetry (score statistics) messages.", default=10.0)
     queue_size: int = doc("Readings held for scoring before the MQTT reader waits.", default=100_000)
@@ -124,6 +166,17 @@ def load_config(path: Path) -> AgentConfig:
     cfg = load(AgentConfig, data)
     # Relative paths are relative to the config file, as users expect.
     base = path.parent
+    profile = agent_profile(cfg, base)
+    detector = cfg.detector
+    if detector.num_threads == 0:
+        detector = DetectorConfig(**{**detector.__dict__, "num_threads": profile.num_threads if profile else 1})
+    for key, broker in [("broker", cfg.broker), *((f"sources[{i}].broker", s.broker) for i, s in
+                                                  enumerate(cfg.sources) if isinstance(s, MqttSource))]:
+        try:
+            if broker is not None:
+                broker.resolved_password()  # a missing credential is a config error now, not at connect
+        except ValueError as exc:
+            raise SchemaError(key, str(exc)) from None
     state = cfg.state_dir if cfg.state_dir.is_absolute() else base / cfg.state_dir
     sources = [
         CsvSource(**{**s.__dict__, "path": s.path if s.path.is_absolute() else base / s.path})
@@ -133,7 +186,17 @@ def load_config(path: Path) -> AgentConfig:
     broker = cfg.broker
     if broker.ca_file and not Path(broker.ca_file).expanduser().is_absolute():
         broker = replace(broker, ca_file=str(base / broker.ca_file))  # `devices add` ships ca.crt alongside
-    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "broker": broker})
+    profile_ref = str(base / Path(cfg.profile).expanduser()) if is_profile_path(cfg.profile) else cfg.profile
+    outbox = cfg.outbox
+    if outbox.max_bytes == 0:  # resolved once here: the agent and `edge-agent status` see the same budget
+        outbox = replace(outbox, max_bytes=profile.outbox_max_bytes if profile else DEFAULT_OUTBOX_BYTES)
+    return AgentConfig(**{**cfg.__dict__, "state_dir": state, "sources": sources, "broker": broker,
+                          "detector": detector, "profile": profile_ref, "outbox": outbox})
+
+
+def agent_profile(cfg: AgentConfig, base: Path | None = None) -> FirmwareProfile | None:
+    """The firmware profile the config names (None without one); SchemaError if it cannot be found."""
+    return resolve_profile(cfg.profile, base) if cfg.profile else None
 
 
 def reference() -> str:
@@ -144,4 +207,5 @@ def reference() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "SyncConfig", "SyncPolicy", "load_config"]
+__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "OutboxConfig", "SyncConfig", "SyncPolicy",
+           "load_config"]

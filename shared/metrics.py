@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -39,3 +42,41 @@ def percentile(values: list[float], q: float) -> float:
     k = (len(xs) - 1) * q / 100.0
     lo, hi = math.floor(k), math.ceil(k)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-call latency figures of a timed operation, in milliseconds."""
+
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    calls: int
+
+
+def time_calls(call: Callable[[int], object], calls: int, warmup: int = 5) -> Latency:
+    """Time ``call(i)`` for i in 0..calls-1 after ``warmup`` untimed calls (the first invocations allocate)."""
+    for i in range(warmup):
+        call(i)
+    times = []
+    for i in range(calls):
+        t = time.perf_counter()
+        call(warmup + i)
+        times.append((time.perf_counter() - t) * 1000)
+    return Latency(p50_ms=percentile(times, 50), p99_ms=percentile(times, 99), max_ms=max(times), calls=calls)
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of this process (or ``pid``) now, in MB (Linux ``/proc``; elsewhere peak RSS
+    of this process, NaN for another one)."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid is not None:
+        return float("nan")
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,10 +38,14 @@ class BrokerConfig:
 
     url: str = doc("mqtt://host:port (mqtts:// for TLS).", default="mqtt://127.0.0.1:1883")
     username: str = doc("Username, if the broker requires one.", default="")
-    password: str = doc("Password, if the broker requires one.", default="")
+    password: str = doc("Password, if the broker requires one.", default="", repr=False)
+    password_credential: str = doc(
+        "Name of a systemd credential holding the password (LoadCredential=NAME:/path in the unit); read "
+        "from $CREDENTIALS_DIRECTORY/NAME at start. Used when password is empty.", default="")
     keepalive_s: int = doc("MQTT keepalive in seconds.", default=30)
     client_id: str = doc("Client id; empty picks a unique one.", default="")
     ca_file: str = doc("CA bundle for mqtts:// (empty = system CAs).", default="")
+    reconnect_max_s: int = doc("Longest wait between reconnection attempts (they back off from 1 s).", default=30)
     max_disconnected_s: float | None = doc(
         "Exit non-zero (for systemd to restart) after this long without a broker connection; 0 = never. "
         "Unset = the side's default: hub 300 s, agent never (a gateway may be offline for days and keeps "
@@ -47,14 +53,30 @@ class BrokerConfig:
 
     def __post_init__(self) -> None:
         parse_url(self.url)
-        if self.keepalive_s < 5:
-            raise ValueError("keepalive_s must be >= 5")
+        if self.keepalive_s < 5 or self.reconnect_max_s < 1:
+            raise ValueError("keepalive_s must be >= 5 and reconnect_max_s >= 1")
+        if "/" in self.password_credential or self.password_credential.startswith("."):
+            raise ValueError("password_credential is a credential name, not a path")
         if self.max_disconnected_s is not None and self.max_disconnected_s < 0:
             raise ValueError("max_disconnected_s must be >= 0 (0 = never)")
 
     def disconnect_limit(self, side_default: float) -> float:
         """Seconds of disconnection after which the process gives up (0 = never)."""
         return side_default if self.max_disconnected_s is None else self.max_disconnected_s
+
+    def resolved_password(self) -> str:
+        """The password, from the config or from the systemd credential it names (ValueError if absent)."""
+        if self.password or not self.password_credential:
+            return self.password
+        directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+        if not directory:
+            raise ValueError(f"password_credential {self.password_credential!r} set but $CREDENTIALS_DIRECTORY "
+                             "is not (run under systemd with LoadCredential=, or export it)")
+        path = Path(directory) / self.password_credential
+        try:
+            return path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read credential {path}: {exc.strerror}") from None
 
 
 def parse_url(url: str) -> tuple[str, int, bool]:
@@ -66,22 +88,23 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
-def make_client(cfg: BrokerConfig, client_id_prefix: str) -> mqtt.Client:
-    """A paho v2 client (MQTT 3.1.1, persistent session) with unlimited in-flight queueing.
+def make_client(cfg: BrokerConfig, client_id_prefix: str, clean_session: bool = False) -> mqtt.Client:
+    """A paho v2 client (MQTT 3.1.1, persistent session by default) with unlimited in-flight queueing.
 
-    The session is persistent (clean_session=False) so QoS-1 subscriptions survive reconnects.
+    The session is persistent (clean_session=False) so QoS-1 subscriptions survive reconnects;
+    short-lived clients (CLI calls, the doctor's probe) pass clean_session=True to leave nothing behind.
     """
     NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
     client_id = cfg.client_id or f"{client_id_prefix}-{uuid.uuid4().hex[:8]}"
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=False
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=clean_session
     )
     client.on_socket_open = _no_delay
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=1, max_delay=cfg.reconnect_max_s)
     if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password or None)
+        client.username_pw_set(cfg.username, cfg.resolved_password() or None)
     _, _, tls = parse_url(cfg.url)
     if tls:
         client.tls_set(ca_certs=cfg.ca_file or None)

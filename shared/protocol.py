@@ -228,6 +228,10 @@ class Heartbeat:
     rejected: int = doc("Messages (and readings refused by the timestamp rule) rejected since start.")
     queue_depth: int = doc("Readings waiting to be scored.")
     rejects: dict[str, int] = doc("Rejections since start by reason (RejectReason values).", default_factory=dict)
+    outbox_depth: int = doc("Reports in the agent's outbox not yet acknowledged by the hub.", default=0)
+    outbox_bytes: int = doc("Bytes those reports take (counted against the outbox budget).", default=0)
+    outbox_dropped: dict[str, int] = doc("Reports dropped because the outbox was full, by kind, since install.",
+                                         default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -95,24 +95,26 @@ rate_hz = 0
 restamp = false"""
 
 
-def start_agent(tmp_path: Path, device: str, public_key: str, broker_url: str, extra: str = "") -> tuple[
-        subprocess.Popen[bytes], Path]:
+def start_agent(tmp_path: Path, device: str, public_key: str, broker_url: str, extra: str = "",
+                broker_extra: str = "") -> tuple[subprocess.Popen[bytes], Path]:
     """Write an agent.toml in tmp_path (state in tmp_path/state) and run `edge-agent run` on it.
 
-    ``extra`` is appended TOML (top-level keys first, then tables). Returns the process and its log.
+    ``extra`` is appended TOML (top-level keys first, then tables); ``broker_extra`` goes into [broker].
+    Returns the process and its log (appended to, so a restarted agent's log follows the previous one).
     """
     conf = tmp_path / "agent.toml"
     top, _, tables = extra.strip().partition("\n[")
     if top.startswith("["):
         top, tables = "", extra.strip()[1:]
     conf.write_text(f'device_id = "{device}"\nstate_dir = "state"\ntrusted_keys = ["{public_key}"]\n{top}\n'
-                    f'[broker]\nurl = "{broker_url}"\n' + (f"[{tables}\n" if tables else ""))
+                    f'[broker]\nurl = "{broker_url}"\n{broker_extra}\n' + (f"[{tables}\n" if tables else ""))
     return run_agent(conf)
 
 
 def run_agent(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    """Run `edge-agent run` on an existing agent.toml (e.g. one `cloud-hub devices add` wrote); log beside it."""
+    """Run `edge-agent run` on an existing agent.toml (e.g. one `cloud-hub devices add` wrote); log beside it
+    (appended to, so a restarted agent's log follows the previous one)."""
     log = conf.parent / "agent.log"
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)], cwd=REPO,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     return proc, log

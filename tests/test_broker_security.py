@@ -5,8 +5,12 @@ TLS only, no anonymous or unknown clients, per-device ACLs, revocation on SIGHUP
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +44,14 @@ from tests.conftest import run_agent, wait_until
 pytestmark = pytest.mark.integration
 
 
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 @dataclass
 class Secured:
     home: HubHome
@@ -50,9 +62,11 @@ class Secured:
     def hub_cfg(self) -> BrokerConfig:
         return self.home.config().broker
 
-    def device_cfg(self, device: str) -> BrokerConfig:
-        """The broker settings exactly as the gateway's agent reads them from its generated agent.toml."""
-        return load_config(self.agent_dirs[device] / "agent.toml").broker
+    def device_cfg(self, device: str, agent: bool = False) -> BrokerConfig:
+        """The broker settings as the gateway's agent reads them from its generated agent.toml; other
+        clients on the gateway (sensors, probes) use the account with their own client id."""
+        cfg = load_config(self.agent_dirs[device] / "agent.toml").broker
+        return cfg if agent else replace(cfg, client_id="")
 
     def cli(self, *args: str) -> str:
         return _hub_cli(self.home, *args)
@@ -191,6 +205,27 @@ def test_a_device_cannot_touch_another_devices_topics(secured: Secured) -> None:
             c.close()
 
 
+def test_a_device_cannot_knock_another_off_by_its_conventional_client_id(secured: Secured) -> None:
+    """Mosquitto does not bind client ids to accounts (a CONNECT with a live client's id takes its session
+    over), so `devices add` gives each agent an unguessable id; the obvious ones take nothing over."""
+    b_cfg = secured.device_cfg("gw-b", agent=True)
+    assert b_cfg.client_id.startswith("edge-gw-b-") and b_cfg.client_id != secured.device_cfg("gw-a", True).client_id
+    hub = Inbox(secured.hub_cfg(), "hub-watch", ["edgesentry/#"])
+    b = Inbox(b_cfg, "unused-prefix")
+    drops: list[object] = []
+    b.client.on_disconnect = lambda *args: drops.append(args)
+    try:
+        for guess in ("edge-gw-b", "gw-b", "edgesentry-hub"):
+            thief = Inbox(replace(secured.device_cfg("gw-a"), client_id=guess), "unused")  # CONNACK received
+            thief.close()
+        b.publish(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        hub.wait_for(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
+        assert b.client.is_connected() and not drops
+    finally:
+        b.close()
+        hub.close()
+
+
 def test_removed_device_is_locked_out_after_reload(secured: Secured) -> None:
     b = Inbox(secured.device_cfg("gw-b"), "gw-b")
     assert b.client.is_connected()
@@ -284,3 +319,35 @@ def test_agent_and_hub_work_end_to_end_over_tls(secured: Secured, tmp_path: Path
         agent.terminate()
         assert agent.wait(30) == 0
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _user_exists("mosquitto"),
+                    reason="needs root and a mosquitto user: it runs the production default, where Mosquitto "
+                           "starts as root and drops to user mosquitto")
+def test_production_default_broker_user_reads_the_files(tmp_path: Path) -> None:
+    """Default --run-as mosquitto: the files are handed to that user, and stay readable after a rewrite."""
+    shared = Path(tempfile.mkdtemp(prefix="es-broker-", dir="/tmp"))
+    shared.chmod(0o755)  # pytest's tmp_path is private to root; the broker user must traverse to its files
+    try:
+        home = HubHome(tmp_path / "hub")
+        home.init()
+        port = free_port()
+        out = _hub_cli(home, "broker-config", "--out", str(shared / "broker"), "--host", "127.0.0.1",
+                       "--port", str(port), "--bind", "127.0.0.1")
+        assert "Could not hand the files" not in out
+        _hub_cli(home, "devices", "add", "gw-a", "--out", str(tmp_path / "gw-a"))
+        broker = run_mosquitto(shared / "broker" / "mosquitto.conf", port, tmp_path)
+        try:
+            cfg = load_config(tmp_path / "gw-a" / "agent.toml").broker
+            assert _refused(cfg) == "" and _refused(home.config().broker) == ""
+            # Rewritten as root by `devices add`, the files inherit the broker user's group.
+            _hub_cli(home, "devices", "add", "gw-b", "--out", str(tmp_path / "gw-b"),
+                     "--reload-pid", str(broker.proc.pid))
+            gw_b = load_config(tmp_path / "gw-b" / "agent.toml").broker
+            wait_until(lambda: _refused(gw_b) == "", 15, "the reloaded broker to accept gw-b")
+            assert broker.proc.poll() is None
+            assert (shared / "broker" / "data").stat().st_uid == pwd.getpwnam("mosquitto").pw_uid
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(shared)

@@ -31,6 +31,18 @@ def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
     out = runner.invoke(main, [*home, "export", "--model", "1", "-q", "int8",
                                "--profile", str(REPO / "firmware_profiles" / "rpi3-32.toml")])
     assert out.exit_code == 0, out.output
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", "rpi4-64"])  # by name
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # rich wraps long lines
+    assert "Profile rpi4-64" in text and "1 interpreter thread(s)" in text
+    threads = tmp_path / "threads.toml"
+    threads.write_text('name = "threads"\ndescription = "d"\narch = "x86_64"\nnum_threads = 3\n'
+                       'quantization = "float16"\n')
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(threads), "-q", "int8"])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0, out.output
+    assert "3 interpreter thread(s)" in text and "-q int8 given: overrides profile threads's float16" in text
+    assert not (tmp_path / "hub" / "bundles" / "ae-lstm-v1-float16").exists()
     manifest = json.loads((tmp_path / "hub" / "bundles" / "ae-lstm-v1-int8" / "manifest.json").read_text())
     assert manifest["preprocessing"]["features"] == ["temperature", "humidity"]
     assert manifest["quantization"]["mode"] == "int8" and manifest["quantization"]["agreement"]["windows"] > 0
@@ -39,6 +51,14 @@ def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
     tiny.write_text('name = "tiny"\ndescription = "d"\narch = "armv7l"\nmax_model_bytes = 1000\n')
     out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(tiny)])
     assert out.exit_code != 0 and "exceeds profile tiny's budget" in out.output
+    f16 = tmp_path / "f16.toml"
+    f16.write_text('name = "f16"\ndescription = "d"\narch = "x86_64"\nquantization = "float16"\n'
+                   "max_model_bytes = 1000\n")
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(f16)])
+    assert out.exit_code != 0 and "float16 model exceeds profile f16's budget" in out.output
+    assert not (tmp_path / "hub" / "bundles" / "ae-lstm-v1-float16").exists()  # refused before writing
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", "pi-nine"])
+    assert out.exit_code != 0 and "no firmware profile named 'pi-nine'" in out.output
 
 
 def test_clear_errors_for_operator_mistakes(tmp_path: Path) -> None:

@@ -74,7 +74,8 @@ def test_broker_config_writes_a_secured_mosquitto_conf(hub: HubHome, tmp_path: P
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["hub.example.com"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
-    assert (out / "ca.key").stat().st_mode & 0o077 == 0 and (out / "server.key").stat().st_mode & 0o077 == 0
+    # The CA key is private; the server key is readable by Mosquitto's group at most, never by others.
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0 and (out / "server.key").stat().st_mode & 0o007 == 0
 
     cfg = hub.config()  # hub.toml now holds the hub's account and still loads
     assert cfg.broker.url == "mqtts://hub.example.com:8884" and cfg.broker.username == "edgesentry-hub"
@@ -118,6 +119,7 @@ def test_devices_add_list_show_remove(hub: HubHome, tmp_path: Path) -> None:
     assert raw["device_id"] == "gw-1" and raw["trusted_keys"] == [hub.public_key()]
     assert raw["broker"]["url"] == "mqtts://hub.example.com:8883" and raw["broker"]["username"] == "gw-1"
     assert raw["broker"]["ca_file"] == "ca.crt" and raw["profile"] == "profile.toml"
+    assert raw["broker"]["client_id"].startswith("edge-gw-1-") and len(raw["broker"]["client_id"]) == 26
     assert (agent_dir / "ca.crt").read_bytes() == (broker / "ca.crt").read_bytes()
     assert load_profile(agent_dir / "profile.toml").name == "rpi4-64"
     assert (agent_dir / "agent.toml").stat().st_mode & 0o077 == 0  # it holds the password
@@ -159,6 +161,8 @@ def test_devices_add_list_show_remove(hub: HubHome, tmp_path: Path) -> None:
         dev = s.get(db.Device, "gw-1")
         assert dev is not None and passwords.verify(new, dev.password_hash)
         assert not passwords.verify(raw["broker"]["password"], dev.password_hash) and dev.group == "plant-a"
+    # The persistent session's id is kept, so the broker's queue for it is not orphaned.
+    assert tomllib.loads((agent_dir / "agent.toml").read_text())["broker"]["client_id"] == raw["broker"]["client_id"]
     assert (broker / "passwd").read_text() != old_hash
 
     out = _cli(hub.path, "devices", "remove", "gw-1")
@@ -176,3 +180,13 @@ def test_devices_add_list_show_remove(hub: HubHome, tmp_path: Path) -> None:
 def test_devices_need_an_initialised_hub(tmp_path: Path) -> None:
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", "add", "gw-1", ok=False).output
     assert "cloud-hub init" in _cli(tmp_path / "nohub", "devices", ok=False).output
+
+
+def test_unwritable_output_provisions_nothing(hub: HubHome, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _cli(hub.path, "devices", "add", "gw-1", "--out", str(blocker / "sub"), ok=False)
+    assert "cannot write the agent files" in out.output
+    with hub.sessions()() as s:
+        assert s.get(db.Device, "gw-1") is None
+    _cli(hub.path, "devices", "add", "gw-1")  # and the name is still free

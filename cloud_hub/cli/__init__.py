@@ -19,6 +19,7 @@ from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome
+from shared.profiles import FirmwareProfile, resolve_profile
 from shared.schema import SchemaError
 
 QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
@@ -48,6 +49,8 @@ def init(home: HubHome, broker: str, force: bool) -> None:
     created = home.init(broker, force=force)
     console.print(f"{'Created' if created else 'Already initialised:'} hub home [bold]{home.path}[/]")
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
+    console.print("For a fleet: `cloud-hub broker-config --out DIR` (TLS, accounts, ACLs), then "
+                  "`cloud-hub devices add NAME` writes each gateway's agent.toml.")
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
@@ -280,37 +283,59 @@ def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_mo
     console.print(f"Wrote {path}")
 
 
-def _export(home: HubHome, version: int, quantization: str, profile: Path | None = None,
+def _export(home: HubHome, version: int, quantization: str, profile: FirmwareProfile | None = None,
             decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
-    from cloud_hub.export import Decision, Quantization, export
-    from shared.profiles import load_profile
+    import numpy as np
 
-    budget = load_profile(profile) if profile else None
+    from cloud_hub.export import Decision, Quantization, export
+    from shared.bundle import MODEL_FILE
+    from shared.inference import TFLiteModel
+    from shared.metrics import time_calls
+
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold)
-    if budget and r.tflite_bytes > budget.max_model_bytes:
-        raise click.ClickException(f"{r.tflite_bytes}-byte model exceeds profile {budget.name}'s budget of "
-                                   f"{budget.max_model_bytes} bytes")
+        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold,
+                   profile=profile)
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
                   f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+    if profile is not None:
+        model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
+                            num_threads=profile.num_threads)
+        window = np.random.default_rng(0).uniform(0, 1, (1, model.window, model.n_features)).astype(np.float32)
+        lat = time_calls(lambda _: model.predict(window), 200)
+        console.print(f"Profile [bold]{profile.name}[/]: model {r.tflite_bytes} of {profile.max_model_bytes} bytes; "
+                      f"{profile.num_threads} interpreter thread(s); on this hub the interpreter takes p50 "
+                      f"{lat.p50_ms:.3f} / p99 {lat.p99_ms:.3f} ms (gateway budget p99 {profile.latency_p99_ms} ms "
+                      f"— check on the device with `edge-agent doctor`)")
 
 
 @main.command()
 @click.option("--model", "version", type=int, required=True, help="Model version to export.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True, default=["int8"], show_default=True)
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Firmware profile whose model-size budget the export must meet.")
+@click.option("--quantization", "-q", type=QUANT_CHOICE, multiple=True,
+              help="Quantization(s) to export [default: the profile's, else int8]. Given explicitly, it wins "
+                   "over the profile's.")
+@click.option("--profile", "profile_ref",
+              help="Firmware profile (a name such as rpi4-64, or a path to a .toml): picks the quantization "
+                   "and interpreter threads, and refuses a model larger than its max_model_bytes.")
 @click.option("--decide-on", type=click.Choice(["score", "likelihood"]), default="score", show_default=True,
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")
 @click.pass_context
-def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile: Path | None, decide_on: str,
+def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile_ref: str | None, decide_on: str,
            likelihood_threshold: float) -> None:
     """Convert a version to TFLite, measure agreement with the original, write a signed bundle."""
     home = _home(ctx)
+    try:
+        profile = resolve_profile(profile_ref) if profile_ref else None
+    except SchemaError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quantization:
+        quantization = (profile.quantization if profile else "int8",)
+    elif profile and profile.quantization not in quantization:
+        console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
+                      f"{profile.quantization}[/]")
     for q in quantization:
         try:
             _export(home, version, q, profile, decide_on, likelihood_threshold)

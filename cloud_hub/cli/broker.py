@@ -48,9 +48,13 @@ def broker_config(ctx: click.Context, out: Path, hosts: tuple[str, ...], port: i
     if setup.created_ca:
         console.print(f"Created a CA: {setup.tls.ca_cert} (goes to every gateway; keep ca.key private)")
     console.print(f"hub.toml now connects to {setup.hub_url} as [bold]{setup.hub_user}[/]; agents get {setup.agent_url}")
-    console.print(f"Run it:  [bold]mosquitto -c {setup.conf}[/]  (as a service: user {run_as} must read "
-                  f"{setup.broker_dir} and write {setup.broker_dir / 'data'}; keys are mode 0600)")
-    console.print("After `cloud-hub devices add/remove`, reload it: [bold]kill -HUP <mosquitto pid>[/] "
-                  "(or pass --reload-pid to those commands)")
+    console.print(f"Run it:  [bold]mosquitto -c {setup.conf}[/]  (systemd: `systemctl edit mosquitto`, "
+                  f"ExecStart=/usr/sbin/mosquitto -c {setup.conf})")
+    if not setup.shared_with_broker_user:
+        console.print(f"[yellow]Could not hand the files to user {run_as!r}: as root run "
+                      f"`chgrp {run_as} {setup.broker_dir} && chmod 2750 {setup.broker_dir}` and "
+                      f"`chown {run_as} {setup.broker_dir / 'data'}`, or rerun this command as root.[/]")
+    console.print("After `cloud-hub devices add/remove`, reload it: [bold]systemctl reload mosquitto[/] or "
+                  "[bold]kill -HUP <pid>[/] (or pass --reload-pid to those commands)")
     if reload_pid is not None:
         reload_broker(reload_pid, setup.broker_dir)

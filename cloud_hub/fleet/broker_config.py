@@ -28,6 +28,7 @@ class BrokerSetup:
     agent_url: str
     hub_user: str
     created_ca: bool
+    shared_with_broker_user: bool  # the run_as user can read the files (we could chown them)
 
 
 def default_hosts() -> list[str]:
@@ -79,4 +80,5 @@ def configure_broker(home: HubHome, out: Path, hosts: list[str], port: int = 888
     })
     broker = regenerate(home)
     conf = broker_files.write_conf(broker, tls, port, bind, run_as)
-    return BrokerSetup(conf, out, tls, hub_url or agent_url, agent_url, user, created_ca)
+    shared = broker_files.share_with(broker, run_as, tls.key)
+    return BrokerSetup(conf, out, tls, hub_url or agent_url, agent_url, user, created_ca, shared)

@@ -7,6 +7,7 @@ The hub database is the source of truth; ``passwd``/``acl`` are regenerated from
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,32 @@ def write_conf(broker: BrokerDir, tls: TlsFiles, port: int, bind: str, run_as: s
     broker.data_dir.mkdir(parents=True, exist_ok=True)
     _write(broker.conf, conf_text(broker, tls, port, bind, run_as), 0o644)
     return broker.conf
+
+
+def share_with(broker: BrokerDir, user: str, server_key: Path) -> bool:
+    """Let Mosquitto's ``user`` read the broker files and own ``data/``; False if that needs rights we lack.
+
+    The directory gets the user's group with the setgid bit, so the passwd/acl files rewritten later by
+    ``devices add/remove`` inherit the group (mode 0640) without another chown.  ``ca.key`` stays private.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return False
+    try:
+        os.chown(broker.path, -1, entry.pw_gid)
+        os.chmod(broker.path, 0o2750)
+        for f in (broker.conf, broker.password_file, broker.acl_file, broker.path / "ca.crt",
+                  broker.path / "server.crt", server_key):
+            if f.exists() and f.resolve().parent == broker.path.resolve():
+                os.chown(f, -1, entry.pw_gid)
+        if server_key.resolve().parent == broker.path.resolve():
+            os.chmod(server_key, 0o640)
+        os.chown(broker.data_dir, entry.pw_uid, entry.pw_gid)
+        os.chmod(broker.data_dir, 0o700)
+    except PermissionError:
+        return False
+    return True
 
 
 def reload(pid: int) -> None:

@@ -24,12 +24,11 @@ from cloud_hub.config import HubConfig
 from cloud_hub.fleet import broker_files, passwords
 from cloud_hub.home import HubHome
 from shared.mqtt import parse_url
-from shared.profiles import FirmwareProfile, load_profile
+from shared.profiles import FirmwareProfile, load_profile, profile_path
 from shared.protocol import valid_device_id
 from shared.schema import SchemaError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "firmware_profiles"
 RECENT_HEARTBEATS = 5
 
 
@@ -69,17 +68,12 @@ def _check_label(kind: str, value: str) -> None:
 
 
 def find_profile(name_or_path: str) -> tuple[Path, FirmwareProfile]:
-    """A firmware profile by file path or by name (``firmware_profiles/<name>.toml``), validated."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        path = PROFILES_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
-        raise FleetError(f"no firmware profile {name_or_path!r}; known: {', '.join(known) or 'none'} (or give a path)")
+    """A firmware profile by name or path (the agent's resolver, :func:`shared.profiles.profile_path`)."""
     try:
+        path = profile_path(name_or_path)
         return path, load_profile(path)
     except SchemaError as exc:
-        raise FleetError(f"firmware profile {path}: {exc}") from None
+        raise FleetError(f"firmware profile: {exc.message}") from None
 
 
 def active_devices(s: Session) -> list[db.Device]:
@@ -100,14 +94,21 @@ def regenerate(home: HubHome) -> broker_files.BrokerDir:
     cfg = home.config()
     broker = broker_files.BrokerDir(home.broker_dir)
     with home.sessions()() as s:
-        broker_files.write_access_files(broker, broker_accounts(s, cfg), cfg.broker.username)
+        accounts = broker_accounts(s, cfg)
+    try:
+        broker_files.write_access_files(broker, accounts, cfg.broker.username)
+    except OSError as exc:
+        raise FleetError(f"the database is updated but the broker files in {broker.path} could not be "
+                         f"written ({exc}); fix that and run any `cloud-hub devices add/remove` or "
+                         f"`broker-config` again") from None
     return broker
 
 
-def agent_toml_text(cfg: HubConfig, device: str, password: str, public_key: str, profile_file: str,
-                    ca_name: str | None) -> str:
+def agent_toml_text(cfg: HubConfig, device: str, password: str, client_id: str, public_key: str,
+                    profile_file: str, ca_name: str | None) -> str:
     """The gateway's config; ``profile_file`` and ``ca_name`` are files placed next to it (relative paths)."""
-    from_hub = {"url": cfg.fleet.agent_broker_url or cfg.broker.url, "username": device, "password": password}
+    from_hub = {"url": cfg.fleet.agent_broker_url or cfg.broker.url, "username": device, "password": password,
+                "client_id": client_id}
     if ca_name:
         from_hub["ca_file"] = ca_name  # relative: the agent resolves it next to agent.toml
     top: dict[str, object] = {"device_id": device, "state_dir": cfg.fleet.agent_state_dir,
@@ -155,27 +156,39 @@ def add_device(home: HubHome, name: str, profile: str = "", group: str = "", tag
         if not rotate or tags:
             dev.tags = dict(tags or {})
         dev.password_hash = passwords.mosquitto_hash(password)
+        dev.mqtt_client_id = dev.mqtt_client_id or passwords.client_id(f"edge-{name}")  # kept on rotation
         dev.provisioned_at, dev.revoked_at = now, None
+        # The gateway's files first: if they cannot be written, nothing is committed.
+        toml, ca_copy = _write_agent_files(home, cfg, name, password, dev.mqtt_client_id,
+                                           out_dir or home.path / "devices" / name,
+                                           profile_file[0] if profile_file else None)
         s.commit()
     broker = regenerate(home)
-    out = out_dir or home.path / "devices" / name
-    out.mkdir(parents=True, exist_ok=True)
-    ca = broker.path / "ca.crt"
-    url = cfg.fleet.agent_broker_url or cfg.broker.url
-    ca_copy: Path | None = None
-    if parse_url(url)[2] and ca.is_file():
-        ca_copy = out / "ca.crt"
-        shutil.copyfile(ca, ca_copy)
-    profile_copy: Path | None = None
-    if profile_file:
-        profile_copy = out / "profile.toml"  # the agent checks each new model against its budgets
-        shutil.copyfile(profile_file[0], profile_copy)
-    toml = out / "agent.toml"
-    fd = os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(agent_toml_text(cfg, name, password, home.public_key(),
-                                 profile_copy.name if profile_copy else "", ca_copy.name if ca_copy else None))
     return Provisioned(name, password, toml, ca_copy, broker.path)
+
+
+def _write_agent_files(home: HubHome, cfg: HubConfig, name: str, password: str, client_id: str, out: Path,
+                       profile: Path | None) -> tuple[Path, Path | None]:
+    """agent.toml (0600: it holds the password), plus ca.crt and profile.toml beside it when needed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        ca = home.broker_dir / "ca.crt"
+        ca_copy: Path | None = None
+        if parse_url(cfg.fleet.agent_broker_url or cfg.broker.url)[2] and ca.is_file():
+            ca_copy = out / "ca.crt"
+            shutil.copyfile(ca, ca_copy)
+        profile_copy: Path | None = None
+        if profile:
+            profile_copy = out / "profile.toml"  # the agent checks each new model against its budgets
+            shutil.copyfile(profile, profile_copy)
+        toml = out / "agent.toml"
+        fd = os.open(toml, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(agent_toml_text(cfg, name, password, client_id, home.public_key(),
+                                     profile_copy.name if profile_copy else "", ca_copy.name if ca_copy else None))
+    except OSError as exc:
+        raise FleetError(f"cannot write the agent files for {name} in {out}: {exc}") from None
+    return toml, ca_copy
 
 
 def remove_device(home: HubHome, name: str) -> broker_files.BrokerDir:

@@ -26,6 +26,11 @@ def new_password() -> str:
     return secrets.token_urlsafe(PASSWORD_BYTES)
 
 
+def client_id(prefix: str) -> str:
+    """``<prefix>-<64 random bits>``: a persistent-session client id other clients cannot guess."""
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
 def mosquitto_hash(password: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
     """``$7$<iterations>$<b64 salt>$<b64 PBKDF2-SHA512>``, the format Mosquitto 2.0 reads."""
     salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt

@@ -1,0 +1,403 @@
+"""Durable store-and-forward for the agent's reports (anomaly events, status, telemetry, sync batches).
+
+Why: the broker's PUBACK only says the broker has a message; a broker restarted without persistence
+loses it, and an agent restart loses anything held in memory.  Every report is written here first
+(stdlib SQLite, WAL) and stays until the hub acknowledges its durable id (``Ack`` on
+``edgesentry/<device>/ack``).  The store is bounded: when full, the lowest priority goes first
+(sync before telemetry before status before anomaly events), oldest first within a kind, and every
+drop is counted by kind (persisted, so ``edge-agent status`` and heartbeats show it across restarts).
+
+One connection guarded by one lock: callers on the scoring thread only touch the local disk, never
+the network.  :class:`Sender` (one thread) publishes what is due while connected.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent.config import DEFAULT_OUTBOX_BYTES as DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from edge_agent.config import OutboxConfig
+
+log = logging.getLogger("edge_agent.outbox")
+
+FILENAME = "outbox.sqlite"
+ENTRY_OVERHEAD = 96  # bytes counted per entry beyond payload and topic (row, index entries)
+
+
+class Kind(enum.StrEnum):
+    ANOMALY = "anomaly"
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+    SYNC = "sync"
+
+    @property
+    def priority(self) -> int:
+        """Higher survives longer when the outbox is full."""
+        return _PRIORITY[self]
+
+
+_PRIORITY = {Kind.SYNC: 0, Kind.TELEMETRY: 1, Kind.STATUS: 2, Kind.ANOMALY: 3}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_sent REAL,
+    next_send REAL
+);
+CREATE INDEX IF NOT EXISTS entries_drop ON entries (priority, seq);
+CREATE TABLE IF NOT EXISTS drops (kind TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    id: str
+    kind: Kind
+    topic: str
+    payload: bytes
+    retain: bool
+    created: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    depth: int
+    bytes: int
+    oldest_created: float | None
+    depth_by_kind: dict[str, int]
+    dropped: dict[str, int]
+
+
+def _size(topic: str, payload: bytes) -> int:
+    return len(payload) + len(topic) + ENTRY_OVERHEAD
+
+
+class Outbox:
+    """The on-disk queue. Thread-safe; every method is a short local transaction."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, *, synchronous: str = "NORMAL") -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(SCHEMA)
+        self._bytes = int(self._db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
+        ).fetchone()[0])
+        self._listeners: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Called (outside the lock) after each put, so a sender can wake at once."""
+        self._listeners.append(callback)
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Store one report durably; False if it was dropped (full of higher-priority entries or too big)."""
+        size = _size(topic, payload)
+        stored = False
+        with self._lock:
+            if size <= self.max_bytes and self._make_room(size, kind.priority):
+                try:
+                    self._db.execute(
+                        "INSERT INTO entries (id, kind, priority, topic, payload, retain, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (id, kind.value, kind.priority, topic, payload, int(retain), time.time()),
+                    )
+                    self._bytes += size
+                    stored = True
+                except sqlite3.IntegrityError:
+                    log.warning("outbox already holds id %s; not stored twice", id)
+                    return True
+            if not stored:
+                self._count_drop(kind.value, 1)
+                log.warning("outbox full (%d bytes): dropped a new %s report", self._bytes, kind.value)
+        for listener in self._listeners:
+            listener()
+        return stored
+
+    def _make_room(self, size: int, priority: int) -> bool:
+        """Caller holds the lock. Delete lower-or-equal priority entries, oldest first, until ``size`` fits."""
+        while self._bytes + size > self.max_bytes:
+            row = self._db.execute(
+                f"SELECT seq, kind, LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD} FROM entries "
+                "WHERE priority <= ? ORDER BY priority, seq LIMIT 1", (priority,)
+            ).fetchone()
+            if row is None:
+                return False
+            self._db.execute("DELETE FROM entries WHERE seq = ?", (row[0],))
+            self._bytes -= int(row[2])
+            self._count_drop(row[1], 1)
+        return True
+
+    def _count_drop(self, kind: str, n: int) -> None:
+        self._db.execute("INSERT INTO drops (kind, n) VALUES (?, ?) ON CONFLICT(kind) DO UPDATE SET n = n + ?",
+                         (kind, n, n))
+
+    def ack(self, ids: Iterable[str]) -> int:
+        """The hub stored these ids: delete them. Unknown ids (already acked) are ignored."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._lock:
+            return self._delete("id", ids)
+
+    def delete_seqs(self, seqs: Iterable[int]) -> int:
+        """Delete by sequence number (``confirm = "broker"``: a PUBACK is enough)."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        with self._lock:
+            return self._delete("seq", seqs)
+
+    def _delete(self, column: str, keys: list[str] | list[int]) -> int:
+        marks = ",".join("?" * len(keys))
+        freed = self._db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0), COUNT(*) "
+            f"FROM entries WHERE {column} IN ({marks})", keys).fetchone()
+        self._db.execute(f"DELETE FROM entries WHERE {column} IN ({marks})", keys)
+        self._bytes -= int(freed[0])
+        return int(freed[1])
+
+    def mark_sent(self, seqs: Iterable[int], ack_timeout_s: float, max_backoff_s: float,
+                  now: float | None = None) -> None:
+        """Published: due again after ``ack_timeout_s``, doubling per attempt up to ``max_backoff_s`` (a hub
+        that is down, or does not acknowledge, is not hammered with the whole backlog every timeout)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.executemany(
+                "UPDATE entries SET next_send = ? + MIN(?, ? * (1 << MIN(attempts, 20))), "
+                "attempts = attempts + 1, last_sent = ? WHERE seq = ?",
+                [(now, max(max_backoff_s, ack_timeout_s), ack_timeout_s, now, s) for s in seqs])
+
+    def requeue_all(self) -> None:
+        """A new connection: whatever was sent but not acknowledged may be lost, send it again."""
+        with self._lock:
+            self._db.execute("UPDATE entries SET next_send = NULL WHERE next_send IS NOT NULL")
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ reads
+
+    def due(self, now: float, limit: int) -> list[Entry]:
+        """Entries to publish now, in order: never sent, or unacknowledged past their re-send time.
+
+        Higher priority first (an anomaly never waits behind a backlog of sync batches), in creation
+        order within a priority.  Only the newest entry of a retained topic is published retained, so a
+        re-sent old status never replaces the current one on the broker.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, id, kind, topic, payload, retain, created, attempts FROM entries "
+                "WHERE next_send IS NULL OR next_send <= ? ORDER BY priority DESC, seq LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            newest = dict(self._db.execute(
+                "SELECT topic, MAX(seq) FROM entries WHERE retain = 1 GROUP BY topic").fetchall())
+        return [Entry(seq, id_, Kind(kind), topic, bytes(payload), bool(retain) and newest.get(topic) == seq,
+                      created, attempts)
+                for seq, id_, kind, topic, payload, retain, created, attempts in rows]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return _stats(self._db, self._bytes)
+
+    def meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def _stats(db: sqlite3.Connection, nbytes: int | None = None) -> Stats:
+    by_kind = {k: int(n) for k, n in db.execute("SELECT kind, COUNT(*) FROM entries GROUP BY kind")}
+    if nbytes is None:
+        nbytes = int(db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
+        ).fetchone()[0])
+    oldest = db.execute("SELECT MIN(created) FROM entries").fetchone()[0]
+    dropped = {k: int(n) for k, n in db.execute("SELECT kind, n FROM drops")}
+    return Stats(sum(by_kind.values()), nbytes, oldest, by_kind, dropped)
+
+
+def read_stats(path: Path) -> tuple[Stats, dict[str, str]]:
+    """Stats and meta of an outbox another process may be writing (read-only; WAL allows it)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _stats(db), {k: v for k, v in db.execute("SELECT key, value FROM meta")}
+    finally:
+        db.close()
+
+
+class TokenBucket:
+    """Rate cap (per second) with a one-second burst; ``take`` says how long to wait before sending."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.updated = time.monotonic()
+
+    def wait_s(self, amount: float) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        return 0.0 if self.tokens >= min(amount, self.rate) else (min(amount, self.rate) - self.tokens) / self.rate
+
+    def take(self, amount: float) -> None:
+        self.tokens -= amount
+
+
+class Sender:
+    """The one thread that publishes due outbox entries while connected, within the rate caps.
+
+    QoS-1 PUBACKs (paho's ``on_publish``) only free in-flight slots (flow control); entries are deleted
+    when the hub acknowledges them (``confirm = "hub"``), or on PUBACK with ``confirm = "broker"``.
+    Un-acknowledged entries are published again after ``ack_timeout_s`` (doubling per attempt up to
+    ``ack_timeout_max_s``), and all of them on reconnect.
+    """
+
+    def __init__(self, outbox: Outbox, client: mqtt.Client, cfg: OutboxConfig, stop: threading.Event) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.cfg = cfg
+        self.stop = stop
+        self.connected = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._msgs = TokenBucket(cfg.max_messages_per_s)
+        self._bytes = TokenBucket(cfg.max_bytes_per_s)
+        self.published = 0
+        outbox.on_change(self._wake.set)
+
+    # called from paho's network thread
+    def on_connect(self) -> None:
+        self.outbox.requeue_all()
+        with self._lock:
+            self._inflight.clear()
+        self.connected.set()
+        self._wake.set()
+
+    def on_disconnect(self) -> None:
+        self.connected.clear()
+
+    def on_publish(self, mid: int) -> None:
+        self._done(mid)
+
+    def on_ack(self, ids: list[str]) -> None:
+        self.outbox.ack(ids)
+
+    def _done(self, mid: int) -> None:
+        with self._lock:
+            seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return
+        if self.cfg.confirm == "broker":
+            self.outbox.delete_seqs([seq])
+        self._wake.set()
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self._wake.wait(min(1.0, self.cfg.ack_timeout_s / 2))
+            self._wake.clear()
+            if self.connected.is_set():
+                try:
+                    self._pump(self.stop)
+                except Exception:  # a bug here must not end delivery for good
+                    log.exception("outbox sender failed; retrying")
+
+    def drain(self, timeout_s: float) -> None:
+        """On shutdown: publish what was never sent (acknowledgements may still come after a restart)."""
+        deadline = time.monotonic() + timeout_s
+        never = threading.Event()
+        while self.connected.is_set() and time.monotonic() < deadline:
+            self._pump(never)
+            if not self.outbox.due(-math.inf, 1) and self.inflight == 0:
+                return
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    def _pump(self, stop: threading.Event) -> None:
+        import paho.mqtt.client as mqtt
+
+        while self.connected.is_set() and not stop.is_set():
+            room = self.cfg.max_inflight - self.inflight
+            if room <= 0:
+                return
+            entries = self.outbox.due(time.time(), min(room, 64))
+            if not entries:
+                return
+            sent: list[int] = []
+            try:
+                for e in entries:
+                    wait = max(self._msgs.wait_s(1), self._bytes.wait_s(len(e.payload)))
+                    if wait > 0:
+                        if stop.wait(wait):
+                            return
+                        break  # re-read what is due: an anomaly may have arrived meanwhile
+                    info = self.client.publish(e.topic, e.payload, qos=1, retain=e.retain)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        return
+                    self._msgs.take(1)
+                    self._bytes.take(len(e.payload))
+                    sent.append(e.seq)
+                    with self._lock:
+                        self._inflight[info.mid] = e.seq
+                    if info.is_published():  # the PUBACK may have beaten us to the table
+                        self._done(info.mid)
+            finally:
+                self.outbox.mark_sent(sent, self.cfg.ack_timeout_s, self.cfg.ack_timeout_max_s)
+                self.published += len(sent)
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "FILENAME", "Entry", "Kind", "Outbox", "Sender", "Stats", "TokenBucket",
+           "read_stats"]

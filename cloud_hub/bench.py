@@ -178,8 +178,9 @@ enabled = false
         start = time.perf_counter()
         for m in blocks:
             pub.publish(npy_topic(topic), m, qos=1)
-        if not watcher.wait(lambda w: w.received >= n + n_col, 300):
-            raise RuntimeError(f"agent received {watcher.received} of {n + n_col} readings")
+        # Scored, not just received: the clock stops when the agent has scored the last window.
+        if not watcher.wait(lambda w: w.received >= n + n_col and w.scored >= n + n_col - window + 1, 600):
+            raise RuntimeError(f"agent received {watcher.received}, scored {watcher.scored} of {n + n_col} readings")
         columnar = n_col / (time.perf_counter() - start)
 
         # Latency: single readings at 400/s, a spike every 64 readings.

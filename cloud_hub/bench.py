@@ -92,7 +92,7 @@ class _Watcher:
         self.received = 0
         self.heartbeats = 0
         self.events: list[tuple[float, float]] = []  # (event ts, received at)
-        self.client = make_client(broker, "bench-watch")
+        self.client = make_client(broker, "bench-watch", persistent=False)
         self.client.on_connect = lambda c, *_: c.subscribe(
             [(device_topic(DEVICE, Channel.HEARTBEAT), 0), (device_topic(DEVICE, Channel.ANOMALY), 1)])
         self.client.on_message = self._on_message
@@ -141,7 +141,7 @@ enabled = false
                              stdout=log, stderr=subprocess.STDOUT)
     cfg = BrokerConfig(url=broker.url)
     watcher = _Watcher(cfg)
-    pub = make_client(cfg, "bench-pub")
+    pub = make_client(cfg, "bench-pub", persistent=False)
     connect(pub, cfg)
     topic = device_topic(DEVICE, Channel.READINGS)
     sim = DeviceSimulator(DEVICE, 9, 45.0, 20.0)

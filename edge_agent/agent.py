@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -123,8 +123,7 @@ class Agent:
                              synchronous=cfg.outbox.synchronous.upper())
         # A stable id and a persistent session: the broker keeps our subscriptions (and queues what the
         # hub sends, e.g. acknowledgements and model chunks) across our restarts.
-        self.client = make_client(replace(cfg.broker, client_id=cfg.broker.client_id or f"edge-{self.device}"),
-                                  f"edge-{self.device}")
+        self.client = make_client(cfg.broker, f"edge-{self.device}", persistent=True)
         self.sender = Sender(self.outbox, self.client, cfg.outbox, self.stop_event)
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
@@ -165,8 +164,7 @@ class Agent:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
         # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts.
-        c = make_client(replace(src.broker, client_id=src.broker.client_id or f"edge-src-{self.device}"),
-                        f"edge-src-{self.device}")
+        c = make_client(src.broker, f"edge-src-{self.device}", persistent=True)
         c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)]), "connect")
         c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
         connect(c, src.broker)

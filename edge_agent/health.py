@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TEST_HOOKS_ENV = "EDGESENTRY_TEST_HOOKS"  # "1": SIGUSR1 stalls the scoring loop (watchdog tests)
 CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)  # a gateway without RTC/NTP boots far behind this
-MIN_FREE_BYTES = 64 * 1024 * 1024  # without a profile
+DEFAULT_MODEL_BYTES = 4 * 1024 * 1024  # a model's size allowance without a profile
 BENCH_WINDOWS = 300
 
 
@@ -235,7 +235,7 @@ def probe_broker(cfg: BrokerConfig, timeout_s: float = 10.0) -> str:
     host, port, tls = parse_url(cfg.url)
     probe = dataclasses.replace(cfg, client_id="")  # never take over the running agent's session
     try:
-        client = make_client(probe, "edge-doctor", clean_session=True)
+        client = make_client(probe, "edge-doctor", persistent=False)
     except (ValueError, OSError) as exc:  # a missing credential, an unreadable CA file
         raise ConnectionError(str(exc)) from None
     client.connect_timeout = timeout_s
@@ -375,8 +375,9 @@ class Doctor:
         existing = next((d for d in (state, *state.parents) if d.exists()), Path("/"))
         free = shutil.disk_usage(existing).free
         p = self.profile
-        need = p.outbox_max_bytes + 3 * p.max_model_bytes if p else MIN_FREE_BYTES  # outbox + 3 bundles
-        why = f"outbox_max_bytes + 3 x max_model_bytes of {p.name}" if p else "minimum without a profile"
+        models = p.max_model_bytes if p else DEFAULT_MODEL_BYTES
+        need = self.cfg.outbox.max_bytes + 3 * models  # the outbox's budget + active, previous, staged bundles
+        why = f"outbox.max_bytes + 3 x max_model_bytes of {p.name}" if p else "outbox.max_bytes + 3 x 4 MiB models"
         mib = 1024 * 1024
         if free < need:
             return Check("disk", CheckStatus.FAIL, f"{free // mib} MiB free at {existing}, need {need // mib} MiB "

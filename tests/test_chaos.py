@@ -42,7 +42,7 @@ class Sensor(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True, name="sensor")
         cfg = BrokerConfig(url=url, client_id=f"sensor-{DEVICE}", reconnect_max_s=2)
-        self.client = make_client(cfg, "sensor")
+        self.client = make_client(cfg, "sensor", persistent=True)
         connect(self.client, cfg)
         self.sim = DeviceSimulator(DEVICE, 5, period_s=20.0, rate_hz=20.0)
         self.t = time.time() - 7200  # 20 Hz sample clock, 10x faster than the wall clock

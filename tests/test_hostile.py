@@ -142,7 +142,7 @@ def test_nested_payload_no_longer_silences_the_hub(tmp_path: Path, mosquitto: Ru
     server = HubServer(home)
     server.start()
     cfg = BrokerConfig(url=mosquitto.url)
-    client = make_client(cfg, "test-deep")
+    client = make_client(cfg, "test-deep", persistent=False)
     connect(client, cfg)
     try:
         for topic in ("edgesentry/gw-1/status", "edgesentry/gw-1/anomaly", "edgesentry/gw-1/sync"):
@@ -171,12 +171,12 @@ def test_agent_ignores_forged_announcements(tmp_path: Path, mosquitto: RunningBr
         requests.append(p.decode(p.Channel.MODEL_REQUEST, msg.payload))
         seen.set()
 
-    watcher = make_client(cfg, "test-watch")
+    watcher = make_client(cfg, "test-watch", persistent=False)
     watcher.on_message = on_message
     connect(watcher, cfg)
     watcher.subscribe(p.device_topic(device, p.Channel.MODEL_REQUEST), qos=1)
     agent, log = start_agent(tmp_path, device, home.public_key(), mosquitto.url)
-    attacker = make_client(cfg, "test-attacker")
+    attacker = make_client(cfg, "test-attacker", persistent=False)
     connect(attacker, cfg)
     try:
         wait_until(lambda: b"agent gw-forge started" in log.read_bytes(), 30, "agent started")

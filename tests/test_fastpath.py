@@ -244,11 +244,11 @@ def test_agent_takes_npy_and_columnar_readings_and_counts_rejected_timestamps(
             beats.append(decode(Channel.HEARTBEAT, msg.payload))
             cond.notify_all()
 
-    watch = make_client(cfg, "watch-fast")
+    watch = make_client(cfg, "watch-fast", persistent=False)
     watch.on_connect = lambda c, *_: c.subscribe(device_topic(device, Channel.HEARTBEAT), qos=0)
     watch.on_message = on_message
     connect(watch, cfg)
-    pub = make_client(cfg, "pub-fast")
+    pub = make_client(cfg, "pub-fast", persistent=False)
     connect(pub, cfg)
     try:
         with cond:

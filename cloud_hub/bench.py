@@ -7,7 +7,9 @@
    interpreter's rate at the agent's batch size (``columnar_vs_interpreter``);
 3. reading→report latency: single readings at 400/s with a spike every 64; latency is the time from
    publishing the spike to receiving the agent's anomaly event, both through the broker;
-4. bundle and model sizes, float32 vs int8.
+4. bundle and model sizes, float32 vs int8;
+5. hub ingest (``cloud_hub/ingest/bench.py``): stored anomaly events/s and sync rows/s on SQLite, in
+   process and end to end through the broker (``--only ingest`` runs just this part).
 """
 
 from __future__ import annotations
@@ -232,6 +234,54 @@ enabled = false
     }
 
 
+def _start_broker(workdir: Path, broker_url: str | None) -> RunningBroker:
+    if broker_url:
+        from shared.mqtt import parse_url
+
+        _, port, _ = parse_url(broker_url)
+        return RunningBroker("external", port, subprocess.Popen(["true"]), workdir)
+    return start_mosquitto(workdir=workdir) if mosquitto_path() else start_amqtt(workdir=workdir)
+
+
+def _ingest(workdir: Path, broker: RunningBroker, console: Console) -> dict[str, Any]:
+    from cloud_hub.ingest.bench import ingest_in_process, ingest_through_broker
+
+    with console.status("hub ingest in process (decode → batch → commit → ack)…"):
+        in_process = ingest_in_process(workdir, broker)
+    with console.status(f"hub ingest end to end through {broker.kind}…"):
+        through_broker = ingest_through_broker(workdir, broker)
+    return {"in_process": in_process, "through_broker": through_broker}
+
+
+def _ingest_rows(table: Table, ingest: dict[str, Any]) -> None:
+    for part, figures in ingest.items():
+        for k, v in figures.items():
+            table.add_row(f"hub ingest {part.replace('_', ' ')} {k}", str(v))
+
+
+def run_ingest_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None
+                     ) -> dict[str, Any]:
+    """Only the hub ingest figures (no training): ``cloud-hub bench --only ingest``."""
+    console = console or Console()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    broker = _start_broker(workdir, broker_url)
+    try:
+        results = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
+                               "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 1)},
+                   "ingest": _ingest(workdir, broker, console)}
+    finally:
+        broker.stop()
+    out.write_text(json.dumps(results, indent=2))
+    table = Table(title="edgesentry bench: hub ingest (SQLite)", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _ingest_rows(table, results["ingest"])
+    console.print(table)
+    console.print(f"written to {out}")
+    return results
+
+
 def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -254,17 +304,11 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         results["interpreter"][q] = _interpreter_speed(model_bytes, window)
         results["interpreter"]["runtime"] = TFLiteModel(model_bytes).runtime.value
 
-    broker: RunningBroker | None = None
-    if broker_url:
-        from shared.mqtt import parse_url
-
-        _, port, _ = parse_url(broker_url)
-        broker = RunningBroker("external", port, subprocess.Popen(["true"]), workdir)
-    else:
-        broker = start_mosquitto(workdir=workdir) if mosquitto_path() else start_amqtt(workdir=workdir)
+    broker = _start_broker(workdir, broker_url)
     try:
         with console.status(f"agent end to end through {broker.kind}…"):
             results["agent_e2e_int8"] = _agent_e2e(workdir, broker, home, exports["int8"].bundle_dir)
+        results["ingest"] = _ingest(workdir, broker, console)
     finally:
         broker.stop()
     e2e = results["agent_e2e_int8"]
@@ -281,6 +325,7 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         table.add_row(f"{q} tflite / bundle bytes", f"{results['sizes'][q]['tflite_bytes']} / {results['sizes'][q]['bundle_bytes']}")
     for k, v in results["agent_e2e_int8"].items():
         table.add_row(f"agent e2e {k}", str(v))
+    _ingest_rows(table, results["ingest"])
     console.print(table)
     console.print(f"written to {out}")
     return results

@@ -538,5 +538,6 @@ class Agent:
         for batch in self.sync.take(self.device, self.model_version):
             self._send(Channel.SYNC, batch)
             self.counters.sync_rows_sent += len(batch.flags)
+            # The fault and chaos tests count what reached the outbox from this line (tests/faults.py).
             log.info("sync batch %s: %d rows queued", batch.batch_id, len(batch.flags))
         self.counters.sync_dropped = sum(self.sync.dropped.values())

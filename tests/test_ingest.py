@@ -226,3 +226,30 @@ def test_ack_messages_are_bounded() -> None:
     assert sum((a.ids for a in acks), []) == ids[:-1]
     for a in acks:
         assert len(p.encode(a)) <= p.MAX_MESSAGE_BYTES
+
+
+def test_telemetry_is_acked_heartbeats_and_last_wills_are_not(tmp_path: Path, mosquitto: RunningBroker,
+                                                                peer: Peer) -> None:
+    home = _home(tmp_path, mosquitto)
+    server = HubServer(home)
+    server.start()
+    try:
+        tele = p.Telemetry(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9, interval_s=10.0, scored=5, score_mean=0.1,
+                           score_max=0.3, readings_scored_total=1234, msg_id="tele-1")
+        hb = p.Heartbeat(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9, seq=1, uptime_s=1.0, model_version=1,
+                         readings_received=1234, readings_scored=1234, anomalies=0, rejected=0, queue_depth=0)
+        will = p.Status(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9 + 5, state=p.AgentState.OFFLINE)
+        peer.send(p.Channel.HEARTBEAT, hb)
+        peer.send(p.Channel.TELEMETRY, tele)
+        peer.send(p.Channel.STATUS, will)
+        peer.send(p.Channel.STATUS, will)  # the retained last will, delivered again after a hub restart
+        wait_until(lambda: server.stored["status"] + server.stored["duplicate"] == 2, 10, "both wills handled")
+        peer.send(p.Channel.ANOMALY, _event("marker"))  # its Ack comes after any Ack of the messages above
+        wait_until(lambda: peer.acked["marker"] == 1, 10, "the marker acked")
+        assert dict(peer.acked) == {"tele-1": 1, "marker": 1}  # heartbeats and last wills carry no durable id
+        assert _count(home, db.Heartbeat) == 1 and _count(home, db.StatusChange) == 1
+        with home.sessions()() as s:
+            dev = s.get(db.Device, DEVICE)
+            assert dev is not None and dev.readings_scored == 1234 and not dev.online
+    finally:
+        server.stop()

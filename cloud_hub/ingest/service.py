@@ -101,6 +101,12 @@ class HubServer:
         self.idle.clear()
         self.batcher.put(Inbound(channel, device, message, time.time(), msg.mid if msg.qos > 0 else 0, self._epoch))
 
+    def feed(self, topic: str, payload: bytes) -> None:
+        """Hand one message to ingest exactly as the MQTT thread does, without the network (bench)."""
+        msg = mqtt.MQTTMessage(topic=topic.encode())
+        msg.payload = payload
+        self._on_message(self.client, None, msg)
+
     # ------------------------------------------------------------------ writer thread
 
     def _work(self) -> None:

@@ -281,3 +281,25 @@ def test_per_reading_json_with_too_many_distinct_features_is_refused_before_allo
     readings = ",".join(f'{{"ts":{i},"values":{{"f{i}":1}}}}' for i in range(1, 2000))
     with pytest.raises(ProtocolError, match="distinct features"):
         decode_readings(_v('{"v":VV,"readings":[' + readings + "]}"))
+
+
+def test_npy_decoder_turns_any_bytes_into_a_block_or_a_protocol_error() -> None:
+    """Random bytes and every truncation/bit flip of valid .npy payloads: a block or ProtocolError."""
+    rng = np.random.default_rng(5)
+    valid = encode_readings_npy(np.arange(4.0), rng.normal(size=(4, 2)))
+    cases = [rng.bytes(int(n)) for n in rng.integers(0, 400, 300)]
+    cases += [valid[:k] for k in range(len(valid))]
+    for _ in range(500):
+        b = bytearray(valid)
+        i = int(rng.integers(len(b)))
+        b[i] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(b))
+    blocks = 0
+    for payload in cases:
+        try:
+            block = decode_readings_npy(payload, ["a", "b"])
+        except ProtocolError:
+            continue
+        blocks += 1
+        assert block.values.shape == (len(block), 2) and np.isfinite(block.ts).all()
+    assert blocks > 0

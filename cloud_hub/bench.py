@@ -1,11 +1,15 @@
 """`make bench`: speed and size figures for the exported model, measured on this machine.
 
 1. raw interpreter throughput (windows/s) for int8 and float32, batch 1 (streaming) and batch 64;
-2. an `edge-agent run` process behind a real broker: readings/s end to end (published in batches of
-   100, until the agent's heartbeat says all were scored);
+2. an `edge-agent run` process behind a real broker: its idle RSS with the model loaded; readings/s end
+   to end (until the agent's heartbeat says all were scored) for per-reading JSON (batches of 100) and
+   for columnar .npy blocks (1000 rows a message), the latter also as a share of the raw int8
+   interpreter's rate at the agent's batch size (``columnar_vs_interpreter``);
 3. reading→report latency: single readings at 400/s with a spike every 64; latency is the time from
    publishing the spike to receiving the agent's anomaly event, both through the broker;
-4. bundle and model sizes, float32 vs int8.
+4. bundle and model sizes, float32 vs int8;
+5. hub ingest (``cloud_hub/ingest/bench.py``): stored anomaly events/s and sync rows/s on SQLite, in
+   process and end to end through the broker (``--only ingest`` runs just this part).
 """
 
 from __future__ import annotations
@@ -31,9 +35,19 @@ from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
 from shared import bundle as bundle_fmt
 from shared.inference import TFLiteModel
-from shared.metrics import percentile
+from shared.metrics import percentile, rss_mb
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, decode, device_topic, encode
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    Channel,
+    Reading,
+    Readings,
+    decode,
+    device_topic,
+    encode,
+    npy_topic,
+)
+from shared.readings import encode_readings_npy
 
 DEVICE = "bench-gw"
 
@@ -80,7 +94,7 @@ class _Watcher:
         self.received = 0
         self.heartbeats = 0
         self.events: list[tuple[float, float]] = []  # (event ts, received at)
-        self.client = make_client(broker, "bench-watch")
+        self.client = make_client(broker, "bench-watch", persistent=False)
         self.client.on_connect = lambda c, *_: c.subscribe(
             [(device_topic(DEVICE, Channel.HEARTBEAT), 0), (device_topic(DEVICE, Channel.ANOMALY), 1)])
         self.client.on_message = self._on_message
@@ -129,7 +143,7 @@ enabled = false
                              stdout=log, stderr=subprocess.STDOUT)
     cfg = BrokerConfig(url=broker.url)
     watcher = _Watcher(cfg)
-    pub = make_client(cfg, "bench-pub")
+    pub = make_client(cfg, "bench-pub", persistent=False)
     connect(pub, cfg)
     topic = device_topic(DEVICE, Channel.READINGS)
     sim = DeviceSimulator(DEVICE, 9, 45.0, 20.0)
@@ -137,6 +151,9 @@ enabled = false
         if not watcher.wait(lambda w: w.heartbeats > 0, 30):
             raise RuntimeError("agent did not start")
         window = store.load(version).manifest.preprocessing.window
+        features = store.load(version).manifest.preprocessing.features
+        watcher.wait(lambda w: w.heartbeats >= 4, 10)  # a second of idling: heartbeats only
+        rss_idle = round(rss_mb(agent.pid), 1)
 
         # Throughput: 20k readings in batches of 100, as fast as the broker takes them.
         n = 20_000
@@ -152,6 +169,21 @@ enabled = false
         if not watcher.wait(lambda w: w.received >= n and w.scored >= n - window + 1, 300):
             raise RuntimeError(f"agent received {watcher.received}, scored {watcher.scored} of {n} readings")
         throughput = n / (time.perf_counter() - start)
+
+        # Columnar: 100k readings as .npy blocks of 1000 rows on the readings/npy topic.
+        n_col, block = 100_000, 1000
+        col_ts = t_sample + (n + np.arange(n_col)) / 20
+        table = np.array([[np.nan if (v := sim.reading(float(t)).get(f)) is None else v for f in features]
+                          for t in col_ts[:2000]])
+        col_values = np.tile(table, (n_col // len(table), 1))
+        blocks = [encode_readings_npy(col_ts[i : i + block], col_values[i : i + block]) for i in range(0, n_col, block)]
+        start = time.perf_counter()
+        for m in blocks:
+            pub.publish(npy_topic(topic), m, qos=1)
+        # Scored, not just received: the clock stops when the agent has scored the last window.
+        if not watcher.wait(lambda w: w.received >= n + n_col and w.scored >= n + n_col - window + 1, 600):
+            raise RuntimeError(f"agent received {watcher.received}, scored {watcher.scored} of {n + n_col} readings")
+        columnar = n_col / (time.perf_counter() - start)
 
         # Latency: single readings at 400/s, a spike every 64 readings.
         rate, spikes, gap = 400.0, 150, 64
@@ -188,8 +220,11 @@ enabled = false
             c.loop_stop()
     return {
         "broker": broker.kind,
+        "rss_idle_mb": rss_idle,
         "readings_per_s": round(throughput, 1),
         "readings": n,
+        "columnar_npy_readings_per_s": round(columnar, 1),
+        "columnar_readings": n_col,
         "latency_spikes": spikes,
         "latency_events": len(events),
         "latency_spikes_reported": len(latencies),
@@ -197,6 +232,54 @@ enabled = false
         "latency_ms_p99": round(percentile(latencies, 99), 2) if latencies else None,
         "latency_ms_max": round(max(latencies), 2) if latencies else None,
     }
+
+
+def _start_broker(workdir: Path, broker_url: str | None) -> RunningBroker:
+    if broker_url:
+        from shared.mqtt import parse_url
+
+        _, port, _ = parse_url(broker_url)
+        return RunningBroker("external", port, subprocess.Popen(["true"]), workdir)
+    return start_mosquitto(workdir=workdir) if mosquitto_path() else start_amqtt(workdir=workdir)
+
+
+def _ingest(workdir: Path, broker: RunningBroker, console: Console) -> dict[str, Any]:
+    from cloud_hub.ingest.bench import ingest_in_process, ingest_through_broker
+
+    with console.status("hub ingest in process (decode → batch → commit → ack)…"):
+        in_process = ingest_in_process(workdir, broker)
+    with console.status(f"hub ingest end to end through {broker.kind}…"):
+        through_broker = ingest_through_broker(workdir, broker)
+    return {"in_process": in_process, "through_broker": through_broker}
+
+
+def _ingest_rows(table: Table, ingest: dict[str, Any]) -> None:
+    for part, figures in ingest.items():
+        for k, v in figures.items():
+            table.add_row(f"hub ingest {part.replace('_', ' ')} {k}", str(v))
+
+
+def run_ingest_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None
+                     ) -> dict[str, Any]:
+    """Only the hub ingest figures (no training): ``cloud-hub bench --only ingest``."""
+    console = console or Console()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    broker = _start_broker(workdir, broker_url)
+    try:
+        results = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
+                               "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 1)},
+                   "ingest": _ingest(workdir, broker, console)}
+    finally:
+        broker.stop()
+    out.write_text(json.dumps(results, indent=2))
+    table = Table(title="edgesentry bench: hub ingest (SQLite)", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _ingest_rows(table, results["ingest"])
+    console.print(table)
+    console.print(f"written to {out}")
+    return results
 
 
 def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None) -> dict[str, Any]:
@@ -221,19 +304,16 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         results["interpreter"][q] = _interpreter_speed(model_bytes, window)
         results["interpreter"]["runtime"] = TFLiteModel(model_bytes).runtime.value
 
-    broker: RunningBroker | None = None
-    if broker_url:
-        from shared.mqtt import parse_url
-
-        _, port, _ = parse_url(broker_url)
-        broker = RunningBroker("external", port, subprocess.Popen(["true"]), workdir)
-    else:
-        broker = start_mosquitto(workdir=workdir) if mosquitto_path() else start_amqtt(workdir=workdir)
+    broker = _start_broker(workdir, broker_url)
     try:
         with console.status(f"agent end to end through {broker.kind}…"):
             results["agent_e2e_int8"] = _agent_e2e(workdir, broker, home, exports["int8"].bundle_dir)
+        results["ingest"] = _ingest(workdir, broker, console)
     finally:
         broker.stop()
+    e2e = results["agent_e2e_int8"]
+    e2e["columnar_vs_interpreter"] = round(
+        e2e["columnar_npy_readings_per_s"] / results["interpreter"]["int8"]["batch64_windows_per_s"], 3)
 
     out.write_text(json.dumps(results, indent=2))
     table = Table(title="edgesentry bench", show_header=True)
@@ -245,6 +325,7 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         table.add_row(f"{q} tflite / bundle bytes", f"{results['sizes'][q]['tflite_bytes']} / {results['sizes'][q]['bundle_bytes']}")
     for k, v in results["agent_e2e_int8"].items():
         table.add_row(f"agent e2e {k}", str(v))
+    _ingest_rows(table, results["ingest"])
     console.print(table)
     console.print(f"written to {out}")
     return results

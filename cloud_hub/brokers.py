@@ -19,7 +19,8 @@ allow_anonymous true
 {persistence}
 # The default (1000) silently drops QoS-1 messages to a slow subscriber.
 max_queued_messages 1000000
-max_inflight_messages 100
+# The hub PUBACKs only after its database commit: this window caps one ingest batch.
+max_inflight_messages 1000
 message_size_limit 1048576
 # Small QoS-1 messages otherwise wait on Nagle + delayed ACK (a steady ~40 ms on loopback).
 set_tcp_nodelay true

@@ -53,6 +53,25 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """How ``cloud-hub serve`` batches what agents report into database transactions."""
+
+    batch_max: int = doc("Most messages written in one transaction.", default=1000)
+    batch_wait_ms: float = doc("Longest a batch waits for more messages after its first one (ms).", default=50.0)
+    batch_idle_ms: float = doc("A batch closes early when no further message arrived for this long (ms): the "
+                               "broker stops sending once its in-flight window is full, so waiting longer "
+                               "would only add latency.", default=5.0)
+    queue_max: int = doc("Decoded messages waiting for the writer; when full the MQTT thread waits and the "
+                         "broker keeps the rest (nothing is acknowledged before it is stored).", default=50_000)
+
+    def __post_init__(self) -> None:
+        if self.batch_max < 1 or self.queue_max < 1:
+            raise ValueError("batch_max and queue_max must be >= 1")
+        if not 0 <= self.batch_idle_ms <= self.batch_wait_ms:
+            raise ValueError("need 0 <= batch_idle_ms <= batch_wait_ms")
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """Provisioning: where the broker's files live and what each device's agent.toml says."""
 
@@ -70,6 +89,7 @@ class HubConfig:
     training: TrainingConfig = doc("Defaults for train/retrain.", default_factory=TrainingConfig)
     default_quantization: str = doc("Quantization rolled out by default.", default="int8")
     log_level: str = doc("Logging level.", default="INFO")
+    ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
     fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
 
 
@@ -92,4 +112,4 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["FleetConfig", "HubConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["FleetConfig", "HubConfig", "IngestConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

@@ -189,3 +189,40 @@ def init_db(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# ------------------------------------------------------------------------------------- ingest (hub)
+
+
+class StatusChange(Base):
+    """Every status an agent reported, stored once per durable ``msg_id``: the hub keeps the history of
+    model states, including why a bundle was refused or rolled back (``error``)."""
+
+    __tablename__ = "status_changes"
+    __table_args__ = (UniqueConstraint("device_id", "msg_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    msg_id: Mapped[str] = mapped_column(String(80))  # the agent's msg_id; "will:<ts>" for the broker's last will
+    ts: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))
+    model_state: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(String(500), default="")
+
+
+def insert_ignoring_duplicates(engine_or_dialect: Engine | str, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite and PostgreSQL: idempotent storage of rows keyed
+    by durable ids (a redelivered message inserts nothing; ``rowcount`` counts the new rows)."""
+    name = engine_or_dialect if isinstance(engine_or_dialect, str) else engine_or_dialect.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    raise ValueError(f"idempotent ingest supports SQLite and PostgreSQL, not {name}")

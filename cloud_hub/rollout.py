@@ -95,7 +95,7 @@ def start(home: HubHome, version: int, quantization: str) -> RolloutInfo:
             s.add(db.RolloutDevice(rollout_id=rollout.id, device_id=d, state=db.DeviceRolloutState.PENDING, updated_at=now))
         announcement = announce(home, version, _model_name(s, version), archive, bundle.sha256, rollout.id)
         cfg = home.config()
-        client = make_client(cfg.broker, "hub-rollout")
+        client = make_client(cfg.broker, "hub-rollout", persistent=False)
         connect(client, cfg.broker)
         try:
             client.publish(fleet_model_topic(), encode(announcement), qos=1, retain=True).wait_for_publish(15)
@@ -142,7 +142,7 @@ def wait_for_activation(
     def done() -> bool:
         return all(d in latest and (latest[d].model_version == version or refused(latest[d])) for d in devices)
 
-    client = make_client(cfg.broker, "hub-rollout-watch")
+    client = make_client(cfg.broker, "hub-rollout-watch", persistent=False)
     client.on_connect = lambda c, *_: c.subscribe(subscription(Channel.STATUS), qos=1)
     client.on_message = on_message
     connect(client, cfg.broker)

@@ -30,19 +30,19 @@ import paho.mqtt.client as mqtt
 from edge_agent.config import AgentConfig, agent_profile
 from edge_agent.detector import ActiveModel, StreamingDetector
 from edge_agent.model_store import ModelStore
-from edge_agent.readings_queue import Reading
 from shared.bundle import Bundle, BundleError, load_archive, load_dir
 from shared.inference import Runtime, RuntimeUnavailable, interpreter_class
 from shared.metrics import Latency, rss_mb, time_calls
 from shared.mqtt import BrokerConfig, make_client, parse_url
 from shared.profiles import FirmwareProfile
+from shared.readings import ReadingsBlock
 from shared.signing import parse_public_key
 
 log = logging.getLogger(__name__)
 
 TEST_HOOKS_ENV = "EDGESENTRY_TEST_HOOKS"  # "1": SIGUSR1 stalls the scoring loop (watchdog tests)
 CLOCK_FLOOR = datetime(2025, 1, 1, tzinfo=UTC)  # a gateway without RTC/NTP boots far behind this
-MIN_FREE_BYTES = 64 * 1024 * 1024  # without a profile
+DEFAULT_MODEL_BYTES = 4 * 1024 * 1024  # a model's size allowance without a profile
 BENCH_WINDOWS = 300
 
 
@@ -163,17 +163,21 @@ def bench(bundle: Bundle, runtime: Runtime, num_threads: int, profile: FirmwareP
     rng = np.random.default_rng(0)
     n = windows + p.window + 8
     values = lo + (hi - lo) * rng.uniform(0, 1, (n, len(p.features)))
-    readings: list[Reading] = [(float(i), dict(zip(p.features, map(float, row), strict=True)))
-                               for i, row in enumerate(values)]
+    ts = np.arange(n, dtype=np.float64)
+
+    def block(a: int, b: int) -> ReadingsBlock:
+        return ReadingsBlock(ts[a:b], tuple(p.features), values[a:b])
+
     detector = StreamingDetector()
     detector.swap(model)
-    detector.push(readings[: p.window - 1])
+    detector.push_block(block(0, p.window - 1))
     offset = p.window - 1
-    latency = time_calls(lambda i: detector.push([readings[offset + i]]), windows)
-    batch = readings[: min(len(readings), 1024)]
+    latency = time_calls(lambda i: detector.push_block(block(offset + i, offset + i + 1)), windows)
+    fresh = StreamingDetector()  # the same readings again, queued up: one block, batched windows
+    fresh.swap(model)
     t = time.perf_counter()
-    scored = len(detector.push(batch))
-    throughput = scored / (time.perf_counter() - t)
+    scored = fresh.push_block(block(0, min(n, 1024))).scored
+    throughput = (len(scored) if scored is not None else 0) / (time.perf_counter() - t)
     result = BenchResult(
         model=model.name, model_version=model.version, runtime=model.model.runtime.value, num_threads=num_threads,
         model_bytes=len(bundle.model_bytes), latency=latency, windows_per_s=round(throughput, 1),
@@ -231,7 +235,7 @@ def probe_broker(cfg: BrokerConfig, timeout_s: float = 10.0) -> str:
     host, port, tls = parse_url(cfg.url)
     probe = dataclasses.replace(cfg, client_id="")  # never take over the running agent's session
     try:
-        client = make_client(probe, "edge-doctor", clean_session=True)
+        client = make_client(probe, "edge-doctor", persistent=False)
     except (ValueError, OSError) as exc:  # a missing credential, an unreadable CA file
         raise ConnectionError(str(exc)) from None
     client.connect_timeout = timeout_s
@@ -371,8 +375,9 @@ class Doctor:
         existing = next((d for d in (state, *state.parents) if d.exists()), Path("/"))
         free = shutil.disk_usage(existing).free
         p = self.profile
-        need = p.outbox_max_bytes + 3 * p.max_model_bytes if p else MIN_FREE_BYTES  # outbox + 3 bundles
-        why = f"outbox_max_bytes + 3 x max_model_bytes of {p.name}" if p else "minimum without a profile"
+        models = p.max_model_bytes if p else DEFAULT_MODEL_BYTES
+        need = self.cfg.outbox.max_bytes + 3 * models  # the outbox's budget + active, previous, staged bundles
+        why = f"outbox.max_bytes + 3 x max_model_bytes of {p.name}" if p else "outbox.max_bytes + 3 x 4 MiB models"
         mib = 1024 * 1024
         if free < need:
             return Check("disk", CheckStatus.FAIL, f"{free // mib} MiB free at {existing}, need {need // mib} MiB "

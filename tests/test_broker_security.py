@@ -59,8 +59,10 @@ class Secured:
     broker_dir: Path
     agent_dirs: dict[str, Path]
 
-    def hub_cfg(self) -> BrokerConfig:
-        return self.home.config().broker
+    def hub_cfg(self, serve: bool = False) -> BrokerConfig:
+        """The hub account from hub.toml; only `serve` itself uses its persistent session id."""
+        cfg = self.home.config().broker
+        return cfg if serve else replace(cfg, client_id="")
 
     def device_cfg(self, device: str, agent: bool = False) -> BrokerConfig:
         """The broker settings as the gateway's agent reads them from its generated agent.toml; other
@@ -105,7 +107,7 @@ class Inbox:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = make_client(cfg, name)
+        self.client = make_client(cfg, name, persistent=bool(cfg.client_id))
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         connect(self.client, cfg, timeout_s=10)
@@ -136,7 +138,7 @@ class Inbox:
 
 
 def _refused(cfg: BrokerConfig) -> str:
-    client = make_client(cfg, "probe")
+    client = make_client(cfg, "probe", persistent=bool(cfg.client_id))
     try:
         connect(client, cfg, timeout_s=10)
     except ConnectionError as exc:
@@ -210,17 +212,20 @@ def test_a_device_cannot_knock_another_off_by_its_conventional_client_id(secured
     over), so `devices add` gives each agent an unguessable id; the obvious ones take nothing over."""
     b_cfg = secured.device_cfg("gw-b", agent=True)
     assert b_cfg.client_id.startswith("edge-gw-b-") and b_cfg.client_id != secured.device_cfg("gw-a", True).client_id
-    hub = Inbox(secured.hub_cfg(), "hub-watch", ["edgesentry/#"])
+    hub_cfg = secured.hub_cfg(serve=True)
+    assert hub_cfg.client_id.startswith("edgesentry-hub-") and len(hub_cfg.client_id) == 31
+    hub = Inbox(hub_cfg, "unused-prefix", ["edgesentry/#"])  # the hub's own persistent session
     b = Inbox(b_cfg, "unused-prefix")
     drops: list[object] = []
     b.client.on_disconnect = lambda *args: drops.append(args)
+    hub.client.on_disconnect = lambda *args: drops.append(args)
     try:
         for guess in ("edge-gw-b", "gw-b", "edgesentry-hub"):
             thief = Inbox(replace(secured.device_cfg("gw-a"), client_id=guess), "unused")  # CONNACK received
             thief.close()
         b.publish(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
         hub.wait_for(device_topic("gw-b", Channel.HEARTBEAT), b"still-here")
-        assert b.client.is_connected() and not drops
+        assert b.client.is_connected() and hub.client.is_connected() and not drops
     finally:
         b.close()
         hub.close()
@@ -339,7 +344,7 @@ def test_production_default_broker_user_reads_the_files(tmp_path: Path) -> None:
         broker = run_mosquitto(shared / "broker" / "mosquitto.conf", port, tmp_path)
         try:
             cfg = load_config(tmp_path / "gw-a" / "agent.toml").broker
-            assert _refused(cfg) == "" and _refused(home.config().broker) == ""
+            assert _refused(cfg) == "" and _refused(replace(home.config().broker, client_id="")) == ""
             # Rewritten as root by `devices add`, the files inherit the broker user's group.
             _hub_cli(home, "devices", "add", "gw-b", "--out", str(tmp_path / "gw-b"),
                      "--reload-pid", str(broker.proc.pid))

@@ -56,17 +56,14 @@ def test_from_manifest_follows_the_bundle() -> None:
     assert Decision.from_manifest(SCORING, lik_score).mode == DecisionMode.SCORE
 
 
-def test_edge_windows_decide_through_the_decision() -> None:
-    from edge_agent.detector import ScoredWindow
+def test_edge_flags_come_from_the_decision_or_a_stuck_channel() -> None:
+    from edge_agent.detector import decide
 
-    def window(score: float, likelihood: float, decision: Decision | None) -> ScoredWindow:
-        return ScoredWindow(ts=0.0, score=score, threshold=2.0, reconstruction_error=0.0, prediction_error=0.0,
-                            contributions=np.zeros(1), model_version=1, window=np.zeros((1, 1)),
-                            likelihood=likelihood, decision=decision)
-
-    assert window(2.5, 0.0, None).anomalous and not window(1.5, 0.0, None).anomalous
-    lik = Decision(DecisionMode.LIKELIHOOD, 0.5)
-    assert not window(2.5, 0.2, lik).anomalous and window(0.1, 0.7, lik).anomalous
+    scores, lik = np.array([2.5, 1.5, 0.1]), np.array([0.2, 0.2, 0.7])
+    assert decide(scores, lik, Decision(DecisionMode.SCORE, 2.0), None).tolist() == [True, False, False]
+    assert decide(scores, lik, Decision(DecisionMode.LIKELIHOOD, 0.5), None).tolist() == [False, False, True]
+    stuck = np.array([[False, False], [False, True], [False, False]])
+    assert decide(scores, lik, Decision(DecisionMode.SCORE, 2.0), stuck).tolist() == [True, True, False]
 
 
 def test_cli_choices_come_from_the_enums() -> None:

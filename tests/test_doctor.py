@@ -214,7 +214,7 @@ def test_doctor_without_a_model_warns_and_names_disk_and_broker_failures(tmp_pat
     checks = {c.name: c for c in Doctor(load_config(tmp_path / "agent.toml"), broker_timeout_s=3).run()}
     assert checks["model"].status == CheckStatus.WARN and "no model installed yet" in checks["model"].detail
     assert checks["bench"].status == CheckStatus.SKIP
-    assert checks["disk"].status == CheckStatus.FAIL and "need 953674328 MiB (outbox_max_bytes + 3 x max_model_bytes of huge)" in checks["disk"].detail
+    assert checks["disk"].status == CheckStatus.FAIL and "need 953674328 MiB (outbox.max_bytes + 3 x max_model_bytes of huge)" in checks["disk"].detail
     assert checks["broker"].status == CheckStatus.FAIL and "Connection refused" in checks["broker"].detail
     assert checks["keys"].status == CheckStatus.OK and checks["clock"].status in (CheckStatus.OK, CheckStatus.WARN)
     assert not (tmp_path / "state").exists()  # the doctor reads; it does not create the agent's state

@@ -40,7 +40,7 @@ class Sensor:
 
     def __init__(self, broker: RunningBroker) -> None:
         self.cfg = BrokerConfig(url=broker.url)
-        self.client = make_client(self.cfg, "test-sensor")
+        self.client = make_client(self.cfg, "test-sensor", persistent=False)
         connect(self.client, self.cfg)
         self.sim = DeviceSimulator(DEVICE, 3, period_s=20.0, rate_hz=20.0)
         self.t = time.time() - 3600
@@ -167,7 +167,7 @@ def test_hub_counts_malformed_messages_and_keeps_serving(tmp_path: Path, mosquit
     server = HubServer(home)
     server.start()
     cfg = BrokerConfig(url=mosquitto.url)
-    client = make_client(cfg, "test-fuzz")
+    client = make_client(cfg, "test-fuzz", persistent=False)
     connect(client, cfg)
     try:
         garbage = [

@@ -81,6 +81,7 @@ def test_broker_config_writes_a_secured_mosquitto_conf(hub: HubHome, tmp_path: P
     assert cfg.broker.url == "mqtts://hub.example.com:8884" and cfg.broker.username == "edgesentry-hub"
     assert cfg.broker.ca_file == str(out / "ca.crt") and len(cfg.broker.password) >= 43
     assert cfg.fleet.broker_dir == str(out) and hub.config_path.stat().st_mode & 0o077 == 0
+    assert cfg.broker.client_id.startswith("edgesentry-hub-")  # serve's session id cannot be guessed
     user, hashed = (out / "passwd").read_text().strip().split(":", 1)
     assert user == "edgesentry-hub" and passwords.verify(cfg.broker.password, hashed)
 
@@ -88,6 +89,7 @@ def test_broker_config_writes_a_secured_mosquitto_conf(hub: HubHome, tmp_path: P
     ca = (out / "ca.crt").read_bytes()
     _cli(hub.path, "broker-config", "--out", str(out), "--host", "broker.example.com")
     assert (out / "ca.crt").read_bytes() == ca and hub.config().broker.password == cfg.broker.password
+    assert hub.config().broker.client_id == cfg.broker.client_id
 
     assert "go together" in _cli(hub.path, "broker-config", "--out", str(out), "--cert", str(out / "server.crt"),
                                  ok=False).output

@@ -121,7 +121,7 @@ class _Subscriber:
     def __init__(self, broker: RunningBroker) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
-        self.client = make_client(BrokerConfig(url=broker.url), "test-sub")
+        self.client = make_client(BrokerConfig(url=broker.url), "test-sub", persistent=False)
 
         def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
             with self.lock:
@@ -141,7 +141,7 @@ class _Subscriber:
 
 def _sender(tmp_path: Path, broker: RunningBroker, cfg: OutboxConfig) -> tuple[Outbox, Sender, threading.Event]:
     box = Outbox(tmp_path / FILENAME)
-    client = make_client(BrokerConfig(url=broker.url), "test-agent")
+    client = make_client(BrokerConfig(url=broker.url), "test-agent", persistent=True)
     stop = threading.Event()
     sender = Sender(box, client, cfg, stop)
     client.on_connect = lambda *_: sender.on_connect()

@@ -52,6 +52,8 @@ def init(home: HubHome, broker: str, force: bool) -> None:
     created = home.init(broker, force=force)
     console.print(f"{'Created' if created else 'Already initialised:'} hub home [bold]{home.path}[/]")
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
+    console.print("For a fleet: `cloud-hub broker-config --out DIR` (TLS, accounts, ACLs), then "
+                  "`cloud-hub devices add NAME` writes each gateway's agent.toml.")
 
 
 def parse_settings(settings: tuple[str, ...]) -> dict[str, Any]:
@@ -532,11 +534,14 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-def bench(out: Path, broker: str | None, workdir: Path) -> None:
-    """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes."""
-    from cloud_hub.bench import run_bench
+@click.option("--only", type=click.Choice(["all", "ingest"]), default="all", show_default=True,
+              help="ingest: only the hub's stored events/s and sync rows/s (no model training).")
+def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
+    """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
+    from cloud_hub.bench import run_bench, run_ingest_bench
 
-    run_bench(workdir.resolve(), out.resolve(), broker, console=console)
+    run = run_ingest_bench if only == "ingest" else run_bench
+    run(workdir.resolve(), out.resolve(), broker, console=console)
 
 
 

@@ -90,7 +90,7 @@ class Streamer(threading.Thread):
     def __init__(self, sims: list[DeviceSimulator], broker: BrokerConfig) -> None:
         super().__init__(name="simulator", daemon=True)
         self.sims = sims
-        self.client = make_client(broker, "demo-sim")
+        self.client = make_client(broker, "demo-sim", persistent=False)
         connect(self.client, broker)
         self.stop_event = threading.Event()
         self.published = 0
@@ -179,7 +179,7 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
             spawn(d, ["edge_agent.cli", "run", "--config", str(conf)])
 
         fleet = Fleet()
-        watcher = make_client(bcfg, "demo-watch")
+        watcher = make_client(bcfg, "demo-watch", persistent=False)
         watcher.on_connect = lambda c, *_: c.subscribe(subscription(Channel.STATUS), qos=1)
 
         def on_status(_c: Any, _u: Any, msg: Any) -> None:

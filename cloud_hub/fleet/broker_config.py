@@ -75,7 +75,9 @@ def configure_broker(home: HubHome, out: Path, hosts: list[str], port: int = 888
                              f"set another [broker] username in hub.toml")
     password = cfg.broker.password or passwords.new_password()
     home.update_config({
-        "broker": {"url": hub_url or agent_url, "username": user, "password": password, "ca_file": str(tls.ca_cert)},
+        "broker": {"url": hub_url or agent_url, "username": user, "password": password, "ca_file": str(tls.ca_cert),
+                   # `serve`'s persistent session: unguessable, so no device can take it over (see docs).
+                   "client_id": cfg.broker.client_id or passwords.client_id(HUB_USER)},
         "fleet": {"broker_dir": str(out), "agent_broker_url": agent_url},
     })
     broker = regenerate(home)

@@ -175,6 +175,11 @@ class Agent:
 
         Whatever the hub has not acknowledged stays in the outbox and is sent again after the next start.
         """
+        # Gateway-broker sources first: what arrives from now on stays queued in their persistent session for
+        # the next run instead of being acknowledged here after the scorer has stopped.
+        for c in self._extra_clients:
+            c.disconnect()
+            c.loop_stop()
         self.stop_event.set()
         self.queue.close()
         for t in self._threads:
@@ -186,9 +191,8 @@ class Agent:
             self._flush_sync()
         self._send(Channel.STATUS, self._status(AgentState.OFFLINE))
         self.sender.drain(STOP_DRAIN_S)
-        for c in [self.client, *self._extra_clients]:
-            c.disconnect()
-            c.loop_stop()
+        self.client.disconnect()
+        self.client.loop_stop()
         self.outbox.close()
 
     @property

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -32,7 +31,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, UpdateConfig
-from edge_agent.detector import ActiveModel, ScoredWindow, StreamingDetector
+from edge_agent.detector import ActiveModel, ScoredBatch, StreamingDetector
 from edge_agent.model_store import Assembly, ModelStore
 from shared.bundle import Bundle, BundleError
 from shared.metrics import rss_mb
@@ -46,6 +45,7 @@ from shared.protocol import (
     RejectReason,
     decode,
 )
+from shared.readings import ReadingsBlock
 from shared.signing import SignatureError, verify_announcement
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,14 @@ class Health:
     nonfinite: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
-    def add(self, scored: list[ScoredWindow], seconds_per_window: float) -> None:
+    def add(self, scored: ScoredBatch, seconds_per_window: float) -> None:
         """One scoring call: its windows and its time per window (one latency sample per call)."""
+        if not len(scored):
+            return
         self.windows += len(scored)
-        self.flagged += sum(s.anomalous for s in scored)
-        self.nonfinite += sum(not math.isfinite(s.score) for s in scored)
-        if scored:
-            self.latencies_s.append(seconds_per_window)
+        self.flagged += int(np.count_nonzero(scored.anomalous))
+        self.nonfinite += int(np.count_nonzero(~np.isfinite(scored.scores)))
+        self.latencies_s.append(seconds_per_window)
 
     @property
     def latency_p99_ms(self) -> float:
@@ -189,18 +190,22 @@ class Health:
         return None
 
 
-def staged_health(model: ActiveModel, readings: list[tuple[float, dict[str, float | None]]],
-                  threshold_scale: float) -> Health:
+def staged_health(model: ActiveModel, recent: ReadingsBlock, threshold_scale: float) -> Health:
     """Score the recent readings with a staged model, one window per call as they would arrive."""
     det = StreamingDetector(threshold_scale, max_batch=1)
     det.swap(model)
     w = model.preprocessing.window
-    det.push(readings[: w - 1])
+
+    def rows(a: int, b: int) -> ReadingsBlock:
+        return ReadingsBlock(recent.ts[a:b], recent.features, recent.values[a:b])
+
+    det.push_block(rows(0, w - 1))
     health = Health()
-    for r in readings[w - 1 :]:
+    for i in range(w - 1, len(recent)):
         t0 = time.perf_counter()
-        scored = det.push([r])
-        health.add(scored, time.perf_counter() - t0)
+        scored = det.push_block(rows(i, i + 1)).scored
+        if scored is not None:
+            health.add(scored, time.perf_counter() - t0)
     return health
 
 
@@ -488,7 +493,7 @@ class Updater:
 
     def _staged_check(self, model: ActiveModel) -> str | None:
         w = model.preprocessing.window
-        readings = self.detector.recent(self.ucfg.recent_windows + w - 1)
+        readings = self.detector.recent_readings(self.ucfg.recent_windows + w - 1)
         windows = len(readings) - w + 1
         if windows < self.ucfg.min_windows:
             log.info("only %d recent windows: v%d goes to probation without a staged data check",
@@ -502,18 +507,15 @@ class Updater:
 
     # ------------------------------------------------------------------ probation
 
-    def observe(self, scored: list[ScoredWindow], elapsed_s: float) -> None:
-        """Live health check: the scorer reports each batch and how long scoring it took."""
+    def observe(self, scored: ScoredBatch | None, elapsed_s: float) -> None:
+        """Live health check: the scorer reports each scored block and how long scoring it took."""
         p = self._probation
-        if p is None or not scored or self.rec.state != S.ACTIVE:
+        if p is None or scored is None or not len(scored) or self.rec.state != S.ACTIVE:
             return
         with self._lock:
-            if self._probation is not p or self.rec.state != S.ACTIVE:
+            if self._probation is not p or self.rec.state != S.ACTIVE or scored.model_version != self.rec.candidate:
                 return
-            mine = [s for s in scored if s.model_version == self.rec.candidate]
-            if not mine:
-                return
-            p.health.add(mine, elapsed_s / len(scored))
+            p.health.add(scored, elapsed_s / len(scored))
             reason = p.health.verdict(self.ucfg, self.profile)
             if reason is not None:
                 self._rollback(f"probation: {reason}")

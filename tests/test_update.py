@@ -22,7 +22,7 @@ from cloud_hub.demo.simulator import FEATURES
 from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
 from edge_agent.config import UpdateConfig
-from edge_agent.detector import ScoredWindow
+from edge_agent.detector import ScoredBatch
 from edge_agent.model_store import ModelStore
 from edge_agent.update import (
     TRANSITIONS,
@@ -72,9 +72,12 @@ def test_transition_table_covers_every_state_and_rejects_the_rest(tmp_path: Path
     assert f.load() == rec  # nothing persisted for a refused transition
 
 
-def _windows(scores: list[float], threshold: float = 1.0) -> list[ScoredWindow]:
-    return [ScoredWindow(ts=float(i), score=s, threshold=threshold, reconstruction_error=s, prediction_error=0.0,
-                         contributions=np.zeros(1), model_version=2, window=np.zeros((1, 1))) for i, s in enumerate(scores)]
+def _windows(scores: list[float], threshold: float = 1.0) -> ScoredBatch:
+    n, a = len(scores), np.asarray(scores, dtype=np.float64)
+    return ScoredBatch(ts=np.arange(n, dtype=np.float64), scores=a, threshold=threshold, reconstruction_error=a,
+                       prediction_error=np.zeros(n), contributions=np.zeros((n, 1)), likelihood=np.zeros(n),
+                       likelihood_threshold=None, anomalous=a > threshold, model_version=2,
+                       windows=np.zeros((n, 1, 1)))
 
 
 def test_health_verdicts() -> None:

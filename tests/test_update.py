@@ -151,7 +151,7 @@ class Fleet:
         self.v1 = _bundle(self.home, self.src, 1)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         cfg = BrokerConfig(url=broker.url)
-        self.client = make_client(cfg, "test-update")
+        self.client = make_client(cfg, "test-update", persistent=False)
         connect(self.client, cfg)
 
     def agent(self, device: str, extra: str = "", env: dict[str, str] | None = None, csv: bool = True) -> Path:

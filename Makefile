@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench bench-models lint clean
+.PHONY: install test test-fast fuzz demo bench bench-models lint clean
 DATASETS ?= ../shared/datasets
 
 install: $(STAMP)
@@ -22,6 +22,11 @@ test: $(STAMP)
 ## Unit tests only.
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"
+
+## Longer fuzzing: 20x the messages of tests/test_fuzz.py (>= 200,000 per side), random seeds.
+FUZZ_SCALE ?= 20
+fuzz: $(STAMP)
+	FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -q -p no:logging tests/test_fuzz.py
 
 ## Whole loop on an embedded broker: hub, three agents, simulator; writes demo-summary.json.
 demo: $(STAMP)

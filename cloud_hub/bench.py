@@ -1,8 +1,10 @@
 """`make bench`: speed and size figures for the exported model, measured on this machine.
 
 1. raw interpreter throughput (windows/s) for int8 and float32, batch 1 (streaming) and batch 64;
-2. an `edge-agent run` process behind a real broker: readings/s end to end (published in batches of
-   100, until the agent's heartbeat says all were scored);
+2. an `edge-agent run` process behind a real broker: its idle RSS with the model loaded; readings/s end
+   to end (until the agent's heartbeat says all were scored) for per-reading JSON (batches of 100) and
+   for columnar .npy blocks (1000 rows a message), the latter also as a share of the raw int8
+   interpreter's rate at the agent's batch size (``columnar_vs_interpreter``);
 3. reading→report latency: single readings at 400/s with a spike every 64; latency is the time from
    publishing the spike to receiving the agent's anomaly event, both through the broker;
 4. bundle and model sizes, float32 vs int8;
@@ -33,9 +35,19 @@ from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
 from shared import bundle as bundle_fmt
 from shared.inference import TFLiteModel
-from shared.metrics import percentile
+from shared.metrics import percentile, rss_mb
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, decode, device_topic, encode
+from shared.protocol import (
+    PROTOCOL_VERSION,
+    Channel,
+    Reading,
+    Readings,
+    decode,
+    device_topic,
+    encode,
+    npy_topic,
+)
+from shared.readings import encode_readings_npy
 
 DEVICE = "bench-gw"
 
@@ -139,6 +151,9 @@ enabled = false
         if not watcher.wait(lambda w: w.heartbeats > 0, 30):
             raise RuntimeError("agent did not start")
         window = store.load(version).manifest.preprocessing.window
+        features = store.load(version).manifest.preprocessing.features
+        watcher.wait(lambda w: w.heartbeats >= 4, 10)  # a second of idling: heartbeats only
+        rss_idle = round(rss_mb(agent.pid), 1)
 
         # Throughput: 20k readings in batches of 100, as fast as the broker takes them.
         n = 20_000
@@ -154,6 +169,21 @@ enabled = false
         if not watcher.wait(lambda w: w.received >= n and w.scored >= n - window + 1, 300):
             raise RuntimeError(f"agent received {watcher.received}, scored {watcher.scored} of {n} readings")
         throughput = n / (time.perf_counter() - start)
+
+        # Columnar: 100k readings as .npy blocks of 1000 rows on the readings/npy topic.
+        n_col, block = 100_000, 1000
+        col_ts = t_sample + (n + np.arange(n_col)) / 20
+        table = np.array([[np.nan if (v := sim.reading(float(t)).get(f)) is None else v for f in features]
+                          for t in col_ts[:2000]])
+        col_values = np.tile(table, (n_col // len(table), 1))
+        blocks = [encode_readings_npy(col_ts[i : i + block], col_values[i : i + block]) for i in range(0, n_col, block)]
+        start = time.perf_counter()
+        for m in blocks:
+            pub.publish(npy_topic(topic), m, qos=1)
+        # Scored, not just received: the clock stops when the agent has scored the last window.
+        if not watcher.wait(lambda w: w.received >= n + n_col and w.scored >= n + n_col - window + 1, 600):
+            raise RuntimeError(f"agent received {watcher.received}, scored {watcher.scored} of {n + n_col} readings")
+        columnar = n_col / (time.perf_counter() - start)
 
         # Latency: single readings at 400/s, a spike every 64 readings.
         rate, spikes, gap = 400.0, 150, 64
@@ -190,8 +220,11 @@ enabled = false
             c.loop_stop()
     return {
         "broker": broker.kind,
+        "rss_idle_mb": rss_idle,
         "readings_per_s": round(throughput, 1),
         "readings": n,
+        "columnar_npy_readings_per_s": round(columnar, 1),
+        "columnar_readings": n_col,
         "latency_spikes": spikes,
         "latency_events": len(events),
         "latency_spikes_reported": len(latencies),
@@ -278,6 +311,9 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         results["ingest"] = _ingest(workdir, broker, console)
     finally:
         broker.stop()
+    e2e = results["agent_e2e_int8"]
+    e2e["columnar_vs_interpreter"] = round(
+        e2e["columnar_npy_readings_per_s"] / results["interpreter"]["int8"]["batch64_windows_per_s"], 3)
 
     out.write_text(json.dumps(results, indent=2))
     table = Table(title="edgesentry bench", show_header=True)

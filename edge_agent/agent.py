@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,18 +18,18 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource
-from edge_agent.detector import ActiveModel, EpisodeTracker, ScoredWindow, StreamingDetector
+from edge_agent.detector import ActiveModel, EpisodeTracker, PushResult, ScoredWindow, StreamingDetector
 from edge_agent.health import SystemdNotifier, Watchdog
 from edge_agent.model_store import Assembly, ModelStore
 from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, Kind, Outbox, Sender
-from edge_agent.readings_queue import Reading, ReadingQueue
+from edge_agent.readings_queue import ReadingQueue
 from edge_agent.sources import CsvReplay
+from edge_agent.sync import SyncSelector
 from shared import __version__
 from shared.bundle import Bundle, BundleError
 from shared.mqtt import MessageGuard, connect, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
-    MAX_SYNC_ROWS,
     PROTOCOL_VERSION,
     Ack,
     AgentState,
@@ -42,7 +41,6 @@ from shared.protocol import (
     ModelRequest,
     ModelState,
     ProtocolError,
-    Readings,
     RejectCounter,
     RejectReason,
     Status,
@@ -53,7 +51,9 @@ from shared.protocol import (
     encode,
     finite,
     fleet_model_topic,
+    npy_topic,
 )
+from shared.readings import ReadingsBlock, decode_readings, decode_readings_npy
 from shared.scoring import attribution
 from shared.signing import SignatureError, parse_public_key, verify_announcement
 
@@ -91,7 +91,8 @@ class Agent:
         self.cfg = cfg
         self.device = cfg.device_id
         self.store = ModelStore(cfg.state_dir, [parse_public_key(k) for k in cfg.trusted_keys])
-        self.detector = StreamingDetector(cfg.detector.threshold_scale, cfg.detector.max_batch)
+        self.detector = StreamingDetector(cfg.detector.threshold_scale, cfg.detector.max_batch,
+                                          cfg.detector.max_future_s)
         self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
         self.queue = ReadingQueue(cfg.queue_size)
         self.rejects = RejectCounter(log)
@@ -108,7 +109,7 @@ class Agent:
         self._failed: dict[int, str] = {}
         self._model_state = ModelState.NONE
         self._runtime = ""
-        self._sync: deque[tuple[float, dict[str, float | None], int]] = deque(maxlen=cfg.sync.max_buffered_rows)
+        self.sync = SyncSelector(cfg.sync)
         self._tele_lock = threading.Lock()
         self._tele_n = 0
         self._tele_sum = 0.0
@@ -134,6 +135,8 @@ class Agent:
         for src in cfg.sources:
             if isinstance(src, MqttSource) and src.broker is None:
                 self._reading_topics.add(src.topic or self._topic(Channel.READINGS))
+        # Every JSON readings topic T has a binary sibling T/npy (numpy .npy rows, see docs/protocol.md).
+        self._npy_topics = {npy_topic(t) for t in self._reading_topics}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,7 +165,7 @@ class Agent:
         topic = src.topic or self._topic(Channel.READINGS)
         # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts.
         c = make_client(src.broker, f"edge-src-{self.device}", persistent=True)
-        c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe(topic, qos=1), "connect")
+        c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)]), "connect")
         c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
         connect(c, src.broker)
         self._extra_clients.append(c)
@@ -172,6 +175,11 @@ class Agent:
 
         Whatever the hub has not acknowledged stays in the outbox and is sent again after the next start.
         """
+        # Gateway-broker sources first: what arrives from now on stays queued in their persistent session for
+        # the next run instead of being acknowledged here after the scorer has stopped.
+        for c in self._extra_clients:
+            c.disconnect()
+            c.loop_stop()
         self.stop_event.set()
         self.queue.close()
         for t in self._threads:
@@ -179,12 +187,12 @@ class Agent:
         if self.client.is_connected():
             self._heartbeat()
         self._telemetry()
-        self._flush_sync()
+        if self.cfg.sync.enabled:
+            self._flush_sync()
         self._send(Channel.STATUS, self._status(AgentState.OFFLINE))
         self.sender.drain(STOP_DRAIN_S)
-        for c in [self.client, *self._extra_clients]:
-            c.disconnect()
-            c.loop_stop()
+        self.client.disconnect()
+        self.client.loop_stop()
         self.outbox.close()
 
     @property
@@ -218,19 +226,21 @@ class Agent:
         if getattr(reason, "is_failure", False):
             return
         subs = [(fleet_model_topic(), 1), (self._topic(Channel.MODEL), 1), (self._topic(Channel.MODEL_CHUNK), 1)]
-        subs += [(t, 1) for t in self._reading_topics]
+        subs += [(t, 1) for t in self._reading_topics | self._npy_topics]
         subs.append((self._topic(Channel.ACK), 1))
         client.subscribe(subs)
         self.sender.on_connect()
         self._publish_status()
 
     def _channel_of(self, topic: str) -> str:
-        return Channel.READINGS.value if topic in self._reading_topics else topic_channel(topic)
+        if topic in self._reading_topics:
+            return Channel.READINGS.value
+        return Channel.READINGS_NPY.value if topic in self._npy_topics else topic_channel(topic)
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Route one message (run under ``self.guard``: whatever it raises is counted, never fatal)."""
         topic = msg.topic
-        if topic in self._reading_topics:
+        if topic in self._reading_topics or topic in self._npy_topics:
             self._handle_readings(topic, msg.payload)
         elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
             self._handle_announcement(topic, msg.payload)
@@ -243,8 +253,13 @@ class Agent:
             raise ProtocolError(RejectReason.BAD_TOPIC, "not a topic this agent consumes")
 
     def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
-        batch: Readings = decode(Channel.READINGS, payload)
-        self.queue.put([(r.ts, r.values) for r in batch.readings])
+        """JSON (per reading or columnar) or .npy → one numpy block on the scoring queue."""
+        if topic in self._npy_topics:
+            model = self.detector.model
+            block = decode_readings_npy(payload, model.preprocessing.features if model else None)
+        else:
+            block = decode_readings(payload)
+        self.queue.put(block)
 
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
         """Follow a signed announcement; unsigned or badly signed ones raise ``bad_signature``.
@@ -401,23 +416,31 @@ class Agent:
             if batch:
                 self._process(batch)
 
-    def _process(self, batch: list[Reading]) -> None:
-        scored = self.detector.push(batch)
-        self.counters.received += len(batch)
-        self.counters.scored += len(scored)
-        flags = [0] * (len(batch) - len(scored)) + [int(s.anomalous) for s in scored]
-        if scored:
+    def _process(self, blocks: list[ReadingsBlock]) -> None:
+        for block in blocks:
+            try:
+                pushed = self.detector.push_block(block)
+            except ValueError as exc:  # e.g. more distinct features than the buffer holds
+                self.rejects.reject("readings", ProtocolError(RejectReason.SCHEMA, str(exc)))
+                continue
+            self._account(pushed)
+
+    def _account(self, pushed: PushResult) -> None:
+        """Counters, telemetry, events and sync for one detector push: numpy per block, Python per event."""
+        for reason, n in pushed.rejected.items():
+            self.rejects.count(reason, n, f"{n} reading(s) rejected: {reason.value}")
+        self.counters.received += pushed.admitted
+        scored = pushed.scored
+        if scored is not None and len(scored):
+            self.counters.scored += len(scored)
             with self._tele_lock:
                 self._tele_n += len(scored)
-                self._tele_sum += sum(s.score for s in scored)
-                self._tele_max = max(self._tele_max, *(s.score for s in scored))
-        for s in scored:
-            if self.tracker.update(s.anomalous):
-                self._report(s)
+                self._tele_sum += float(scored.scores.sum())
+                self._tele_max = max(self._tele_max, float(scored.scores.max()))
+            for i in self.tracker.starts(scored.anomalous):
+                self._report(scored.window(i))
         if self.cfg.sync.enabled:
-            dropped = max(0, len(self._sync) + len(batch) - self.cfg.sync.max_buffered_rows)
-            self.counters.sync_dropped += dropped
-            self._sync.extend((ts, values, flag) for (ts, values), flag in zip(batch, flags, strict=True))
+            self.sync.offer(pushed)
 
     def _report(self, s: ScoredWindow) -> None:
         model = self.detector.model
@@ -489,6 +512,7 @@ class Agent:
             anomalies=self.counters.anomalies,
             rejected=self.rejects.total,
             queue_depth=len(self.queue),
+            rejects=self.rejects.counts(),
             outbox_depth=stats.depth,
             outbox_bytes=stats.bytes,
             outbox_dropped=stats.dropped,
@@ -513,29 +537,11 @@ class Agent:
         self._send(Channel.TELEMETRY, msg)
 
     def _flush_sync(self) -> None:
-        """Move buffered readings into the outbox as sync batches (it holds them while offline)."""
-        n = MAX_SYNC_ROWS
-        while self._sync:
-            rows = [self._sync.popleft() for _ in range(min(n, len(self._sync)))]
-            features = sorted({k for _, values, _ in rows for k in values})
-            batch = SyncBatch(
-                v=PROTOCOL_VERSION,
-                device=self.device,
-                batch_id=uuid.uuid4().hex,
-                features=features,
-                rows=[[ts, *[values.get(f) for f in features]] for ts, values, _ in rows],
-                flags=[flag for _, _, flag in rows],
-                model_version=self.model_version,
-            )
-            try:
-                encode(batch)
-            except ValueError:  # too large for one message: put back, send smaller batches
-                self._sync.extendleft(reversed(rows))
-                if n == 1:
-                    log.error("a single reading exceeds the message size limit; dropped")
-                    self._sync.popleft()
-                n = max(1, n // 2)
-                continue
+        """Move what the sync policy chose (within its bandwidth cap) into the outbox as sync batches
+        (the outbox holds them while offline and delivers them resumably, one batch_id each)."""
+        for batch in self.sync.take(self.device, self.model_version):
             self._send(Channel.SYNC, batch)
-            self.counters.sync_rows_sent += len(rows)
-            log.info("sync batch %s: %d rows queued", batch.batch_id, len(rows))
+            self.counters.sync_rows_sent += len(batch.flags)
+            # The fault and chaos tests count what reached the outbox from this line (tests/faults.py).
+            log.info("sync batch %s: %d rows queued", batch.batch_id, len(batch.flags))
+        self.counters.sync_dropped = sum(self.sync.dropped.values())

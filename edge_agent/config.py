@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,21 +52,45 @@ class DetectorConfig:
     num_threads: int = doc("Interpreter threads; 0 = the firmware profile's num_threads (1 without a profile).",
                            default=0)
     max_batch: int = doc("Most windows scored in one interpreter call when readings queue up.", default=64)
+    max_future_s: float = doc(
+        "Readings stamped more than this many seconds ahead of the agent's clock are rejected (counted as "
+        "future_timestamp). Readings not after the previous one are always rejected (stale_timestamp).",
+        default=300.0,
+    )
 
     def __post_init__(self) -> None:
         if self.threshold_scale <= 0 or self.rearm_readings < 0 or self.num_threads < 0 or self.max_batch < 1:
             raise ValueError("threshold_scale > 0, rearm_readings >= 0, num_threads >= 0, max_batch >= 1")
+        if not self.max_future_s >= 0:
+            raise ValueError("max_future_s must be >= 0")
+
+
+class SyncPolicy(enum.StrEnum):
+    FULL = "full"  # every reading
+    SMART = "smart"  # flagged windows, hard examples near the threshold, a reservoir sample of normal windows
 
 
 @dataclass(frozen=True)
 class SyncConfig:
     enabled: bool = doc("Upload raw readings to the hub for retraining.", default=True)
     interval_s: float = doc("Seconds between uploads.", default=30.0)
-    max_buffered_rows: int = doc("Rows kept while the hub is unreachable; oldest dropped beyond.", default=200_000)
+    max_buffered_rows: int = doc("Rows kept while the hub is unreachable or the bandwidth cap holds them back; "
+                                 "beyond it the lowest-priority, oldest rows are dropped (counted).",
+                                 default=200_000)
+    policy: SyncPolicy = doc("full: every reading; smart: every flagged window, hard examples, a sample of "
+                             "normal windows (see docs/architecture.md).", default=SyncPolicy.FULL)
+    bandwidth_bytes_s: float = doc("Average upload cap in bytes/s of sync messages (bursts up to two intervals' "
+                                   "worth); 0 = unlimited.", default=0.0)
+    hard_margin: float = doc("smart: a window whose score is within this fraction of the threshold (either side) "
+                             "is a hard example.", default=0.2)
+    sample_windows: int = doc("smart: normal windows sampled uniformly (reservoir) per interval.", default=8)
+    compress: bool = doc("Send rows packed (zlib-compressed .npy) rather than as JSON numbers.", default=True)
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.max_buffered_rows < 1:
             raise ValueError("interval_s > 0 and max_buffered_rows >= 1")
+        if self.bandwidth_bytes_s < 0 or not 0 <= self.hard_margin < 1 or self.sample_windows < 0:
+            raise ValueError("bandwidth_bytes_s >= 0, 0 <= hard_margin < 1, sample_windows >= 0")
 
 
 DEFAULT_OUTBOX_BYTES = 64 * 1024 * 1024
@@ -182,4 +207,5 @@ def reference() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "OutboxConfig", "SyncConfig", "load_config"]
+__all__ = ["AgentConfig", "CsvSource", "DetectorConfig", "MqttSource", "OutboxConfig", "SyncConfig", "SyncPolicy",
+           "load_config"]

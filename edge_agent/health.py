@@ -30,12 +30,12 @@ import paho.mqtt.client as mqtt
 from edge_agent.config import AgentConfig, agent_profile
 from edge_agent.detector import ActiveModel, StreamingDetector
 from edge_agent.model_store import ModelStore
-from edge_agent.readings_queue import Reading
 from shared.bundle import Bundle, BundleError, load_archive, load_dir
 from shared.inference import Runtime, RuntimeUnavailable, interpreter_class
 from shared.metrics import Latency, rss_mb, time_calls
 from shared.mqtt import BrokerConfig, make_client, parse_url
 from shared.profiles import FirmwareProfile
+from shared.readings import ReadingsBlock
 from shared.signing import parse_public_key
 
 log = logging.getLogger(__name__)
@@ -163,17 +163,21 @@ def bench(bundle: Bundle, runtime: Runtime, num_threads: int, profile: FirmwareP
     rng = np.random.default_rng(0)
     n = windows + p.window + 8
     values = lo + (hi - lo) * rng.uniform(0, 1, (n, len(p.features)))
-    readings: list[Reading] = [(float(i), dict(zip(p.features, map(float, row), strict=True)))
-                               for i, row in enumerate(values)]
+    ts = np.arange(n, dtype=np.float64)
+
+    def block(a: int, b: int) -> ReadingsBlock:
+        return ReadingsBlock(ts[a:b], tuple(p.features), values[a:b])
+
     detector = StreamingDetector()
     detector.swap(model)
-    detector.push(readings[: p.window - 1])
+    detector.push_block(block(0, p.window - 1))
     offset = p.window - 1
-    latency = time_calls(lambda i: detector.push([readings[offset + i]]), windows)
-    batch = readings[: min(len(readings), 1024)]
+    latency = time_calls(lambda i: detector.push_block(block(offset + i, offset + i + 1)), windows)
+    fresh = StreamingDetector()  # the same readings again, queued up: one block, batched windows
+    fresh.swap(model)
     t = time.perf_counter()
-    scored = len(detector.push(batch))
-    throughput = scored / (time.perf_counter() - t)
+    scored = fresh.push_block(block(0, min(n, 1024))).scored
+    throughput = (len(scored) if scored is not None else 0) / (time.perf_counter() - t)
     result = BenchResult(
         model=model.name, model_version=model.version, runtime=model.model.runtime.value, num_threads=num_threads,
         model_bytes=len(bundle.model_bytes), latency=latency, windows_per_s=round(throughput, 1),

@@ -1,39 +1,61 @@
-"""A bounded queue of readings that hands them to the scorer in batches."""
+"""A bounded queue of reading blocks that hands them to the scorer in batches."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
 
-Reading = tuple[float, dict[str, float | None]]
+from shared.readings import ReadingsBlock
 
 
 class ReadingQueue:
-    """Producers block when ``capacity`` readings are waiting, so nothing is dropped on overload."""
+    """Producers block when ``capacity`` readings are waiting, so nothing is dropped on overload.
+
+    ``get`` merges consecutive blocks with the same features (many single readings become one block
+    scored in one batch) and splits a block larger than ``max_items``.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self._items: deque[Reading] = deque()
+        self._items: deque[ReadingsBlock] = deque()
+        self._rows = 0
         self._capacity = capacity
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, readings: list[Reading]) -> None:
+    def put(self, block: ReadingsBlock) -> None:
+        if not len(block):
+            return
         with self._cond:
-            while len(self._items) >= self._capacity and not self._closed:
+            while self._rows >= self._capacity and not self._closed:
                 self._cond.wait()
-            self._items.extend(readings)
+            self._items.append(block)
+            self._rows += len(block)
             self._cond.notify_all()
 
-    def get(self, max_items: int, timeout: float) -> list[Reading]:
-        """Up to ``max_items`` readings; empty after ``timeout`` seconds with nothing queued."""
+    def get(self, max_items: int, timeout: float) -> list[ReadingsBlock]:
+        """Blocks of up to ``max_items`` readings in all; empty after ``timeout`` s with nothing queued."""
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            n = min(max_items, len(self._items))
-            out = [self._items.popleft() for _ in range(n)]
-            if out:
+            out: list[list[ReadingsBlock]] = []
+            room = max_items
+            while self._items and room > 0:
+                block = self._items[0]
+                if len(block) > room:
+                    self._items[0] = block.slice(room, len(block))
+                    block = block.slice(0, room)
+                else:
+                    self._items.popleft()
+                room -= len(block)
+                if out and out[-1][0].features == block.features:
+                    out[-1].append(block)
+                else:
+                    out.append([block])
+            taken = max_items - room
+            if taken:
+                self._rows -= taken
                 self._cond.notify_all()
-            return out
+            return [ReadingsBlock.concat(group) for group in out]
 
     def close(self) -> None:
         with self._cond:
@@ -42,4 +64,4 @@ class ReadingQueue:
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return self._rows

@@ -17,6 +17,7 @@ from edge_agent.detector import ActiveModel, StreamingDetector
 from shared.bundle import Bundle, load_archive, load_dir
 from shared.csvdata import Series, read_series
 from shared.inference import Runtime
+from shared.readings import ReadingsBlock
 from shared.scoring import attribution
 from shared.signing import parse_public_key
 
@@ -59,18 +60,15 @@ def replay(bundle: Bundle, series: Series, runtime: Runtime = Runtime.AUTO) -> R
     top = [""] * n
     index = {float(t): i for i, t in enumerate(series.timestamps)}
     for start in range(0, n, CHUNK):
-        rows = [(float(series.timestamps[i]), {f: _cell(values[i, j]) for j, f in enumerate(features)})
-                for i in range(start, min(start + CHUNK, n))]
-        for s in detector.push(rows):
-            i = index[s.ts]
-            score[i], likelihood[i], anomalous[i] = s.score, s.likelihood, s.anomalous
-            shares = attribution(s.contributions, features, 1)
-            top[i] = next(iter(shares), "")
+        block = ReadingsBlock(series.timestamps[start : start + CHUNK], tuple(features), values[start : start + CHUNK])
+        scored = detector.push_block(block).scored
+        if scored is None:
+            continue
+        rows = np.array([index[t] for t in scored.ts.tolist()], dtype=np.intp)
+        score[rows], likelihood[rows], anomalous[rows] = scored.scores, scored.likelihood, scored.anomalous
+        for i, row in enumerate(rows.tolist()):
+            top[row] = next(iter(attribution(scored.contributions[i], features, 1)), "")
     return ReplayResult(series.timestamps, values, features, score, likelihood, anomalous, top)
-
-
-def _cell(v: float) -> float | None:
-    return None if np.isnan(v) else float(v)
 
 
 def write_csv(result: ReplayResult, path: Path) -> None:

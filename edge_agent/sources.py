@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from edge_agent.config import CsvSource
-from edge_agent.readings_queue import Reading
 from shared.csvdata import read_series
+from shared.readings import ReadingsBlock
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 class CsvReplay(threading.Thread):
     """Feeds a CSV file to the agent at ``rate_hz`` readings per second (0 = as fast as accepted)."""
 
-    def __init__(self, cfg: CsvSource, sink: Callable[[list[Reading]], None], stop: threading.Event) -> None:
+    def __init__(self, cfg: CsvSource, sink: Callable[[ReadingsBlock], None], stop: threading.Event) -> None:
         super().__init__(name="csv-replay", daemon=True)
         self.cfg = cfg
         self.sink = sink
@@ -33,10 +34,8 @@ class CsvReplay(threading.Thread):
             log.error("csv source %s: %s", self.cfg.path, exc)
             self.finished.set()
             return
-        rows = [
-            {f: (None if math.isnan(v) else float(v)) for f, v in zip(series.features, row, strict=True)}
-            for row in series.values
-        ]
+        features = tuple(series.features)
+        rows = series.values
         rate = self.cfg.rate_hz
         batch = 1 if rate and rate <= 200 else 64
         file_ts = series.timestamps
@@ -49,13 +48,13 @@ class CsvReplay(threading.Thread):
                         break
                 chunk = rows[i : i + batch]
                 if not self.cfg.restamp:
-                    stamps = file_ts[i : i + batch].tolist()
+                    stamps = file_ts[i : i + batch]
                 elif rate:  # the replay clock: when each reading is (due to be) emitted
                     now = time.time()
-                    stamps = [now + k / rate for k in range(len(chunk))]
+                    stamps = now + np.arange(len(chunk)) / rate
                 else:  # as fast as possible: keep the file's spacing, shifted to now
-                    stamps = (wall_start + file_ts[i : i + batch] - file_ts[0]).tolist()
-                self.sink(list(zip(stamps, chunk, strict=True)))
+                    stamps = wall_start + file_ts[i : i + batch] - file_ts[0]
+                self.sink(ReadingsBlock(np.asarray(stamps, dtype=np.float64), features, chunk))
                 self.emitted += len(chunk)
             if not self.cfg.loop:
                 break

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.decision import DecisionMode
 from shared.schema import doc, dump, load
 
 _LOG_FLOOR = math.log(1e-10)
@@ -59,8 +60,8 @@ class LikelihoodParams:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
         if not 0 < self.threshold < 1:
             raise ValueError("likelihood threshold must be in (0, 1)")
-        if self.decide_on not in ("score", "likelihood"):
-            raise ValueError("decide_on must be 'score' or 'likelihood'")
+        if self.decide_on not in set(DecisionMode):
+            raise ValueError(f"decide_on must be one of {', '.join(DecisionMode)}")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
 
@@ -86,87 +87,129 @@ def log_scale(likelihood: float) -> float:
 
 
 class AnomalyLikelihood:
-    """One stream's state. ``update`` takes raw scores in time order and returns ℓ for each."""
+    """One stream's state. ``update`` takes raw scores in time order and returns ℓ for each.
+
+    Vectorised over a batch, yet bit-identical to feeding the scores one at a time: running sums are
+    sequential ``cumsum``s of exactly the additions a scalar loop would do (re-summed with ``fsum``
+    once per history turnover, so they do not drift), transcendental functions go through ``math``.
+    """
 
     def __init__(self, params: LikelihoodParams) -> None:
         self.params = params
-        self._recent: deque[float] = deque(maxlen=params.short_window)
+        self._recent = np.zeros(0)  # the last short_window log-scores
         self._history: deque[float] = deque()
         self._sum = 0.0
         self._sq = 0.0
         self._lo = np.asarray(params.range_min, np.float64)
         self._hi = np.asarray(params.range_max, np.float64)
-        self._n = 0
         self._evicted = 0
-        self._peaks: deque[tuple[int, float]] = deque()  # sliding max of the last onset_window values
-
-    def _stats(self) -> tuple[float, float]:
-        p = self.params
-        n = len(self._history)
-        w = p.prior_weight
-        total = n + w
-        if total == 0:
-            return p.prior_mean, p.prior_std
-        mean = (self._sum + w * p.prior_mean) / total
-        second = (self._sq + w * (p.prior_std**2 + p.prior_mean**2)) / total
-        return mean, math.sqrt(max(second - mean * mean, 1e-12))
+        self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
 
     def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
         """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty)."""
-        lik = self._onset(self._likelihood(score))
-        if reading is not None and self.params.spatial_tolerance >= 0 and self._novel(reading):
-            return 1.0  # novelty is reported every time; it does not mask later onsets
-        return lik
-
-    def _novel(self, reading: np.ndarray) -> bool:
-        r = np.asarray(reading, np.float64)
-        if len(self._lo) != len(r):
-            self._lo, self._hi = r.copy(), r.copy()
-            return False
-        ok = np.isfinite(r)
-        margin = self.params.spatial_tolerance * (self._hi - self._lo)
-        novel = bool(np.any(ok & ((r > self._hi + margin) | (r < self._lo - margin))))
-        self._lo = np.where(ok, np.minimum(self._lo, r), self._lo)
-        self._hi = np.where(ok, np.maximum(self._hi, r), self._hi)
-        return novel
-
-    def _onset(self, lik: float) -> float:
-        k = self.params.onset_window
-        if k == 0:
-            return lik
-        i = self._n
-        self._n += 1
-        while self._peaks and self._peaks[0][0] < i - k:
-            self._peaks.popleft()
-        previous = self._peaks[0][1] if self._peaks else -1.0
-        while self._peaks and self._peaks[-1][1] <= lik:
-            self._peaks.pop()
-        self._peaks.append((i, lik))
-        return lik if lik > previous else 0.0
-
-    def _likelihood(self, score: float) -> float:
-        v = math.log1p(max(score, 0.0)) if math.isfinite(score) else 50.0
-        self._recent.append(v)
-        avg = sum(self._recent) / len(self._recent)
-        mean, std = self._stats()
-        z = (avg - mean) / max(std, self.params.prior_std * 0.1)
-        tail = 0.5 * math.erfc(z / math.sqrt(2))
-        # Learn after judging: the current window is compared only with what came before it.
-        self._history.append(avg)
-        self._sum += avg
-        self._sq += avg * avg
-        if len(self._history) > self.params.history:
-            old = self._history.popleft()
-            self._sum -= old
-            self._sq -= old * old
-            self._evicted += 1
-            if self._evicted % self.params.history == 0:  # re-sum once per turnover: no rounding drift
-                self._sum = math.fsum(self._history)
-                self._sq = math.fsum(v * v for v in self._history)
-        return log_scale(1.0 - tail)
+        readings = None if reading is None else np.asarray(reading, np.float64)[None, :]
+        return float(self.update(np.array([score], dtype=np.float64), readings)[0])
 
     def update(self, scores: np.ndarray, readings: np.ndarray | None = None) -> np.ndarray:
         """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty."""
-        if readings is None or self.params.spatial_tolerance < 0:
-            return np.array([self.update_one(float(s)) for s in scores])
-        return np.array([self.update_one(float(s), r) for s, r in zip(scores, readings, strict=True)])
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        if not len(scores):
+            return np.zeros(0)
+        out = self._onsets(self._likelihoods(scores))
+        if readings is not None and self.params.spatial_tolerance >= 0:
+            novel = self._novel(np.asarray(readings, np.float64).reshape(len(scores), -1))
+            out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
+        return out
+
+    def _likelihoods(self, scores: np.ndarray) -> np.ndarray:
+        p = self.params
+        n, k = len(scores), p.short_window
+        logs = np.array([math.log1p(max(s, 0.0)) if math.isfinite(s) else 50.0 for s in scores.tolist()])
+        # Moving average of the last k log-scores, summed oldest first as sum() over a deque would.
+        pad = max(0, k - 1 - len(self._recent))
+        ext = np.concatenate([np.zeros(pad), self._recent, logs])  # 0.0 + x == x: padding is exact
+        win = np.lib.stride_tricks.sliding_window_view(ext, k)[-n:]
+        acc = win[:, 0].copy()
+        for j in range(1, k):
+            acc = acc + win[:, j]
+        avg = acc / np.minimum(len(self._recent) + np.arange(1, n + 1), k)
+        self._recent = np.concatenate([self._recent, logs])[-k:]
+        sum_before, sq_before, hist_len = self._learn(avg)
+        w = p.prior_weight
+        total = hist_len + w
+        safe = np.where(total == 0, 1, total)
+        mean = np.where(total == 0, p.prior_mean, (sum_before + w * p.prior_mean) / safe)
+        second = (sq_before + w * (p.prior_std**2 + p.prior_mean**2)) / safe
+        std = np.where(total == 0, p.prior_std, np.sqrt(np.maximum(second - mean * mean, 1e-12)))
+        z = (avg - mean) / np.maximum(std, p.prior_std * 0.1)
+        scaled = z / math.sqrt(2)
+        return np.array([log_scale(1.0 - 0.5 * math.erfc(v)) for v in scaled.tolist()])
+
+    def _learn(self, avg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add ``avg`` to the running history (learn after judging); sums and length before each step."""
+        h = self.params.history
+        n = len(avg)
+        start_len = len(self._history)
+        combined = np.concatenate([np.asarray(self._history, np.float64), avg])
+        after_len = start_len + np.arange(1, n + 1)  # history length after appending avg_i
+        evict = after_len > h
+        first_kept = np.maximum(after_len - h, 0)  # index in combined of the oldest value kept after step i
+        old = np.where(evict, combined[np.maximum(first_kept - 1, 0)], 0.0)
+        evictions = self._evicted + np.cumsum(evict)
+        resum = evict & (evictions % h == 0)
+        sum_before, sq_before = np.empty(n), np.empty(n)
+        s, q = self._sum, self._sq
+        seg = 0
+        for end in [*np.flatnonzero(resum).tolist(), n - 1]:
+            if end < seg:
+                continue
+            a = avg[seg : end + 1]
+            o = old[seg : end + 1]
+            # s + a_i - o_i for each step, as one sequential accumulation (x - y == x + (-y) exactly).
+            steps = np.empty(2 * len(a) + 1)
+            steps[0], steps[1::2], steps[2::2] = s, a, -o
+            cum = np.add.accumulate(steps)
+            sum_before[seg : end + 1] = cum[0:-1:2]
+            steps[0], steps[1::2], steps[2::2] = q, a * a, -(o * o)
+            cumq = np.add.accumulate(steps)
+            sq_before[seg : end + 1] = cumq[0:-1:2]
+            s, q = float(cum[-1]), float(cumq[-1])
+            if resum[end]:  # once per turnover: exact re-sum, no drift
+                kept = combined[first_kept[end] : start_len + end + 1].tolist()
+                s, q = math.fsum(kept), math.fsum(v * v for v in kept)
+            seg = end + 1
+        self._sum, self._sq = s, q
+        self._evicted = int(evictions[-1])
+        self._history.extend(avg.tolist())
+        while len(self._history) > h:
+            self._history.popleft()
+        return sum_before, sq_before, np.minimum(after_len - 1, h)
+
+    def _onsets(self, lik: np.ndarray) -> np.ndarray:
+        """Keep ℓ only where it exceeds every one of the previous onset_window values."""
+        k = self.params.onset_window
+        if k == 0:
+            return lik
+        pad = np.full(max(0, k - len(self._onset_tail)), -1.0)
+        ext = np.concatenate([pad, self._onset_tail, lik])
+        previous = np.lib.stride_tricks.sliding_window_view(ext[:-1], k)[-len(lik) :].max(axis=1)
+        self._onset_tail = ext[-k:].copy()
+        return np.where(lik > previous, lik, 0.0)
+
+    def _novel(self, readings: np.ndarray) -> np.ndarray:
+        """Per reading: beyond the range seen before it by more than the tolerance (then widen the range)."""
+        out = np.zeros(len(readings), dtype=bool)
+        if len(self._lo) != readings.shape[1]:  # no training range: the first reading starts it
+            self._lo, self._hi = readings[0].copy(), readings[0].copy()
+            if len(readings) == 1:
+                return out
+            out[1:] = self._novel(readings[1:])
+            return out
+        ok = np.isfinite(readings)
+        hi_run = np.maximum.accumulate(np.vstack([self._hi, np.where(ok, readings, -np.inf)]), axis=0)
+        lo_run = np.minimum.accumulate(np.vstack([self._lo, np.where(ok, readings, np.inf)]), axis=0)
+        hi, lo = hi_run[:-1], lo_run[:-1]  # the range before each reading
+        margin = self.params.spatial_tolerance * (hi - lo)
+        out[:] = np.any(ok & ((readings > hi + margin) | (readings < lo - margin)), axis=1)
+        self._hi, self._lo = hi_run[-1].copy(), lo_run[-1].copy()
+        return out

@@ -66,14 +66,17 @@ def time_calls(call: Callable[[int], object], calls: int, warmup: int = 5) -> La
     return Latency(p50_ms=percentile(times, 50), p99_ms=percentile(times, 99), max_ms=max(times), calls=calls)
 
 
-def rss_mb() -> float:
-    """Resident set size of this process now, in MB (Linux ``/proc``; peak RSS elsewhere)."""
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size of this process (or ``pid``) now, in MB (Linux ``/proc``; elsewhere peak RSS
+    of this process, NaN for another one)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid is not None:
+        return float("nan")
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

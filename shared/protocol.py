@@ -10,17 +10,22 @@ carry on — a malformed message never crashes a peer (see ``shared.mqtt.Message
 
 from __future__ import annotations
 
+import base64
 import enum
+import functools
+import io
 import json
 import logging
 import math
 import re
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 
 from shared.schema import SchemaError, doc, dump, load
@@ -40,7 +45,8 @@ log = logging.getLogger(__name__)
 class Channel(enum.StrEnum):
     """Per-device sub-topics: ``edgesentry/<device>/<channel>``."""
 
-    READINGS = "readings"  # sensor readings into the agent (local source)
+    READINGS = "readings"  # sensor readings into the agent (local source): JSON, per reading or columnar
+    READINGS_NPY = "readings/npy"  # sensor readings into the agent: numpy .npy float64 [ts, f1..fn] (binary)
     TELEMETRY = "telemetry"  # agent → hub: periodic score statistics
     ANOMALY = "anomaly"  # agent → hub: anomaly events (QoS 1)
     HEARTBEAT = "heartbeat"  # agent → hub: liveness and counters
@@ -60,6 +66,9 @@ class RejectReason(enum.StrEnum):
     SCHEMA = "schema"
     BAD_TOPIC = "bad_topic"
     DEVICE_MISMATCH = "device_mismatch"
+    STALE_TIMESTAMP = "stale_timestamp"  # a reading not after the previous one (counted per reading)
+    FUTURE_TIMESTAMP = "future_timestamp"  # a reading too far ahead of the agent's clock (per reading)
+    NO_MODEL = "no_model"  # plain .npy readings need the active model's feature order
     TOO_DEEP = "too_deep"  # nesting beyond the decoder's depth limit
     BAD_SIGNATURE = "bad_signature"  # unsigned or badly signed model announcement
     BAD_CHUNK = "bad_chunk"  # a model chunk that cannot belong to the announced archive
@@ -81,6 +90,11 @@ def device_topic(device: str, channel: Channel) -> str:
     if not valid_device_id(device):
         raise ValueError(f"invalid device id {device!r}: use 1-64 of [A-Za-z0-9_.-], not 'fleet'")
     return f"{ROOT}/{device}/{channel.value}"
+
+
+def npy_topic(readings_topic: str) -> str:
+    """The binary (.npy) sibling of a JSON readings topic: ``<topic>/npy``."""
+    return f"{readings_topic}/npy"
 
 
 def fleet_model_topic() -> str:
@@ -136,16 +150,45 @@ class Reading:
     values: dict[str, float | None] = doc("Feature name → value (null = missing).")
 
 
+MAX_READINGS_ROWS = 10_000
+MAX_READINGS_FEATURES = 256
+
+
 @dataclass(frozen=True)
 class Readings:
+    """Readings in one of two shapes: ``readings`` (one object per reading, for simple sensors) or
+    columnar ``ts`` + ``features`` + ``values`` (one row per reading; far cheaper to decode and score).
+    ``shared.readings.decode_readings`` decodes either into a numpy block."""
+
     v: int = doc("Protocol version.")
-    readings: list[Reading] = doc("Readings in time order (batch them: one message per reading is slow).")
+    readings: list[Reading] = doc("Readings in time order (batch them: one message per reading is slow).",
+                                  default_factory=list)
+    ts: list[float] = doc("Columnar form: sample times, seconds since the Unix epoch, increasing.",
+                          default_factory=list)
+    features: list[str] = doc("Columnar form: the column names of ``values``.", default_factory=list)
+    values: list[list[float | None]] = doc("Columnar form: one row per ``ts``, one value per feature "
+                                           "(null = missing).", default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.readings:
-            raise ValueError("readings must not be empty")
-        if len(self.readings) > 10_000:
-            raise ValueError("too many readings in one message (max 10000)")
+        if bool(self.readings) == bool(self.ts):
+            raise ValueError("give either readings or ts/features/values (and not empty)")
+        n = len(self.readings) or len(self.ts)
+        if n > MAX_READINGS_ROWS:
+            raise ValueError(f"too many readings in one message (max {MAX_READINGS_ROWS})")
+        if self.ts:
+            check_columnar(len(self.ts), self.features, len(self.values), {len(r) for r in self.values})
+
+
+def check_columnar(n_ts: int, features: list[str], n_rows: int, widths: set[int]) -> None:
+    """Shape rules of a columnar readings block (shared by the JSON and .npy decoders)."""
+    if not 1 <= n_ts <= MAX_READINGS_ROWS:
+        raise ValueError(f"need 1-{MAX_READINGS_ROWS} readings, got {n_ts}")
+    if not 1 <= len(features) <= MAX_READINGS_FEATURES or len(set(features)) != len(features):
+        raise ValueError(f"features must be 1-{MAX_READINGS_FEATURES} unique names")
+    if any(not isinstance(f, str) or not 1 <= len(f) <= 128 for f in features):
+        raise ValueError("feature names must be strings of 1-128 characters")
+    if n_rows != n_ts or widths - {len(features)}:
+        raise ValueError(f"values must be {n_ts} rows of {len(features)} values (one row per ts)")
 
 
 @dataclass(frozen=True)
@@ -181,8 +224,9 @@ class Heartbeat:
     readings_received: int = doc("Readings accepted since start.")
     readings_scored: int = doc("Readings scored since start.")
     anomalies: int = doc("Anomaly events raised since start.")
-    rejected: int = doc("Messages rejected since start.")
+    rejected: int = doc("Messages (and readings refused by the timestamp rule) rejected since start.")
     queue_depth: int = doc("Readings waiting to be scored.")
+    rejects: dict[str, int] = doc("Rejections since start by reason (RejectReason values).", default_factory=dict)
     outbox_depth: int = doc("Reports in the agent's outbox not yet acknowledged by the hub.", default=0)
     outbox_bytes: int = doc("Bytes those reports take (counted against the outbox budget).", default=0)
     outbox_dropped: dict[str, int] = doc("Reports dropped because the outbox was full, by kind, since install.",
@@ -219,26 +263,79 @@ class Telemetry:
     msg_id: str = doc("Durable id (acknowledged by the hub).", default="")
 
 
+MAX_SYNC_FEATURES = 256
+
+
 @dataclass(frozen=True)
 class SyncBatch:
+    """Raw readings for retraining, as JSON ``rows`` or compressed ``packed`` (one of the two).
+
+    ``packed`` is base64 of zlib-compressed ``.npy`` bytes of a float64 array (rows, 1 + features):
+    ``[ts, value...]`` per row, NaN = missing.  :meth:`table` is the one decoder for both forms.
+    """
+
     v: int = doc("Protocol version.")
     device: str = doc("Device id.")
     batch_id: str = doc("Unique id chosen by the agent (idempotent storage).")
     features: list[str] = doc("Column names of ``rows`` after the timestamp.")
-    rows: list[list[float | None]] = doc("[ts, value...] per reading, null = missing.")
+    rows: list[list[float | None]] = doc("[ts, value...] per reading, null = missing.", default_factory=list)
     flags: list[int] = doc("Per row: 1 if the agent's model flagged it anomalous.", default_factory=list)
     model_version: int | None = doc("Model active while the rows were scored.", default=None)
+    packed: str = doc("Compressed alternative to ``rows``: base64(zlib(.npy float64 [ts, value...] rows)).",
+                      default="")
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.batch_id) <= 64:
             raise ValueError("batch_id must be 1-64 characters")
-        if not self.features or len(self.rows) > MAX_SYNC_ROWS:
-            raise ValueError(f"need features and at most {MAX_SYNC_ROWS} rows")
+        if not 1 <= len(self.features) <= MAX_SYNC_FEATURES or len(self.rows) > MAX_SYNC_ROWS:
+            raise ValueError(f"need 1-{MAX_SYNC_FEATURES} features and at most {MAX_SYNC_ROWS} rows")
+        if self.packed and self.rows:
+            raise ValueError("give rows or packed, not both")
         width = len(self.features) + 1
         if any(len(r) != width or r[0] is None for r in self.rows):
             raise ValueError(f"every row needs a timestamp and {len(self.features)} values")
-        if self.flags and len(self.flags) != len(self.rows):
+        n = len(self.table()) if self.packed else len(self.rows)
+        if n == 0:
+            raise ValueError("a sync batch needs at least one row")
+        if self.flags and len(self.flags) != n:
             raise ValueError("flags must have one entry per row")
+
+    @functools.cached_property
+    def _packed_table(self) -> np.ndarray:
+        return unpack_rows(self.packed, len(self.features) + 1)
+
+    def table(self) -> np.ndarray:
+        """(rows, 1 + features) float64, NaN = missing: the one decoding of either form."""
+        if self.packed:
+            return self._packed_table
+        return np.array([[np.nan if v is None else v for v in r] for r in self.rows], dtype=np.float64
+                        ).reshape(len(self.rows), len(self.features) + 1)
+
+
+def pack_rows(table: np.ndarray) -> str:
+    """(rows, 1 + features) float64 → the ``packed`` string of a :class:`SyncBatch`."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(table, dtype=np.float64), allow_pickle=False)
+    return base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii")
+
+
+def unpack_rows(packed: str, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`, bounded: at most MAX_SYNC_ROWS rows of ``width`` finite-ts floats."""
+    try:
+        raw = base64.b64decode(packed, validate=True)
+        limit = MAX_SYNC_ROWS * width * 8 + 4096  # the .npy header is < 4 KiB
+        z = zlib.decompressobj()
+        data = z.decompress(raw, limit)
+        if z.unconsumed_tail or not z.eof:
+            raise ValueError("packed rows are truncated or larger than the row limit")
+        table = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zlib, base64 and numpy's header parser (ast): any error = bad payload
+        raise ValueError(f"packed rows: {type(exc).__name__}: {exc}") from None
+    if table.dtype != np.float64 or table.ndim != 2 or table.shape[1] != width or len(table) > MAX_SYNC_ROWS:
+        raise ValueError(f"packed rows must be float64 (<= {MAX_SYNC_ROWS}, {width}), got {table.dtype} {table.shape}")
+    if not np.isfinite(table[:, 0]).all() or np.isinf(table[:, 1:]).any():
+        raise ValueError("packed rows need finite timestamps and finite or NaN values")
+    return table
 
 
 MAX_ACK_IDS = 1000
@@ -347,13 +444,25 @@ def decode(channel: Channel, payload: bytes | bytearray, *, device: str | None =
     The one way bytes from the network become messages: any input gives a message or a
     :class:`ProtocolError`, never another exception.
     """
-    data = parse_json(payload, max_bytes)
+    return decode_object(channel, parse_json(payload, max_bytes), device=device)
+
+
+def envelope(data: Any) -> dict[str, Any]:
+    """Parsed JSON that must be an object of our protocol version."""
     if not isinstance(data, dict):
         raise ProtocolError(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(data).__name__}")
     version = data.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(RejectReason.BAD_VERSION, f"protocol version {str(version)[:20]!r} refused: this peer "
                             f"speaks version {PROTOCOL_VERSION} only (upgrade hub and agents together)")
+    return data
+
+
+def decode_object(channel: Channel, data: Any, *, device: str | None = None) -> Any:
+    """The schema half of :func:`decode`, for data :func:`parse_json` returned."""
+    data = envelope(data)
+    if channel not in SCHEMAS:  # binary channels (readings/npy) have their own decoder
+        raise ProtocolError(RejectReason.BAD_TOPIC, f"{channel.value} does not carry JSON messages")
     try:
         msg: Any = load(SCHEMAS[channel], data, strict=False)
     except (SchemaError, OverflowError) as exc:
@@ -386,14 +495,18 @@ class RejectCounter:
         self._last_trace = -math.inf
 
     def reject(self, topic: str, error: ProtocolError) -> None:
+        self.count(error.reason, 1, f"rejected message on {topic}: {error}")
+
+    def count(self, reason: RejectReason, n: int, what: str) -> None:
+        """Count ``n`` rejections (messages, or readings for the timestamp rule); log at most every few s."""
         with self._lock:
-            self._counts[error.reason.value] += 1
+            self._counts[reason.value] += n
             now = time.monotonic()
             emit = now - self._last_log >= self._every
             if emit:
                 self._last_log = now
         if emit:
-            self._log.warning("rejected message on %s: %s (totals: %s)", topic[:200], error, dict(self._counts))
+            self._log.warning("%s (totals: %s)", what[:300], dict(self._counts))
 
     def internal_error(self, channel: str, topic: str, exc: BaseException) -> None:
         """A handler raised on one message: count it (reason ``internal_error``, and by channel)."""

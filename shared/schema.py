@@ -146,6 +146,8 @@ def _bool(value: Any, path: str) -> Any:
 def _int(value: Any, path: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(path, f"expected an integer, got {value!r}")
+    if not -(2**63) <= value < 2**63:  # what every database column (and numpy int64) can hold
+        raise SchemaError(path, f"integer out of the signed 64-bit range: {value}")
     return value
 
 

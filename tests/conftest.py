@@ -118,3 +118,34 @@ def run_agent(conf: Path) -> tuple[subprocess.Popen[bytes], Path]:
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)], cwd=REPO,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     return proc, log
+
+
+def wait_online(broker_url: str, device: str, timeout_s: float = 60) -> None:
+    """Wait for the agent's retained ``online`` status: it is published after the agent subscribed, so
+    from then on messages to the agent's topics reach it (its "started" log line comes before that)."""
+    import threading
+
+    from shared import protocol as p
+    from shared.mqtt import BrokerConfig, connect, make_client
+
+    online = threading.Event()
+
+    def on_message(_c: object, _u: object, msg: object) -> None:
+        try:
+            status = p.decode(p.Channel.STATUS, msg.payload, device=device)  # type: ignore[attr-defined]
+        except p.ProtocolError:
+            return
+        if status.state == p.AgentState.ONLINE:
+            online.set()
+
+    cfg = BrokerConfig(url=broker_url)
+    client = make_client(cfg, "test-online", persistent=False)
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe(p.device_topic(device, p.Channel.STATUS), qos=1)
+    connect(client, cfg)
+    try:
+        if not online.wait(timeout_s):
+            raise AssertionError(f"agent {device} did not come online within {timeout_s}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()

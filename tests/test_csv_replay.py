@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 
 from edge_agent.config import CsvSource
-from edge_agent.readings_queue import Reading
 from edge_agent.sources import CsvReplay
+from shared.readings import ReadingsBlock
 from tests.conftest import simulated_series, write_csv
 
 
-def _replay(path: Path, **kw: object) -> list[Reading]:
-    got: list[Reading] = []
-    src = CsvReplay(CsvSource(type="csv", path=path, **kw), got.extend, threading.Event())  # type: ignore[arg-type]
+def _replay(path: Path, **kw: object) -> list[tuple[float, dict[str, float | None]]]:
+    got: list[ReadingsBlock] = []
+    src = CsvReplay(CsvSource(type="csv", path=path, **kw), got.append, threading.Event())  # type: ignore[arg-type]
     src.run()
     assert src.finished.is_set()
-    return got
+    return [(float(t), {f: None if np.isnan(v) else float(v) for f, v in zip(b.features, row, strict=True)})
+            for b in got for t, row in zip(b.ts, b.values, strict=True)]
 
 
 @pytest.mark.parametrize("restamp", [False, True])

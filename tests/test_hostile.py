@@ -20,7 +20,7 @@ from cloud_hub.server import HubServer
 from shared import protocol as p
 from shared import signing
 from shared.mqtt import BrokerConfig, MessageGuard, connect, make_client
-from tests.conftest import start_agent, wait_until
+from tests.conftest import start_agent, wait_online, wait_until
 
 # The issue's reproducer: ~200 KB of nesting killed the hub's paho thread (RecursionError in json.loads).
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -94,8 +94,12 @@ def test_guard_counts_bugs_by_channel_and_logs_one_traceback_per_interval(caplog
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and len(caplog.records) == 2  # one traceback, one rejection line
     paho_cb = guard.on_message(handler)
-    paho_cb(None, None, _message("edgesentry/gw-1/status", b"bug"))  # returns: nothing reaches paho
-    failing_connect = guard.callback(lambda *_: 1 / 0, "connect")
+    paho_cb(None, None, _message("edgesentry/gw-1/status", b"bug"))  # type: ignore[arg-type]  # nothing reaches paho
+
+    def on_connect(*_: object) -> None:
+        raise ZeroDivisionError("bug in on_connect")
+
+    failing_connect = guard.callback(on_connect, "connect")
     failing_connect(None, None, None, None, None)
     assert rejects.internal_errors()["connect"] == 1
 
@@ -179,7 +183,7 @@ def test_agent_ignores_forged_announcements(tmp_path: Path, mosquitto: RunningBr
     attacker = make_client(cfg, "test-attacker", persistent=False)
     connect(attacker, cfg)
     try:
-        wait_until(lambda: b"agent gw-forge started" in log.read_bytes(), 30, "agent started")
+        wait_online(mosquitto.url, device)
         evil = signing.generate_private_key()
         genuine = signing.sign_announcement(home.signing_key(), _announcement(version=8, rollout_id=2))
         from dataclasses import replace
@@ -228,3 +232,13 @@ def test_forged_chunks_do_not_spoil_a_download() -> None:
             asm.add(bad)
     assert asm.parts == {}
     assert asm.add(genuine[0]) and asm.archive() == archive
+
+
+def test_integers_beyond_64_bits_are_schema_errors() -> None:
+    """Found by the fuzz suite: seq = 2**63 passed decode and then failed the hub's database write."""
+    hb = {"v": p.PROTOCOL_VERSION, "device": "gw-1", "ts": 1.0, "seq": 2**63, "uptime_s": 1.0, "model_version": None,
+          "readings_received": 0, "readings_scored": 0, "anomalies": 0, "rejected": 0, "queue_depth": 0}
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode(p.Channel.HEARTBEAT, json.dumps(hb).encode())
+    assert err.value.reason == p.RejectReason.SCHEMA and "64-bit" in err.value.detail
+    assert p.decode(p.Channel.HEARTBEAT, json.dumps({**hb, "seq": 2**63 - 1}).encode()).seq == 2**63 - 1

@@ -74,3 +74,102 @@ def test_running_sums_do_not_drift() -> None:
     lik.update(np.concatenate([normal_scores(1000, 6) * 1e6, normal_scores(1000, 7)]))
     assert lik._sum == pytest.approx(sum(lik._history), rel=1e-12)
     assert lik._sq == pytest.approx(sum(v * v for v in lik._history), rel=1e-12)
+
+
+class _ScalarReference:
+    """The straightforward one-score-at-a-time definition (the pre-vectorisation implementation): the
+    oracle the vectorised AnomalyLikelihood must match bit for bit."""
+
+    def __init__(self, params: LikelihoodParams) -> None:
+        from collections import deque
+
+        self.p = params
+        self.recent: deque[float] = deque(maxlen=params.short_window)
+        self.history: deque[float] = deque()
+        self.sum = self.sq = 0.0
+        self.lo, self.hi = np.asarray(params.range_min, np.float64), np.asarray(params.range_max, np.float64)
+        self.n = self.evicted = 0
+        self.peaks: deque[tuple[int, float]] = deque()
+
+    def one(self, score: float, reading: np.ndarray | None) -> float:
+        import math
+
+        from shared.likelihood import log_scale
+
+        p = self.p
+        v = math.log1p(max(score, 0.0)) if math.isfinite(score) else 50.0
+        self.recent.append(v)
+        acc = 0.0
+        for r in self.recent:  # sequential, whatever sum() does on this Python version
+            acc += r
+        avg = acc / len(self.recent)
+        n, w = len(self.history), p.prior_weight
+        if n + w == 0:
+            mean, std = p.prior_mean, p.prior_std
+        else:
+            mean = (self.sum + w * p.prior_mean) / (n + w)
+            second = (self.sq + w * (p.prior_std**2 + p.prior_mean**2)) / (n + w)
+            std = math.sqrt(max(second - mean * mean, 1e-12))
+        z = (avg - mean) / max(std, p.prior_std * 0.1)
+        lik = log_scale(1.0 - 0.5 * math.erfc(z / math.sqrt(2)))
+        self.history.append(avg)
+        self.sum += avg
+        self.sq += avg * avg
+        if len(self.history) > p.history:
+            old = self.history.popleft()
+            self.sum -= old
+            self.sq -= old * old
+            self.evicted += 1
+            if self.evicted % p.history == 0:
+                self.sum = math.fsum(self.history)
+                self.sq = math.fsum(x * x for x in self.history)
+        if p.onset_window:
+            i, k = self.n, p.onset_window
+            self.n += 1
+            while self.peaks and self.peaks[0][0] < i - k:
+                self.peaks.popleft()
+            previous = self.peaks[0][1] if self.peaks else -1.0
+            while self.peaks and self.peaks[-1][1] <= lik:
+                self.peaks.pop()
+            self.peaks.append((i, lik))
+            lik = lik if lik > previous else 0.0
+        if reading is not None and p.spatial_tolerance >= 0:
+            r = np.asarray(reading, np.float64)
+            if len(self.lo) != len(r):
+                self.lo, self.hi = r.copy(), r.copy()
+                return lik
+            ok = np.isfinite(r)
+            margin = p.spatial_tolerance * (self.hi - self.lo)
+            novel = bool(np.any(ok & ((r > self.hi + margin) | (r < self.lo - margin))))
+            self.lo = np.where(ok, np.minimum(self.lo, r), self.lo)
+            self.hi = np.where(ok, np.maximum(self.hi, r), self.hi)
+            if novel:
+                return 1.0
+        return lik
+
+
+@pytest.mark.parametrize("params", [
+    {"history": 37, "short_window": 5},
+    {"history": 50, "short_window": 8, "onset_window": 20, "spatial_tolerance": 0.05},
+    {"history": 1000, "short_window": 1, "prior_weight": 0, "onset_window": 3, "spatial_tolerance": 0.0,
+     "range_min": [0.0, 0.0], "range_max": [1.0, 1.0]},
+])
+def test_vectorised_update_equals_the_scalar_definition_in_any_chunking(params: dict) -> None:  # type: ignore[type-arg]
+    """Bit for bit: every chunking of the stream, several history turnovers, inf/NaN scores, NaN readings."""
+    rng = np.random.default_rng(11)
+    n = 1500
+    scores = np.abs(rng.normal(1.0, 0.3, n))
+    scores[[100, 700]] = np.inf
+    scores[300] = np.nan
+    scores[900:930] *= 20
+    readings = rng.normal(0.5, 0.2, (n, 2))
+    readings[rng.random((n, 2)) < 0.05] = np.nan
+    readings[1200] = [5.0, -3.0]
+    prior = fit_prior(normal_scores(300), **params)
+    ref = _ScalarReference(prior)
+    want = np.array([ref.one(float(s), r) for s, r in zip(scores, readings, strict=True)])
+    for size in (1, 7, 64, n):
+        lik = AnomalyLikelihood(prior)
+        got = np.concatenate([lik.update(scores[i : i + size], readings[i : i + size]) for i in range(0, n, size)])
+        assert np.array_equal(got, want), size
+        assert lik._sum == ref.sum and lik._sq == ref.sq and list(lik._history) == list(ref.history)

@@ -141,8 +141,8 @@ def _anomaly_row(it: Inbound) -> dict[str, Any]:
 
 def _sync_row(it: Inbound) -> dict[str, Any]:
     m: p.SyncBatch = it.message
-    data = np.array([[np.nan if v is None else v for v in row] for row in m.rows], dtype=np.float64)
-    flags = np.array(m.flags or [0] * len(m.rows), dtype=np.int8)
+    data = m.table()  # the one decoder: JSON rows or packed
+    flags = np.array(m.flags or [0] * len(data), dtype=np.int8)
     return {"device_id": it.device, "batch_id": m.batch_id, "received_at": it.received_at,
             "start_ts": float(data[:, 0].min()), "end_ts": float(data[:, 0].max()), "rows": len(data),
             "features": m.features, "data": npy_bytes(data), "flags": npy_bytes(flags),

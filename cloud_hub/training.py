@@ -18,6 +18,7 @@ from cloud_hub.data import TrainingData
 from cloud_hub.home import HubHome
 from cloud_hub.models import MODELS, Detector, EpochCallback, Mode, ModelError, create, get, load_detector
 from shared.preprocessing import PreprocessParams, fit_preprocessing, series_windows
+from shared.stuck import StuckParams, fit_stuck
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Windows:
     val: np.ndarray
     y_train: np.ndarray | None = None  # label of each window's newest reading
     y_val: np.ndarray | None = None
+    stuck: StuckParams | None = None  # learned on the raw training readings
 
 
 @dataclass
@@ -80,9 +82,11 @@ def prepare_windows(data: TrainingData, cfg: TrainingConfig) -> Windows:
     if len(train) > cfg.max_windows:
         keep = np.linspace(0, len(train) - 1, cfg.max_windows).astype(int)
         train, y_train = train[keep], y_train[keep]
+    normal = [p[lab == 0] for p, lab in zip(train_parts, train_lab, strict=True)]
+    stuck = fit_stuck(normal, w) if any(len(p) >= w for p in normal) else None
     if data.labels is None:
-        return Windows(params, train, val)
-    return Windows(params, train, val, y_train, y_val)
+        return Windows(params, train, val, stuck=stuck)
+    return Windows(params, train, val, y_train, y_val, stuck)
 
 
 def _next_version(home: HubHome) -> int:
@@ -143,7 +147,8 @@ def train(
         **report.extra,
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
     }
-    meta = {"name": model, "version": version, "preprocessing": win.params.to_dict(), "training": info}
+    meta = {"name": model, "version": version, "preprocessing": win.params.to_dict(), "training": info,
+            "stuck": win.stuck.to_dict() if win.stuck else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     with home.sessions()() as s:
         s.add(db.ModelVersion(version=version, name=model, source=data.source, artifacts_dir=str(out), training=info))

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.bundle import Bundle
+from shared.decision import Decision, DecisionMode
 from shared.inference import Runtime, TFLiteModel
 from shared.likelihood import AnomalyLikelihood, LikelihoodParams
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
 from shared.protocol import RejectReason
 from shared.readings import ReadingsBlock
 from shared.scoring import ScoringParams, score_outputs
+from shared.stuck import StuckParams, stuck_channels
 
 BUFFER_READINGS = 4096  # readings kept (the longest window any model may use, and recent_readings)
 MAX_BUFFER_FEATURES = 256
@@ -39,6 +41,11 @@ class ActiveModel:
     scoring: ScoringParams
     model: TFLiteModel
     likelihood: LikelihoodParams | None = None
+    stuck: StuckParams | None = None  # per-channel stuck-sensor check (shared/stuck.py)
+
+    @property
+    def decision(self) -> Decision:
+        return Decision.from_manifest(self.scoring, self.likelihood)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, runtime: Runtime = Runtime.AUTO, num_threads: int = 1) -> ActiveModel:
@@ -52,21 +59,19 @@ class ActiveModel:
         if p.window > BUFFER_READINGS // 2:
             raise ValueError(f"window {p.window} exceeds the agent's limit of {BUFFER_READINGS // 2} readings")
         return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring, model=model,
-                   likelihood=m.likelihood)
+                   likelihood=m.likelihood, stuck=m.stuck)
 
     @property
     def likelihood_threshold(self) -> float | None:
         """Set when the bundle decides on the streaming likelihood rather than the raw score."""
-        lp = self.likelihood
-        return lp.threshold if lp is not None and lp.decide_on == "likelihood" else None
+        d = self.decision
+        return d.threshold if d.on_likelihood else None
 
 
-def decide(scores: np.ndarray, likelihood: np.ndarray, threshold: float,
-           likelihood_threshold: float | None) -> np.ndarray:
-    """The agent's one anomaly decision, per window (shared/decision.py will own it)."""
-    if likelihood_threshold is not None:
-        return np.asarray(likelihood >= likelihood_threshold)
-    return np.asarray(scores > threshold)
+def decide(scores: np.ndarray, likelihood: np.ndarray, decision: Decision, stuck: np.ndarray | None) -> np.ndarray:
+    """The agent's anomaly flag per window: the bundle's decision (shared/decision.py) or a stuck channel."""
+    flags = decision.flags(scores, likelihood)
+    return flags if stuck is None else flags | stuck.any(axis=1)
 
 
 @dataclass(frozen=True)
@@ -283,7 +288,9 @@ class StreamingDetector:
         """Score every window of ``raw`` (rows in the model's feature order); ``ts`` per window end."""
         p = model.preprocessing
         w = p.window
-        x = preprocess_windows(sliding_windows(raw, w), p)
+        raw_windows = sliding_windows(raw, w)
+        x = preprocess_windows(raw_windows, p)
+        stuck = stuck_channels(raw_windows, model.stuck) if model.stuck is not None else None
         n = len(x)
         outputs: dict = {}
         for s in range(0, n, self.max_batch):
@@ -294,14 +301,19 @@ class StreamingDetector:
             for h, v in model.model.predict(padded).items():
                 outputs.setdefault(h, []).append(v[:m])
         scored = score_outputs(x, {h: np.concatenate(v) for h, v in outputs.items()}, model.scoring)
-        threshold = model.scoring.threshold * self.threshold_scale
+        decision = model.decision.scaled(self.threshold_scale)
+        # Events report the score threshold at this agent's scale (a likelihood decision is on another axis).
+        threshold = Decision(DecisionMode.SCORE, model.scoring.threshold, self.threshold_scale).in_force
         lik = likelihood.update(scored.scores, raw[w - 1 :]) if likelihood else np.zeros(n)
-        lik_threshold = model.likelihood_threshold
+        lik_threshold = decision.in_force if decision.on_likelihood else None
+        contributions = scored.contributions
+        if stuck is not None:  # a stuck window's attribution is its stuck channel(s)
+            contributions = np.where(stuck.any(axis=1, keepdims=True), stuck.astype(np.float64), contributions)
         return ScoredBatch(
             ts=np.asarray(ts, dtype=np.float64), scores=scored.scores, threshold=threshold,
             reconstruction_error=scored.errors.reconstruction, prediction_error=scored.errors.prediction,
-            contributions=scored.contributions, likelihood=lik, likelihood_threshold=lik_threshold,
-            anomalous=decide(scored.scores, lik, threshold, lik_threshold), model_version=model.version, windows=x,
+            contributions=contributions, likelihood=lik, likelihood_threshold=lik_threshold,
+            anomalous=decide(scored.scores, lik, decision, stuck), model_version=model.version, windows=x,
         )
 
     def push(self, readings: list[tuple[float, dict[str, float | None]]]) -> list[ScoredWindow]:

@@ -29,6 +29,7 @@ from shared.likelihood import LikelihoodParams
 from shared.preprocessing import PreprocessParams
 from shared.schema import SchemaError, doc, dump, load
 from shared.scoring import ScoringParams
+from shared.stuck import StuckParams
 
 BUNDLE_FORMAT = "edgesentry-bundle/1"
 MANIFEST = "manifest.json"
@@ -93,6 +94,7 @@ class Manifest:
     files: dict[str, FileEntry] = doc("Every other file in the bundle with its hash and size.")
     training: dict[str, Any] = doc("Free-form training facts (rows, epochs, losses) for operators.", default_factory=dict)
     likelihood: LikelihoodParams | None = doc("Streaming likelihood post-processing of the raw scores.", default=None)
+    stuck: StuckParams | None = doc("Per-channel stuck-sensor check learned on the training data.", default=None)
 
     def __post_init__(self) -> None:
         if self.format != BUNDLE_FORMAT:
@@ -135,6 +137,7 @@ def build_manifest(
     files: dict[str, bytes],
     training: dict[str, Any] | None = None,
     likelihood: LikelihoodParams | None = None,
+    stuck: StuckParams | None = None,
 ) -> Manifest:
     return Manifest(
         format=BUNDLE_FORMAT,
@@ -147,6 +150,7 @@ def build_manifest(
         files={n: FileEntry(sha256=sha256_hex(b), bytes=len(b)) for n, b in files.items()},
         training=training or {},
         likelihood=likelihood,
+        stuck=stuck,
     )
 
 

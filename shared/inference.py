@@ -15,6 +15,15 @@ import numpy as np
 from shared.scoring import Head
 
 
+class Quantization(enum.StrEnum):
+    """How an exported model is quantised (what the bundle's quantization.mode may say)."""
+
+    INT8 = "int8"  # full integer: int8 weights and activations inside the graph
+    FLOAT16 = "float16"
+    DYNAMIC = "dynamic"  # int8 weights, float activations
+    FLOAT32 = "float32"
+
+
 class Runtime(enum.StrEnum):
     AUTO = "auto"
     LITERT = "litert"

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.decision import DecisionMode
 from shared.schema import doc, dump, load
 
 _LOG_FLOOR = math.log(1e-10)
@@ -59,8 +60,8 @@ class LikelihoodParams:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
         if not 0 < self.threshold < 1:
             raise ValueError("likelihood threshold must be in (0, 1)")
-        if self.decide_on not in ("score", "likelihood"):
-            raise ValueError("decide_on must be 'score' or 'likelihood'")
+        if self.decide_on not in set(DecisionMode):
+            raise ValueError(f"decide_on must be one of {', '.join(DecisionMode)}")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.decision import quantile_threshold
 from shared.schema import doc, dump, load
 
 
@@ -154,7 +155,7 @@ def calibrate(
     beta = beta if Head.PREDICTION in heads else 0.0
     rec_ref, pred_ref = normalisers(errors)
     params = ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=1.0, heads=heads)
-    threshold = float(np.quantile(anomaly_score(errors, params), quantile) * margin)
+    threshold = quantile_threshold(anomaly_score(errors, params), quantile, margin)
     return ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=threshold, heads=heads)
 
 

@@ -19,10 +19,13 @@ from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome
+from shared.decision import DecisionMode
+from shared.inference import Quantization
 from shared.profiles import FirmwareProfile, resolve_profile
 from shared.schema import SchemaError
 
-QUANT_CHOICE = click.Choice(["int8", "float16", "dynamic", "float32"])
+QUANT_CHOICE = click.Choice([q.value for q in Quantization])
+DECISION_CHOICE = click.Choice([d.value for d in DecisionMode])
 
 
 _home = home_of
@@ -176,7 +179,7 @@ def train(ctx: click.Context, data_path: Path | None, synced: bool, features: st
 @click.option("--test-size", default=0.3, show_default=True, type=float, help="Stratified held-out fraction.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--folds", default=0, show_default=True, type=int, help="Also run k-fold cross-validation (k > 1).")
-@click.option("--quantization", "-q", type=click.Choice(["int8", "float16", "dynamic", "float32", "none"]),
+@click.option("--quantization", "-q", type=click.Choice([*(q.value for q in Quantization), "none"]),
               default="int8", show_default=True, help="Also score the exported TFLite model (quantization delta).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @SET_OPTION
@@ -262,6 +265,27 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
                   f"{s['own_decision']['standard']}) in {s['seconds']} s → {out / 'report.md'}")
 
 
+@main.command("nab-score")
+@click.option("--data", "nab_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="NAB directory (data/, labels/combined_windows.json, config/profiles.json).")
+@click.option("--results", "results_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A detector's results folder (results/<detector>, files <detector>_<name>.csv).")
+@click.option("--files", "only", multiple=True, help="Only data files whose path contains this (repeatable).")
+def nab_score(nab_dir: Path, results_dir: Path, only: tuple[str, ...]) -> None:
+    """Score NAB results files as they are on disk: the threshold sweep on anomaly_score and the detector's
+    own decisions (is_anomaly), with NAB's published rules and normalisation."""
+    from cloud_hub.evaluation import nab as nab_run
+
+    try:
+        s = nab_run.score_results(nab_dir, results_dir, nab_run.data_files(nab_dir, None, list(only) or None))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for how, scores in (("threshold sweep", s), ("own decisions (is_anomaly)", s["own_decision"])):
+        console.print(f"{s['detector']} {how}: standard [bold]{scores['standard']}[/], "
+                      f"low FP {scores['reward_low_FP_rate']}, low FN {scores['reward_low_FN_rate']}")
+
+
 @main.command("bench-models")
 @click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=Path("../shared/datasets"),
               show_default=True, help="Folder with netflow/ and nab/ (absent parts are skipped).")
@@ -287,13 +311,13 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
             decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
     import numpy as np
 
-    from cloud_hub.export import Decision, Quantization, export
+    from cloud_hub.export import export
     from shared.bundle import MODEL_FILE
     from shared.inference import TFLiteModel
     from shared.metrics import time_calls
 
     with console.status(f"exporting v{version} as {quantization}…"):
-        r = export(home, version, Quantization(quantization), Decision(decide_on), likelihood_threshold,
+        r = export(home, version, Quantization(quantization), DecisionMode(decide_on), likelihood_threshold,
                    profile=profile)
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
@@ -318,7 +342,7 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
 @click.option("--profile", "profile_ref",
               help="Firmware profile (a name such as rpi4-64, or a path to a .toml): picks the quantization "
                    "and interpreter threads, and refuses a model larger than its max_model_bytes.")
-@click.option("--decide-on", type=click.Choice(["score", "likelihood"]), default="score", show_default=True,
+@click.option("--decide-on", type=DECISION_CHOICE, default="score", show_default=True,
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")

@@ -21,6 +21,7 @@ from cloud_hub.evaluation.pointwise import pointwise
 from cloud_hub.evaluation.report import roc_pr_plots, score_timeline, table
 from cloud_hub.models import Detector, create
 from cloud_hub.training import check_mode
+from shared.decision import Decision, DecisionMode
 from shared.tabular import Table, apply_tabular, fit_tabular, read_table
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ def ms_per_batch(score: Any, x: np.ndarray, batch: int = BATCH, repeats: int = 3
     return float(np.median(times))
 
 
+def labels_of(data: Table) -> np.ndarray:
+    if data.y is None:
+        raise ValueError("evaluation needs labelled data: the table has no label column")
+    return data.y
+
+
 def split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
@@ -53,11 +60,11 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
     """Train on ``train`` rows, score ``test`` rows; int8 metrics too when the model exports."""
     from cloud_hub.export import Quantization, exported
 
-    assert data.y is not None
+    y = labels_of(data)
     mode = check_mode(model, labelled=True)
     params = fit_tabular(data.x[train], data.features)
     x_train, x_test = apply_tabular(data.x[train], params), apply_tabular(data.x[test], params)
-    y_train, y_test = data.y[train], data.y[test]
+    y_train, y_test = y[train], y[test]
     det: Detector = create(model, cfg, mode)
     t0 = time.perf_counter()
     report = det.fit(x_train, y_train)
@@ -66,14 +73,14 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
     result: dict[str, Any] = {
         "model": model, "mode": mode.value, "threshold": det.threshold, "train_seconds": round(train_s, 2),
         "train_samples": report.train_samples, "epochs": report.epochs,
-        **pointwise(y_test, scores, scores > det.threshold),
+        **pointwise(y_test, scores, det.decision.flags(scores)),
         "ms_per_batch": ms_per_batch(det.score, x_test), "batch": BATCH,
         "scores": scores, "y_test": y_test,
     }
     if quantization and quantization in det.quantizations:
         tflite, scoring, _, agree = exported(det, Quantization(quantization))
         t_scores = det.tflite_scores(tflite, x_test, scoring)
-        q = pointwise(y_test, t_scores, t_scores > scoring.threshold)
+        q = pointwise(y_test, t_scores, Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
         result[quantization] = {**q, "threshold": scoring.threshold, "tflite_bytes": len(tflite),
                                 "agreement": asdict(agree),
                                 "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, scoring), x_test)}
@@ -88,9 +95,8 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
 def cross_validate(model: str, cfg: TrainingConfig, data: Table, folds: int, seed: int) -> dict[str, Any]:
     from sklearn.model_selection import StratifiedKFold
 
-    assert data.y is not None
     per_fold = []
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data.x, data.y):
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data.x, labels_of(data)):
         r = fit_score(model, cfg, data, train, test, quantization=None)
         per_fold.append({k: r[k] for k in METRIC_KEYS})
     summary = {k: {"mean": float(np.mean([f[k] for f in per_fold])), "std": float(np.std([f[k] for f in per_fold]))}
@@ -104,24 +110,25 @@ def evaluate(model: str, data_path: Path, out: Path, cfg: TrainingConfig, label_
     if not 0 < test_size < 1:
         raise ValueError("--test-size must be in (0, 1)")
     data = read_table(data_path, label_column)
-    assert data.y is not None
-    if len(np.unique(data.y)) < 2:
+    y = labels_of(data)
+    if len(np.unique(y)) < 2:
         raise ValueError(f"{data_path}: the label column holds a single class")
     out.mkdir(parents=True, exist_ok=True)
-    train, test = split(data.y, test_size, seed)
+    train, test = split(y, test_size, seed)
     r = fit_score(model, cfg, data, train, test, quantization)
     scores, y_test = r.pop("scores"), r.pop("y_test")
     q_scores = r.pop("scores_" + quantization, None) if quantization else None
-    metrics = {**r, "dataset": str(data_path), "rows": len(data.y), "test_rows": len(test), "test_size": test_size,
+    metrics = {**r, "dataset": str(data_path), "rows": len(y), "test_rows": len(test), "test_size": test_size,
                "seed": seed, "features": len(data.features)}
     if folds > 1:
         metrics["cross_validation"] = cross_validate(model, cfg, data, folds, seed)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    flags = Decision(DecisionMode.SCORE, r["threshold"]).flags(scores)
     with open(out / "scores.csv", "w") as fh:
         fh.write("row,label,score,flag" + (f",score_{quantization}" if q_scores is not None else "") + "\n")
         for i, row in enumerate(test):
             extra = f",{q_scores[i]:.6g}" if q_scores is not None else ""
-            fh.write(f"{row},{y_test[i]},{scores[i]:.6g},{int(scores[i] > r['threshold'])}{extra}\n")
+            fh.write(f"{row},{y_test[i]},{scores[i]:.6g},{int(flags[i])}{extra}\n")
     if plots:
         curves = {model: ((y_test > 0).astype(int), scores)}
         if q_scores is not None:

@@ -90,11 +90,13 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     """Train on the probationary rows, export, replay on the edge path; write the raw per-row output."""
     from cloud_hub import training
     from cloud_hub.data import TrainingData
-    from cloud_hub.export import Decision, Quantization, export
+    from cloud_hub.export import export
     from cloud_hub.home import HubHome
     from edge_agent.replay import load_bundle
     from edge_agent.replay import replay as edge_replay
     from shared.csvdata import read_series
+    from shared.decision import DecisionMode
+    from shared.inference import Quantization
 
     t0 = time.perf_counter()
     path = nab_dir / "data" / name
@@ -107,7 +109,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         home.init()
         data = TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation)
         result = training.train(home, data, cfg.training, model=cfg.model)
-        exp = export(home, result.version, Quantization(cfg.quantization), Decision.LIKELIHOOD,
+        exp = export(home, result.version, Quantization(cfg.quantization), DecisionMode.LIKELIHOOD,
                      cfg.likelihood_threshold, history=cfg.likelihood_history,
                      short_window=cfg.likelihood_short_window, spatial_tolerance=cfg.spatial_tolerance,
                      onset_window=cfg.onset_window)
@@ -179,14 +181,11 @@ def run(nab_dir: Path, cfg: NabConfig, out: Path, files: list[str] | None = None
 
 def score_and_write(nab_dir: Path, model: str, out: Path, files: list[str], plots: int,
                     threshold: float = 0.5) -> dict[str, Any]:
-    """Join labels (after detection), write NAB-format results files and score them."""
+    """Join labels (after detection), write NAB-format results files, then score those files as written."""
     from shared.csvdata import parse_timestamp
 
     windows = json.loads((nab_dir / "labels" / "combined_windows.json").read_text())
-    profiles = load_profiles(nab_dir)
     det = detector_name(model)
-    scored, decisions = [], []
-    per_file: dict[str, Any] = {}
     plotted: set[str] = set()
     for name in files:
         raw_ts, values = _read_raw(nab_dir / "data" / name)
@@ -205,16 +204,56 @@ def score_and_write(nab_dir: Path, model: str, out: Path, files: list[str], plot
             w.writerow(["timestamp", "value", "anomaly_score", "label", "is_anomaly"])
             for i in range(len(ts)):
                 w.writerow([raw_ts[i], f"{values[i]:.10g}", f"{likelihood[i]:.6f}", labels[i], int(anomalous[i])])
-        fs = FileScorer.build(len(ts), wins)
-        scored.append((fs, likelihood))
-        decisions.append(anomalous)
-        per_file[name] = {"rows": len(ts), "windows": len(wins), "flagged": int(anomalous.sum())}
         if len(plotted) < plots and wins and category not in plotted:  # one timeline per category
             plot_dir = out / "plots"
             plot_dir.mkdir(exist_ok=True)
             score_timeline(likelihood, threshold, plot_dir / (name.replace("/", "__").removesuffix(".csv") + ".png"),
                            f"{det}: {name}", windows=wins, values=values, ylabel="likelihood")
             plotted.add(category)
+    return score_results(nab_dir, out / det, files)
+
+
+def read_results_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(timestamps, anomaly_score, is_anomaly) of one NAB results file."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    missing = {"timestamp", "anomaly_score", "is_anomaly"} - set(header)
+    if missing:
+        raise ValueError(f"{path}: not a NAB results file (no {', '.join(sorted(missing))} column)")
+    ti, si, di = header.index("timestamp"), header.index("anomaly_score"), header.index("is_anomaly")
+    body = [r for r in rows[1:] if r]
+    return ([r[ti] for r in body], np.array([float(r[si]) for r in body]),
+            np.array([float(r[di]) >= 0.5 for r in body]))
+
+
+def score_results(nab_dir: Path, results_dir: Path, files: list[str] | None = None) -> dict[str, Any]:
+    """Score a detector's NAB results files (``results_dir`` = results/<detector>) exactly as they are on
+    disk: the threshold sweep on ``anomaly_score`` and, separately, the ``is_anomaly`` column (the agent's
+    own decisions).  Labels come from ``nab_dir``; any NAB detector's results can be scored this way."""
+    from shared.csvdata import parse_timestamp
+
+    det = results_dir.name
+    windows = json.loads((nab_dir / "labels" / "combined_windows.json").read_text())
+    profiles = load_profiles(nab_dir)
+    files = files or data_files(nab_dir)
+    scored, decisions = [], []
+    per_file: dict[str, Any] = {}
+    for name in files:
+        category, fname = name.split("/", 1)
+        path = results_dir / category / f"{det}_{fname}"
+        if not path.exists():
+            raise ValueError(f"no results file {path} for {name}")
+        raw_ts, score, flags = read_results_file(path)
+        data_ts, _ = _read_raw(nab_dir / "data" / name)
+        if raw_ts != data_ts:
+            raise ValueError(f"{path}: its timestamps are not those of data/{name}")
+        ts = np.array([parse_timestamp(t) for t in raw_ts])
+        fs = FileScorer.build(len(ts), window_indices(ts, windows.get(name, [])))
+        scored.append((fs, score))
+        decisions.append(flags)
+        per_file[name] = {"rows": len(ts), "windows": len(fs.windows), "flagged": int(flags.sum()),
+                          "own_standard_raw": round(fs.score(flags, profiles["standard"])["score"], 4)}
     best = score_corpus(scored, profiles)
     own = score_corpus(scored, profiles, decisions=decisions)
     return {
@@ -225,7 +264,7 @@ def score_and_write(nab_dir: Path, model: str, out: Path, files: list[str], plot
         "own_decision": {k: round(v, 2) for k, v in own.scores.items()},
         "own_decision_counts": own.counts,
         "per_file": per_file,
-        "results_dir": str(out / det),
+        "results_dir": str(results_dir),
     }
 
 

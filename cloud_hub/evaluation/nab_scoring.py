@@ -1,13 +1,16 @@
-"""The Numenta Anomaly Benchmark's scoring, as published (windows, scaled sigmoid, cost profiles).
+"""The Numenta Anomaly Benchmark's scoring, as published (numenta/NAB ``nab/sweeper.py`` and
+``runner.normalize``), reimplemented on numpy and checked against it row for row.
 
-For each file: points in the probationary period (the first min(15 %, 750) rows) are not scored.
-A detection inside an anomaly window earns tp_weight · σ'(position) / σ'(−1), where position runs
-from −1 at the window's left edge towards 0 at its right edge and σ'(p) = 2·sigmoid(−5p) − 1; only
-the best (earliest) detection in a window counts, and a window without one costs −fn_weight.  A
-detection outside every window costs fp_weight · σ'(distance past the previous window's right edge,
-in window widths), or fp_weight · −1 before the first window.  The corpus score is normalised so
-the null detector (never detects) scores 0 and the perfect one (the first point of every window)
-100.  Detections are rows whose anomaly score is >= the threshold.
+For each file: rows in the probationary period (the first min(⌊15 % · n⌋, 750)) are not scored, and
+a window counts only if at least one of its rows lies after that period.  A detection at row i
+inside a window [a, b] earns tp_weight · σ'(−(b − i + 1)/(b − a + 1)) / σ'(−1), with
+σ'(p) = 2·sigmoid(−5p) − 1 (−1 for p > 3); only the best (earliest) detection in a window counts,
+and a window without one costs −fn_weight.  A detection outside every window costs
+fp_weight · σ'(|i − b_prev| / (width_prev − 1)) after a window, fp_weight · −1 before the first.
+Corpus normalisation: 100 · (raw − null) / (perfect − null), where null is the raw score of the
+detector that never fires and perfect = tp_weight × the number of labelled windows.  Detections are
+rows whose anomaly score is >= the threshold; the agent's own decisions are the ``is_anomaly`` 0/1
+column, i.e. the same rule at threshold 0.5.
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ class FileScorer:
                 window_of[i] = w
                 tp_unit[i] = scaled_sigmoid(-(b - i + 1) / float(b - a + 1)) / MAX_TP
             else:
-                pos = 3.0 if prev_right is None else abs(prev_right - i) / max(prev_width - 1, 1.0)
-                fp_unit[i] = scaled_sigmoid(pos)
+                # NAB divides by (width - 1); a one-row window would divide by zero there.
+                fp_unit[i] = -1.0 if prev_right is None else scaled_sigmoid(
+                    abs(prev_right - i) / max(prev_width - 1, 1.0))
         return cls(n, probationary_length(n), bounds, window_of, tp_unit, fp_unit)
 
     def scored_windows(self) -> list[int]:
@@ -116,14 +120,21 @@ class FileScorer:
         return {"score": tp_score + fp_score + fn_score, "tp": tp, "fn": fn, "fp": int(outside.sum())}
 
     def perfect(self) -> np.ndarray:
+        """Detections at the first scored row of every scored window."""
         d = np.zeros(self.n, bool)
         for w in self.scored_windows():
-            d[int(np.flatnonzero(self.window_of == w)[0])] = True
+            rows = np.flatnonzero(self.window_of == w)
+            d[int(rows[rows >= self.probation][0])] = True
         return d
 
 
 def normalised(raw: float, null: float, perfect: float) -> float:
     return 100.0 * (raw - null) / (perfect - null) if perfect != null else 0.0
+
+
+def perfect_score(files: list[FileScorer], profile: dict[str, float]) -> float:
+    """NAB's perfect raw score: tp_weight for every labelled window (``runner.normalize``)."""
+    return profile["tpWeight"] * sum(len(f.windows) for f in files)
 
 
 @dataclass
@@ -142,7 +153,7 @@ def score_corpus(files: list[tuple[FileScorer, np.ndarray]], profiles: dict[str,
     all_scores = np.concatenate([s for _, s in files]) if files else np.zeros(1)
     for name, prof in profiles.items():
         null = sum(f.score(np.zeros(f.n, bool), prof)["score"] for f, _ in files)
-        perfect = sum(f.score(f.perfect(), prof)["score"] for f, _ in files)
+        perfect = perfect_score([f for f, _ in files], prof)
 
         def total(det: list[np.ndarray], prof: dict[str, float] = prof) -> tuple[float, dict[str, int]]:
             parts = [f.score(d, prof) for (f, _), d in zip(files, det, strict=True)]

@@ -21,11 +21,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cloud_hub.config import TrainingConfig
+from shared.decision import Decision, DecisionMode, quantile_threshold
+from shared.inference import Quantization
 from shared.schema import dump, load
 from shared.scoring import ScoringParams
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
-QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
+QUANTIZATIONS = tuple(q.value for q in Quantization)
 MAX_CALIBRATION = 4000
 
 
@@ -147,10 +149,17 @@ class Detector(ABC):
         if self.supervised and y_val is not None:
             return best_f1_threshold(val_scores, y_val)
         normal = val_scores if y_val is None else val_scores[np.asarray(y_val) == 0]
-        return float(np.quantile(normal, self.cfg.threshold_quantile) * self.cfg.threshold_margin)
+        return quantile_threshold(normal, self.cfg.threshold_quantile, self.cfg.threshold_margin)
+
+    @property
+    def decision(self) -> Decision:
+        """The learned decision on raw scores (the hub's; the agent's comes from the bundle)."""
+        if not np.isfinite(self.threshold):
+            raise ModelError(f"{self.name} is not fitted: fit or load it first")
+        return Decision(DecisionMode.SCORE, self.threshold)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.score(x) > self.threshold
+        return self.decision.flags(self.score(x))
 
     @abstractmethod
     def _fit(self, x: np.ndarray, y: np.ndarray | None, x_val: np.ndarray, y_val: np.ndarray | None) -> FitReport:

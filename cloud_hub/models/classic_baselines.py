@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.models.base import Detector, FitReport, Mode, flat
+from cloud_hub.models.base import Detector, FitReport, Mode, ModelError, flat
 
 _NOTE = "scikit-learn {} has no TFLite form; it is a hub-side baseline for evaluation only"
 
@@ -27,10 +27,16 @@ class _SklearnDetector(Detector):
     def make(self, balanced: bool) -> Any:
         raise NotImplementedError
 
+    def fitted(self) -> Any:
+        if self.estimator is None:
+            raise ModelError(f"{self.name} is not fitted: fit or load it first")
+        return self.estimator
+
     def _fit(self, x: np.ndarray, y: np.ndarray | None, x_val: np.ndarray, y_val: np.ndarray | None) -> FitReport:
         xf = flat(x)
         if self.supervised:
-            assert y is not None
+            if y is None:
+                raise ModelError(f"{self.name} is trained supervised: it needs labels")
             xf, y, weights = self.balanced(xf, y)
             self.estimator = self.make(balanced=weights is not None)
             self.estimator.fit(xf, y)
@@ -63,7 +69,7 @@ class SVMBaseline(_SklearnDetector):
                    random_state=self.cfg.seed)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        d = self.estimator.decision_function(flat(x))
+        d = self.fitted().decision_function(flat(x))
         return np.asarray(d if d.ndim == 1 else -d[:, 0], np.float64)
 
 
@@ -80,8 +86,9 @@ class RandomForestBaseline(_SklearnDetector):
                                       n_jobs=2, random_state=self.cfg.seed)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        p = self.estimator.predict_proba(flat(x))
-        return np.asarray(1.0 - p[:, list(self.estimator.classes_).index(0)], np.float64)
+        est = self.fitted()
+        p = est.predict_proba(flat(x))
+        return np.asarray(1.0 - p[:, list(est.classes_).index(0)], np.float64)
 
 
 class IsolationForestBaseline(_SklearnDetector):
@@ -96,4 +103,4 @@ class IsolationForestBaseline(_SklearnDetector):
         return IsolationForest(n_estimators=self.cfg.trees, random_state=self.cfg.seed, n_jobs=2)
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(-self.estimator.score_samples(flat(x)), np.float64)
+        return np.asarray(-self.fitted().score_samples(flat(x)), np.float64)

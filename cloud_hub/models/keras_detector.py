@@ -75,7 +75,8 @@ class KerasDetector(Detector):
 
         weights = None
         if self.supervised:
-            assert y is not None
+            if y is None:
+                raise ModelError(f"{self.name} is trained supervised: it needs labels")
             x, y, weights = self.balanced(x, y)
         history = self.model.fit(
             x, self.targets(x, y), validation_data=(x_val, self.targets(x_val, y_val)),
@@ -143,13 +144,16 @@ class KerasDetector(Detector):
                                      self.cfg.threshold_margin, heads=[h.value for h in self.heads()])
         return FitReport(epochs=epochs)
 
+    def fitted_scoring(self) -> ScoringParams:
+        if self.scoring is None:
+            raise ModelError(f"{self.name} is not fitted: fit or load it first")
+        return self.scoring
+
     def score(self, x: np.ndarray) -> np.ndarray:
-        assert self.scoring is not None, "fit or load first"
-        return score_outputs(np.asarray(x, np.float32), self.outputs(x), self.scoring).scores
+        return score_outputs(np.asarray(x, np.float32), self.outputs(x), self.fitted_scoring()).scores
 
     def scoring_params(self) -> ScoringParams:
-        assert self.scoring is not None, "fit or load first"
-        return ScoringParams(**{**self.scoring.to_dict(), "threshold": self.threshold})
+        return ScoringParams(**{**self.fitted_scoring().to_dict(), "threshold": self.decision.threshold})
 
     def export_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         if quantization not in self.quantizations:

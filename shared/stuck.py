@@ -1,0 +1,79 @@
+"""Stuck sensors: a channel whose readings stop varying, judged against its own normal variability.
+
+A reconstruction model reproduces a frozen value almost perfectly, so its error barely moves; this
+check does not depend on the model.  On the hub, for every channel, the rolling standard deviation
+over ``window`` raw readings is computed on normal training data and its low quantile kept as
+``min_std``.  On the edge, a channel is stuck when its standard deviation over the newest ``window``
+readings falls below ``ratio × min_std`` (a frozen value gives exactly 0).  A channel that is already
+flat in training (``min_std`` = 0, e.g. a setpoint or a quantised counter) is never checked.  Missing
+readings are ignored; a window needs half of its readings present to be judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.preprocessing import sliding_windows
+from shared.schema import doc, dump, load
+
+
+@dataclass(frozen=True)
+class StuckParams:
+    """Per-channel variance-collapse check; carried in the bundle."""
+
+    window: int = doc("Newest raw readings per check (at most the model's window).")
+    min_std: list[float] = doc("Per feature: low quantile of the rolling standard deviation over `window` "
+                               "readings on normal training data (0 = flat in training: never checked).")
+    ratio: float = doc("A channel is stuck when its rolling standard deviation is below ratio × min_std.",
+                       default=0.05)
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or not 0 < self.ratio < 1 or not self.min_std or min(self.min_std) < 0:
+            raise ValueError("stuck check: window >= 2, 0 < ratio < 1, min_std >= 0 per feature")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StuckParams:
+        return load(cls, data)
+
+
+def _rolling_std(windows: np.ndarray) -> np.ndarray:
+    """(b, k, f) → (b, f) standard deviation over k, NaN-aware; NaN where under half the values exist."""
+    present = np.isfinite(windows)
+    n = present.sum(axis=1)
+    x = np.where(present, windows, 0.0)
+    mean = x.sum(axis=1) / np.maximum(n, 1)
+    var = (np.where(present, (windows - mean[:, None, :]) ** 2, 0.0)).sum(axis=1) / np.maximum(n, 1)
+    std = np.sqrt(var)
+    return np.where(n * 2 >= windows.shape[1], std, np.nan)
+
+
+def fit_stuck(segments: list[np.ndarray], window: int, quantile: float = 0.001, ratio: float = 0.05) -> StuckParams:
+    """Learn ``min_std`` per channel from normal raw segments, each (n, f) in time order."""
+    stds = [_rolling_std(sliding_windows(s, window)) for s in segments if len(s) >= window]
+    if not stds:
+        raise ValueError(f"no segment has {window} readings to learn the stuck-sensor check from")
+    all_std = np.concatenate(stds)
+    min_std = []
+    for c in range(all_std.shape[1]):
+        col = all_std[:, c]
+        col = col[np.isfinite(col)]
+        min_std.append(float(np.quantile(col, quantile)) if len(col) else 0.0)
+    return StuckParams(window=window, min_std=min_std, ratio=ratio)
+
+
+def stuck_channels(windows: np.ndarray, params: StuckParams) -> np.ndarray:
+    """(b, f) bool: which channels are stuck in each window of raw readings (b, w, f), judged on the
+    newest ``params.window`` readings."""
+    w = np.asarray(windows, np.float64)
+    if w.shape[1] < params.window:
+        raise ValueError(f"the stuck check needs {params.window} readings per window, got {w.shape[1]}")
+    std = _rolling_std(w[:, -params.window :, :])
+    limit = np.asarray(params.min_std) * params.ratio
+    with np.errstate(invalid="ignore"):
+        return (limit > 0) & (std < limit)

@@ -1,0 +1,61 @@
+"""Stuck sensors: variance collapse against each channel's own normal variability, learned on the hub,
+shipped in the bundle and checked on the edge (with the stuck channel in the attribution)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared.preprocessing import sliding_windows
+from shared.stuck import StuckParams, fit_stuck, stuck_channels
+from tests.conftest import simulated_series
+
+
+def test_learned_from_normal_data_flags_only_the_frozen_channel() -> None:
+    _, train = simulated_series(60, seed=1)
+    params = fit_stuck([train], 16)
+    assert all(v > 0 for v in params.min_std)
+    _, fresh = simulated_series(60, seed=2)
+    assert not stuck_channels(sliding_windows(fresh, 16), params).any()  # no false alarm on normal data
+    frozen = fresh.copy()
+    frozen[500:700, 2] = frozen[500, 2]  # channel 2 holds its value for 200 readings
+    flags = stuck_channels(sliding_windows(frozen, 16), params)  # window i ends at reading i + 15
+    assert flags[:, [0, 1, 3]].sum() == 0
+    assert flags[500 - 15 + 15 : 700 - 15, 2].all()  # every window wholly inside the frozen span
+    assert not flags[: 500 - 15, 2].any() and not flags[700:, 2].any()
+
+
+def test_channels_flat_in_training_are_never_checked_and_gaps_are_ignored() -> None:
+    _, train = simulated_series(30, seed=3)
+    train[:, 1] = 7.0  # a setpoint
+    params = fit_stuck([train], 16)
+    assert params.min_std[1] == 0.0
+    x = train.copy()
+    assert not stuck_channels(sliding_windows(x, 16), params)[:, 1].any()
+    gappy = np.full((16, 4), np.nan)
+    gappy[:4] = 1.0  # under half the readings present: not judged
+    assert not stuck_channels(gappy[None], params).any()
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ValueError):
+        StuckParams(window=1, min_std=[1.0])
+    with pytest.raises(ValueError):
+        StuckParams(window=8, min_std=[-1.0])
+    assert StuckParams.from_dict(StuckParams(window=8, min_std=[0.5]).to_dict()).min_std == [0.5]
+
+
+def test_bundle_carries_the_check_and_replay_reports_the_channel(trained_home) -> None:  # type: ignore[no-untyped-def]
+    from edge_agent.replay import load_bundle, replay
+    from shared.csvdata import Series
+    from tests.conftest import FEATURES
+
+    home, exported = trained_home
+    bundle = load_bundle(exported.archive, [home.public_key()])
+    assert bundle.manifest.stuck is not None and bundle.manifest.stuck.window == 16
+    ts, values = simulated_series(40, seed=7)
+    values[400:600, 3] = values[400, 3]  # vibration freezes for 10 s
+    r = replay(bundle, Series(ts, list(FEATURES), values))
+    inside = slice(400 + 15, 600)
+    assert r.anomalous[inside].all()
+    assert {r.top_feature[i] for i in range(inside.start, inside.stop)} == {"vibration"}

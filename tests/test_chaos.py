@@ -83,9 +83,17 @@ class Rig:
     mark: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
     def start_hub(self) -> None:
-        hub_log = open(self.tmp / "hub.log", "ab")  # noqa: SIM115
+        """Start `cloud-hub serve` and wait until it is connected (the next fault may stop the broker)."""
+        path = self.tmp / "hub.log"
+
+        def serving() -> int:
+            return path.read_text().count("hub serving on") if path.exists() else 0
+
+        before = serving()
+        hub_log = open(path, "ab")  # noqa: SIM115
         self.hub = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "--home", str(self.home.path), "serve"],
                                     cwd=REPO, stdout=hub_log, stderr=subprocess.STDOUT)
+        wait_until(lambda: serving() > before, 90, "the hub connected")
 
     def start_agent(self) -> None:
         extra = ("heartbeat_s = 1.0\ntelemetry_s = 2.0\n[[sources]]\ntype = \"mqtt\"\n"

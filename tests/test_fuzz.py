@@ -10,6 +10,7 @@ sends twenty times as many.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -154,8 +156,40 @@ def _rnd_json(rnd: random.Random, depth: int = 2) -> Any:
     return {_rnd_text(rnd, 6): _rnd_json(rnd, depth - 1) for _ in range(rnd.randint(0, 4))}
 
 
+def _npy(array: Any, allow_pickle: bool = False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _rnd_npy(rnd: random.Random) -> tuple[bytes, bool]:
+    """Binary readings (``readings/npy``): garbage, truncated, pickled objects, wrong shapes and types."""
+    rows = rnd.randint(1, 50)
+    valid = np.column_stack([np.sort(np.array([rnd.uniform(-1e6, 1e6) for _ in range(rows)])),
+                             np.array([[rnd.uniform(-1e3, 1e3) for _ in FEATURES] for _ in range(rows)])])
+    kind = rnd.randrange(7)
+    if kind == 0:
+        return rnd.randbytes(rnd.randint(1, 300)), True
+    if kind == 1:
+        whole = _npy(valid)
+        return whole[: rnd.randint(1, len(whole) - 1)], True
+    if kind == 2:
+        return _npy(np.array([{"x": 1}, "evil"], dtype=object), allow_pickle=True), True  # never unpickled
+    if kind == 3:
+        return _npy(valid[:, : rnd.randint(0, len(FEATURES))]), True  # too few columns
+    if kind == 4:
+        return _npy(valid.astype(rnd.choice(["<U8", "complex128", "bool"]))), False
+    if kind == 5:
+        bad = valid.copy()
+        bad[rnd.randrange(rows), rnd.randrange(1 + len(FEATURES))] = rnd.choice([np.nan, np.inf, -np.inf])
+        return _npy(bad), False
+    return _npy(valid), False
+
+
 def _rnd_payload(rnd: random.Random, channel: p.Channel) -> tuple[bytes, bool]:
     """(payload, surely_rejected): one of the fault families, for one channel."""
+    if channel not in TEMPLATES:
+        return _rnd_npy(rnd)
     template = dict(TEMPLATES[channel])
     kind = rnd.choice(KINDS)
     if kind == "bytes":
@@ -203,6 +237,8 @@ def _hub_topic(rnd: random.Random, channel: p.Channel) -> str:
 def _agent_topic(rnd: random.Random, channel: p.Channel) -> str:
     if channel == p.Channel.MODEL:
         return rnd.choice([p.fleet_model_topic(), p.device_topic(DEVICE, p.Channel.MODEL)])
+    if channel == p.Channel.READINGS_NPY:
+        return p.npy_topic(p.device_topic(DEVICE, p.Channel.READINGS))
     if rnd.random() < 0.95:
         return p.device_topic(DEVICE, channel)
     return f"edgesentry/{DEVICE}/{_rnd_text(rnd)}"
@@ -216,7 +252,7 @@ def _batches(channels: list[p.Channel], topic_for: Any) -> st.SearchStrategy[lis
         rnd = random.Random(draw(st.integers(0, 2**64 - 1)))  # not st.randoms(): it records every call
         out = []
         for _ in range(2):
-            channel = draw(st.sampled_from(channels))
+            channel = draw(st.sampled_from([c for c in channels if c in TEMPLATES]))
             payload, surely = draw(payloads(channel))
             out.append(Msg(topic_for(rnd, channel), payload, surely))
         for _ in range(BATCH):
@@ -381,7 +417,8 @@ def test_fuzzed_agent_keeps_reporting_spikes(mosquitto: RunningBroker, fuzz_agen
     watch = Watch(mosquitto)
     pub = Publisher(mosquitto, "fuzz-agent")
     subscribed = {p.fleet_model_topic(), *(p.device_topic(DEVICE, c) for c in (
-        p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK, p.Channel.ACK))}
+        p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK, p.Channel.ACK)),
+        p.npy_topic(p.device_topic(DEVICE, p.Channel.READINGS))}
     # A genuine signed announcement of a version nobody serves: the agent starts assembling it, so the
     # forged chunks below meet a download in progress (and must not spoil it or the running model).
     genuine = signing.sign_announcement(home.signing_key(), p.ModelAnnouncement(
@@ -389,7 +426,8 @@ def test_fuzzed_agent_keeps_reporting_spikes(mosquitto: RunningBroker, fuzz_agen
     pub.client.publish(p.fleet_model_topic(), p.encode(genuine), qos=1).wait_for_publish(10)
     oversized = Msg(p.device_topic(DEVICE, p.Channel.READINGS), b"[" + b" " * p.MAX_MESSAGE_BYTES + b"]", True)
     try:
-        _run_fuzz(_batches([p.Channel.READINGS, p.Channel.MODEL, p.Channel.MODEL_CHUNK, p.Channel.ACK], _agent_topic),
+        _run_fuzz(_batches([p.Channel.READINGS, p.Channel.READINGS_NPY, p.Channel.MODEL, p.Channel.MODEL_CHUNK,
+                            p.Channel.ACK], _agent_topic),
                   lambda b: pub.send(b, subscribed.__contains__), [oversized])
         assert pub.delivered >= MIN_MESSAGES
         # Then normal readings with one spike, stamped after anything the fuzzing sent.

@@ -227,11 +227,12 @@ def test_agent_takes_npy_and_columnar_readings_and_counts_rejected_timestamps(
     import threading
 
     from edge_agent.model_store import ModelStore
+    from edge_agent.update import provision
 
     home, exported = trained_home
     store = ModelStore(tmp_path / "state", [parse_public_key(home.public_key())])
     store.install(bundle_fmt.pack(bundle_fmt.read_dir(exported.bundle_dir)))
-    store.set_active(1)
+    provision(tmp_path / "state", 1)
     device = "gw-fast"
     agent, log = start_agent(tmp_path, device, home.public_key(), mosquitto.url,
                              "heartbeat_s = 0.2\n[sync]\nenabled = false")

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.procs import die_with_parent
+
 MOSQUITTO_CONF = """\
 listener {port} 127.0.0.1
 allow_anonymous true
@@ -127,7 +129,7 @@ def run_mosquitto(conf: Path, port: int, workdir: Path, persistence: bool = Fals
     if exe is None:
         raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
     log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115 - lives as long as the broker (appended on restart)
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     wait_for_port(port, 10, proc)
     return RunningBroker("mosquitto", port, proc, workdir, persistence)
 
@@ -137,6 +139,6 @@ def start_amqtt(port: int | None = None, workdir: Path | None = None) -> Running
     workdir = workdir or Path(tempfile.mkdtemp(prefix="amqtt-"))
     log = open(workdir / "amqtt.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "cloud_hub.demo.broker", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     wait_for_port(port, 30, proc)
     return RunningBroker("amqtt", port, proc, workdir)

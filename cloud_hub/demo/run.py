@@ -28,6 +28,7 @@ from cloud_hub import db
 from cloud_hub.brokers import RunningBroker, start_amqtt
 from cloud_hub.demo.simulator import DeviceSimulator, Injected
 from cloud_hub.home import HubHome
+from cloud_hub.procs import die_with_parent
 from shared.metrics import match_events, percentile
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.protocol import (
@@ -151,14 +152,15 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
 
     def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115
-        p = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             preexec_fn=die_with_parent())
         procs.append(p)
         return p
 
     def hub_cli(*args: str) -> None:
         cmd = [sys.executable, "-m", "cloud_hub.cli", "--home", str(home.path), *args]
         console.print(f"[dim]$ cloud-hub {' '.join(args)}[/]")
-        if subprocess.run(cmd, env=env).returncode not in (0,):
+        if subprocess.run(cmd, env=env, preexec_fn=die_with_parent()).returncode not in (0,):
             raise RuntimeError(f"cloud-hub {' '.join(args)} failed")
 
     try:

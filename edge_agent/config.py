@@ -138,7 +138,8 @@ class UpdateConfig:
     min_windows: int = doc("Windows needed before a health check judges; with fewer recent windows the staged "
                            "data check is skipped and probation decides.", default=100)
     recent_windows: int = doc("Most recent windows a staged model is scored on before the swap.", default=256)
-    max_anomaly_rate: float = doc("Largest share of windows a new model may flag, staged and on probation.",
+    max_anomaly_rate: float = doc("Largest share of windows a new model may flag beyond the share the running "
+                                  "model flagged over its last recent_windows windows (staged and on probation).",
                                   default=0.2)
     max_restarts: int = doc("Agent restarts while one update is in flight at which it is refused (before "
                             "activation) or rolled back (on probation): a crash-loop guard.", default=2)

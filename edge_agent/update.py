@@ -175,15 +175,23 @@ class Health:
     def latency_p99_ms(self) -> float:
         return float(np.percentile(self.latencies_s, 99)) * 1000 if self.latencies_s else 0.0
 
-    def verdict(self, cfg: UpdateConfig, profile: FirmwareProfile | None) -> str | None:
-        """Why the model is unhealthy, or None. Non-finite scores fail at once; rates need min_windows."""
+    @property
+    def rate(self) -> float:
+        return self.flagged / self.windows if self.windows else 0.0
+
+    def verdict(self, cfg: UpdateConfig, profile: FirmwareProfile | None, reference_rate: float = 0.0) -> str | None:
+        """Why the model is unhealthy, or None. Non-finite scores fail at once; rates need min_windows.
+
+        The flag rate is judged against ``reference_rate``, the running model's rate on the same recent
+        data: a real burst of anomalies is no reason to refuse a model that agrees it is one.
+        """
         if self.nonfinite:
             return f"non-finite scores on {self.nonfinite} of {self.windows} windows"
         if self.windows < cfg.min_windows:
             return None
-        rate = self.flagged / self.windows
-        if rate > cfg.max_anomaly_rate:
-            return f"flags {rate:.0%} of {self.windows} windows (max_anomaly_rate {cfg.max_anomaly_rate:.0%})"
+        if self.rate - reference_rate > cfg.max_anomaly_rate:
+            return (f"flags {self.rate:.0%} of {self.windows} windows, the running model {reference_rate:.0%} "
+                    f"(max_anomaly_rate {cfg.max_anomaly_rate:.0%} more)")
         if profile is not None and self.latency_p99_ms > profile.latency_p99_ms:
             return (f"latency p99 {self.latency_p99_ms:.3f} ms per window exceeds profile {profile.name}'s "
                     f"{profile.latency_p99_ms} ms")
@@ -233,6 +241,7 @@ def verified_announcement(trusted: list[Ed25519PublicKey], payload: bytes | byte
 @dataclass
 class _Probation:
     fallback: ActiveModel | None
+    reference_rate: float = 0.0  # the running model's flag rate on the recent data before the swap
     started: float = field(default_factory=time.monotonic)
     health: Health = field(default_factory=Health)
 
@@ -262,6 +271,9 @@ class Updater:
         self._device_ann: ModelAnnouncement | None = None
         self._assembly: Assembly | None = None
         self._probation: _Probation | None = None
+        # The running model's own recent decisions: the reference a staged model's flag rate is judged against.
+        self._running_flags: deque[bool] = deque(maxlen=self.ucfg.recent_windows)
+        self._flags_lock = threading.Lock()
 
     # ------------------------------------------------------------------ state
 
@@ -481,34 +493,44 @@ class Updater:
             return
         with self._lock:
             self._enter(S.STAGED)
-        reason = self._staged_check(model)
+        reason, reference_rate = self._staged_check(model)
         with self._lock:
             if reason is not None:
                 self._refuse(version, f"staged check: {reason}")
             else:
-                self._probation = _Probation(self.detector.model if self.rec.committed is not None else None)
+                self._probation = _Probation(self.detector.model if self.rec.committed is not None else None,
+                                             reference_rate)
                 self._swap(model)  # before the transition, so the status it sends names the new model
                 self._enter(S.ACTIVE)
         self.maybe_start()
 
-    def _staged_check(self, model: ActiveModel) -> str | None:
+    def _staged_check(self, model: ActiveModel) -> tuple[str | None, float]:
+        """(why the staged model is refused or None, the running model's flag rate on the same data)."""
         w = model.preprocessing.window
         readings = self.detector.recent_readings(self.ucfg.recent_windows + w - 1)
         windows = len(readings) - w + 1
         if windows < self.ucfg.min_windows:
             log.info("only %d recent windows: v%d goes to probation without a staged data check",
                      max(windows, 0), model.version)
-            return None
+            return None, 0.0
         health = staged_health(model, readings, self.cfg.detector.threshold_scale)
-        log.info("staged v%d on %d recent windows: %d flagged, %d non-finite, latency p99 %.3f ms",
-                 model.version, health.windows, health.flagged, health.nonfinite, health.latency_p99_ms)
-        return health.verdict(replace(self.ucfg, min_windows=min(self.ucfg.min_windows, health.windows)),
-                              self.profile)
+        with self._flags_lock:  # the running interpreter belongs to the scorer: use its decisions, not it
+            flags = list(self._running_flags)
+        reference = sum(flags) / len(flags) if len(flags) >= self.ucfg.min_windows else 0.0
+        log.info("staged v%d on %d recent windows: %d flagged (running model %.0f%%), %d non-finite, "
+                 "latency p99 %.3f ms", model.version, health.windows, health.flagged, 100 * reference,
+                 health.nonfinite, health.latency_p99_ms)
+        verdict = health.verdict(replace(self.ucfg, min_windows=min(self.ucfg.min_windows, health.windows)),
+                                 self.profile, reference)
+        return verdict, reference
 
     # ------------------------------------------------------------------ probation
 
     def observe(self, scored: ScoredBatch | None, elapsed_s: float) -> None:
         """Live health check: the scorer reports each scored block and how long scoring it took."""
+        if scored is not None and len(scored) and scored.model_version != self.rec.candidate:
+            with self._flags_lock:
+                self._running_flags.extend(scored.anomalous.tolist())
         p = self._probation
         if p is None or scored is None or not len(scored) or self.rec.state != S.ACTIVE:
             return
@@ -516,7 +538,7 @@ class Updater:
             if self._probation is not p or self.rec.state != S.ACTIVE or scored.model_version != self.rec.candidate:
                 return
             p.health.add(scored, elapsed_s / len(scored))
-            reason = p.health.verdict(self.ucfg, self.profile)
+            reason = p.health.verdict(self.ucfg, self.profile, p.reference_rate)
             if reason is not None:
                 self._rollback(f"probation: {reason}")
 

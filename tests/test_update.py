@@ -92,6 +92,9 @@ def test_health_verdicts() -> None:
     assert h.verdict(cfg, profile) is None  # too few windows to judge a rate
     h.add(_windows([0.1] * 15), 0.0001)
     assert "flags 25%" in (h.verdict(cfg, profile) or "")
+    # Judged against the running model on the same data: a burst both models flag is no reason to refuse.
+    assert h.verdict(cfg, profile, reference_rate=0.2) is None
+    assert "running model 4%" in (h.verdict(cfg, profile, reference_rate=0.04) or "")
     h = Health()
     h.add(_windows([0.1] * 20), 0.005)
     assert "latency p99 5.000 ms" in (h.verdict(cfg, profile) or "")

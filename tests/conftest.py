@@ -30,6 +30,20 @@ def mosquitto(tmp_path: Path) -> Iterator[RunningBroker]:
 
 
 @pytest.fixture
+def hub_server(tmp_path: Path, mosquitto: RunningBroker):  # type: ignore[no-untyped-def]
+    """A hub home on the test's Mosquitto with `serve`'s HubServer running in process, stopped after."""
+    from cloud_hub.home import HubHome
+    from cloud_hub.server import HubServer
+
+    home = HubHome(tmp_path / "hub")
+    home.init(mosquitto.url)
+    server = HubServer(home)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def amqtt_broker(tmp_path: Path) -> Iterator[RunningBroker]:
     broker = start_amqtt(workdir=tmp_path)
     yield broker

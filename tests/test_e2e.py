@@ -162,11 +162,9 @@ def _rollout_state(home: HubHome, rollout_id: int) -> db.DeviceRolloutState | No
         return row.state if row else None
 
 
-def test_hub_counts_malformed_messages_and_keeps_serving(tmp_path: Path, mosquitto: RunningBroker) -> None:
-    home = HubHome(tmp_path / "hub")
-    home.init(mosquitto.url)
-    server = HubServer(home)
-    server.start()
+def test_hub_counts_malformed_messages_and_keeps_serving(mosquitto: RunningBroker, hub_server: HubServer) -> None:
+    server = hub_server
+    home = server.home
     cfg = BrokerConfig(url=mosquitto.url)
     client = make_client(cfg, "test-fuzz", persistent=False)
     connect(client, cfg)
@@ -192,7 +190,6 @@ def test_hub_counts_malformed_messages_and_keeps_serving(tmp_path: Path, mosquit
     finally:
         client.disconnect()
         client.loop_stop()
-        server.stop()
 
 
 def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosquitto: RunningBroker,

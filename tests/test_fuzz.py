@@ -326,11 +326,9 @@ def test_decode_turns_any_bytes_into_a_message_or_a_protocol_error() -> None:
 
 
 @pytest.mark.integration
-def test_fuzzed_hub_keeps_storing(tmp_path: Path, mosquitto: RunningBroker) -> None:
-    home = HubHome(tmp_path / "hub")
-    home.init(mosquitto.url)
-    server = HubServer(home)
-    server.start()
+def test_fuzzed_hub_keeps_storing(mosquitto: RunningBroker, hub_server: HubServer) -> None:
+    server = hub_server
+    home = server.home
     pub = Publisher(mosquitto, "fuzz-hub")
     channels = [c.value for c in HUB_CHANNELS]
     oversized = Msg(f"edgesentry/{DEVICE}/anomaly", b"{" + b" " * p.MAX_MESSAGE_BYTES + b"}", True)
@@ -363,7 +361,6 @@ def test_fuzzed_hub_keeps_storing(tmp_path: Path, mosquitto: RunningBroker) -> N
               f"accepted {dict(server.received)}")
     finally:
         pub.close()
-        server.stop()
 
 
 # ------------------------------------------------------------------------------ agent side

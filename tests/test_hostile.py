@@ -139,12 +139,10 @@ def _count(home: HubHome, table: type) -> int:
 
 
 @pytest.mark.integration
-def test_nested_payload_no_longer_silences_the_hub(tmp_path: Path, mosquitto: RunningBroker) -> None:
+def test_nested_payload_no_longer_silences_the_hub(mosquitto: RunningBroker, hub_server: HubServer) -> None:
     """The issue's reproducer on a real Mosquitto: rejected as too_deep, the same hub stores what follows."""
-    home = HubHome(tmp_path / "hub")
-    home.init(mosquitto.url)
-    server = HubServer(home)
-    server.start()
+    server = hub_server
+    home = server.home
     cfg = BrokerConfig(url=mosquitto.url)
     client = make_client(cfg, "test-deep", persistent=False)
     connect(client, cfg)
@@ -158,7 +156,6 @@ def test_nested_payload_no_longer_silences_the_hub(tmp_path: Path, mosquitto: Ru
     finally:
         client.disconnect()
         client.loop_stop()
-        server.stop()
 
 
 @pytest.mark.integration

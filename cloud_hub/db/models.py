@@ -1,4 +1,4 @@
-"""Hub storage (SQLAlchemy 2.0). SQLite by default; any SQLAlchemy URL works."""
+"""ORM models of the hub's database (SQLAlchemy 2.0 style), one metadata with a naming convention."""
 
 from __future__ import annotations
 
@@ -16,11 +16,8 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
-    create_engine,
-    event,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -154,7 +151,9 @@ class Rollout(Base):
     bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id"))
     version: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    state: Mapped[RolloutState] = mapped_column(Enum(RolloutState, native_enum=False), default=RolloutState.ACTIVE)
+    state: Mapped[RolloutState] = mapped_column(
+        Enum(RolloutState, native_enum=False), default=RolloutState.ACTIVE
+    )
 
 
 class RolloutDevice(Base):
@@ -168,29 +167,6 @@ class RolloutDevice(Base):
     detail: Mapped[str] = mapped_column(String(500), default="")
 
 
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-        # WAL lets `serve` write while CLI commands read; busy_timeout rides out short write locks.
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-    return engine
-
-
-def init_db(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
-
-
-def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]
-    return sessionmaker(engine, expire_on_commit=False)
-
-
 # ------------------------------------------------------------------------------------- ingest (hub)
 
 
@@ -202,7 +178,9 @@ class StatusChange(Base):
     __table_args__ = (UniqueConstraint("device_id", "msg_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     device_id: Mapped[str] = mapped_column(String(64), index=True)
-    msg_id: Mapped[str] = mapped_column(String(80))  # the agent's msg_id; "will:<ts>" for the broker's last will
+    msg_id: Mapped[str] = mapped_column(
+        String(80)
+    )  # the agent's msg_id; "will:<ts>" for the broker's last will
     ts: Mapped[float] = mapped_column(Float)
     received_at: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16))
@@ -211,18 +189,3 @@ class StatusChange(Base):
     failed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(String(500), default="")
-
-
-def insert_ignoring_duplicates(engine_or_dialect: Engine | str, table: Any) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite and PostgreSQL: idempotent storage of rows keyed
-    by durable ids (a redelivered message inserts nothing; ``rowcount`` counts the new rows)."""
-    name = engine_or_dialect if isinstance(engine_or_dialect, str) else engine_or_dialect.dialect.name
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table).on_conflict_do_nothing()
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    raise ValueError(f"idempotent ingest supports SQLite and PostgreSQL, not {name}")

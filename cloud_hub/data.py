@@ -87,18 +87,30 @@ def from_synced(session: Session, features: list[str] | None = None, since: floa
         ts, vals, flags = ts[order], np.concatenate(val_parts)[order], np.concatenate(flag_parts)[order]
         keep = np.ones(len(ts), dtype=bool)
         keep[1:] = np.diff(ts) > 0  # duplicates from redelivered batches
-        bad = np.convolve(flags.astype(np.int64), np.ones(2 * window + 1, dtype=np.int64), mode="same") > 0
+        bad = near_flagged(flags, window)
         rows += int(keep.sum())
         excluded += int((keep & bad).sum())
         for s in split_on_gaps(ts[keep]):
-            seg_vals = vals[keep][s]
-            seg_bad = bad[keep][s]
-            # split further around excluded stretches
-            start = None
-            for i, b in enumerate([*seg_bad.tolist(), True]):
-                if not b and start is None:
-                    start = i
-                elif b and start is not None:
-                    segments.append(seg_vals[start:i])
-                    start = None
+            segments.extend(unflagged_segments(vals[keep][s], bad[keep][s]))
     return TrainingData(features, [s for s in segments if len(s)], "synced", rows, excluded)
+
+
+def near_flagged(flags: np.ndarray, window: int) -> np.ndarray:
+    """(n,) bool: rows within ``window`` rows of a row the agent flagged — kept out of retraining, so a
+    model does not learn the anomalies it is meant to catch (one rule for serve's retrain and NAB's)."""
+    f = np.asarray(flags).astype(bool)
+    c = np.concatenate([[0], np.cumsum(f)])
+    i = np.arange(len(f))
+    return np.asarray(c[np.minimum(i + window + 1, len(f))] - c[np.maximum(i - window, 0)] > 0)
+
+
+def unflagged_segments(values: np.ndarray, bad: np.ndarray) -> list[np.ndarray]:
+    """The contiguous runs of ``values`` (one time-contiguous segment) whose rows are not ``bad``."""
+    out, start = [], None
+    for i, b in enumerate([*np.asarray(bad).tolist(), True]):
+        if not b and start is None:
+            start = i
+        elif b and start is not None:
+            out.append(values[start:i])
+            start = None
+    return out

@@ -181,8 +181,15 @@ class StreamingDetector:
         if model is not None:
             with self._lock:
                 self._columns(model.preprocessing.features)
-        # A new model has a new score distribution: its likelihood starts from the bundle's prior.
-        self._likelihood = AnomalyLikelihood(model.likelihood) if model and model.likelihood else None
+        # A new model has a new score distribution: its likelihood starts from the bundle's prior; on the same
+        # features the stream's own state (range seen, recent alarms) carries over (retraining, updates).
+        if model is None or model.likelihood is None:
+            self._likelihood = None
+        elif self._likelihood is not None and previous is not None and \
+                previous.preprocessing.features == model.preprocessing.features:
+            self._likelihood = self._likelihood.continued(model.likelihood)
+        else:
+            self._likelihood = AnomalyLikelihood(model.likelihood)
         return previous
 
     # ------------------------------------------------------------------ buffer

@@ -365,7 +365,7 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
     if not quantization:
-        quantization = (profile.quantization if profile else "int8",)
+        quantization = (profile.quantization.value if profile else Quantization.INT8.value,)
     elif profile and profile.quantization not in quantization:
         console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
                       f"{profile.quantization}[/]")

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
+from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_web_args
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.home import DEFAULT_HOME, HubHome
@@ -368,9 +369,12 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 
 
 @main.command()
+@HTTP_OPTION
+@NO_AUTH_OPTION
 @click.pass_context
-def serve(ctx: click.Context) -> None:
-    """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
+def serve(ctx: click.Context, listen: str | None, no_auth: bool) -> None:
+    """Connect to the broker: store events, heartbeats and synced data; serve model downloads
+    (and the dashboard with /metrics when --http or hub.toml [web] listen is given).
 
     Exits with status 3 if the MQTT network thread dies or the broker stays unreachable for longer
     than ``broker.max_disconnected_s`` (default 300 s), so a service manager restarts it.
@@ -379,6 +383,7 @@ def serve(ctx: click.Context) -> None:
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
+    check_web_args(home, listen, no_auth)
     server = HubServer(home)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -388,10 +393,16 @@ def serve(ctx: click.Context) -> None:
     except ConnectionError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"hub serving; broker {server.cfg.broker.url}; Ctrl-C to stop")
+    try:
+        view = OperatorView(home, server, listen, no_auth)
+    except click.ClickException:
+        server.stop()
+        raise
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
-    server.stop()
+    server.stop()  # stores what is queued (and alerts on it) before the alert workers drain and stop
+    view.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
     if code:
         sys.exit(code)
@@ -520,12 +531,15 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
 @click.option("--summary", type=click.Path(path_type=Path), default=Path("demo-summary.json"), show_default=True)
 @click.option("--quick", is_flag=True, help="Shorter phases (for tests).")
-def demo(broker: str | None, workdir: Path, summary: Path, quick: bool) -> None:
+@click.option("--dashboard-port", default=8080, show_default=True,
+              help="Dashboard on 127.0.0.1 (no login) while the demo runs; a free port if this one is taken.")
+def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboard_port: int) -> None:
     """Whole loop: broker, hub, three agents, simulator, train, roll out, detect, retrain."""
     from cloud_hub.demo.run import run_demo
 
     try:
-        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console)
+        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console,
+                 dashboard_port=dashboard_port)
     except (RuntimeError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -549,8 +563,11 @@ def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
     from cloud_hub.cli.broker import broker_config
     from cloud_hub.cli.devices import devices
+    from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(devices)
+    main.add_command(web_user)
+    main.add_command(dashboard)
     main.add_command(broker_config)
 
 

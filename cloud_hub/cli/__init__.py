@@ -547,9 +547,11 @@ def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
 
 def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.anomalies import anomalies
     from cloud_hub.cli.broker import broker_config
     from cloud_hub.cli.devices import devices
 
+    main.add_command(anomalies)
     main.add_command(devices)
     main.add_command(broker_config)
 

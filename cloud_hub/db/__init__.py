@@ -1,4 +1,4 @@
-"""Hub storage: ORM models (`models`), engines (`engine`). Import names from here."""
+"""Hub storage: ORM models (`models`, `registry`), engines (`engine`). Import names from here."""
 
 from cloud_hub.db.engine import init_db, insert_ignoring_duplicates, make_engine, session_factory
 from cloud_hub.db.models import (
@@ -17,8 +17,24 @@ from cloud_hub.db.models import (
     SyncBatch,
     utcnow,
 )
+from cloud_hub.db.registry import (
+    AnomalyLabel,
+    Champion,
+    LabelKind,
+    ModelLineage,
+    RetrainDecision,
+    RetrainOutcome,
+    RetrainTrigger,
+)
 
 __all__ = [
+    "RetrainTrigger",
+    "RetrainOutcome",
+    "RetrainDecision",
+    "ModelLineage",
+    "LabelKind",
+    "Champion",
+    "AnomalyLabel",
     "NAMING",
     "AnomalyEvent",
     "Base",

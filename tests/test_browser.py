@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 from cloud_hub.home import HubHome
 from cloud_hub.web import auth
-from cloud_hub.web.app import labeller
 from cloud_hub.web.sample_data import populate
 from cloud_hub.web.server import WebServer
 
@@ -95,19 +94,21 @@ def test_login_fleet_device_and_csrf(dashboard: tuple[HubHome, str], page: objec
     assert page.url == url + "/fleet"  # still logged in  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(labeller() is None, reason="operator labels need cloud_hub.registry (the registry branch)")
 def test_label_an_anomaly_and_see_it_in_the_cli(dashboard: tuple[HubHome, str], page: object) -> None:
     from cloud_hub.cli import main as cli
 
     home, url = dashboard
     _login(page, url)
     page.goto(url + "/devices/gw-000")  # type: ignore[attr-defined]
-    row = page.locator("#device-anomalies tbody tr").first  # type: ignore[attr-defined]
+    unlabelled = page.locator("#device-anomalies tbody tr:not(:has(.lab))")  # type: ignore[attr-defined]
+    row = unlabelled.first
     anomaly_id = int(row.get_attribute("data-anomaly"))
-    row.locator("button.fp").click()
-    page.wait_for_load_state()  # type: ignore[attr-defined]
+    with page.expect_navigation():  # type: ignore[attr-defined]
+        row.locator("button.fp").click()
+    assert page.url.endswith(f"#a{anomaly_id}")  # type: ignore[attr-defined]
     assert "false positive" in page.locator(f"#a{anomaly_id}").inner_text()  # type: ignore[attr-defined]
-    out = CliRunner().invoke(cli, ["--home", str(home.path), "anomalies", "list", "--device", "gw-000", "--json"])
+    out = CliRunner().invoke(cli, ["--home", str(home.path), "anomalies", "list", "--device", "gw-000", "--json",
+                                   "--limit", "1000"])
     assert out.exit_code == 0, out.output
-    listed = {int(a["id"]): a for a in json.loads(out.output)}
-    assert listed[anomaly_id]["label"] == "false_positive"
+    listed = {a["id"]: a for a in map(json.loads, out.output.splitlines())}
+    assert listed[anomaly_id]["label"] == "false_positive" and listed[anomaly_id]["labelled_by"] == "operator"

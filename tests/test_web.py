@@ -3,6 +3,7 @@ drives the same pages in Chromium)."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -136,19 +137,27 @@ def test_rollouts_and_models_pages(client: TestClient) -> None:
     assert client.get("/rollouts/99").status_code == 404
     m = client.get("/models")
     assert "v2" in m.text and "int8" in m.text and "ae-lstm" in m.text
+    assert 'from <a href="#v1">v1</a>' in m.text and "flag rate" in m.text  # lineage and held-out metrics
+    assert "promoted" in m.text and "new_data" in m.text  # retrain decisions
 
 
-def test_label_without_registry_is_a_clear_error_or_stored(client: TestClient, home: HubHome) -> None:
-    from cloud_hub.web.app import labeller
-
-    page = client.get("/anomalies")
-    r = client.post("/anomalies/1/label", data={"csrf_token": _csrf(page.text), "label": "false_positive"},
+def test_label_from_the_page_is_the_cli_label(client: TestClient, home: HubHome) -> None:
+    page = client.get("/anomalies?label=unlabelled")
+    target = int(re.findall(r'data-anomaly="(\d+)"', page.text)[0])
+    r = client.post(f"/anomalies/{target}/label", data={"csrf_token": _csrf(page.text), "label": "false_positive",
+                                                        "back": "/anomalies?label=false_positive"},
                     follow_redirects=False)
-    if labeller() is None:
-        assert r.status_code == 501
-    else:
-        assert r.status_code == 303
-    assert client.post("/anomalies/1/label", data={"csrf_token": _csrf(page.text), "label": "maybe"}).status_code == 400
+    assert r.status_code == 303 and r.headers["location"] == "/anomalies?label=false_positive"
+    listed = client.get("/anomalies?label=false_positive").text
+    assert f'data-anomaly="{target}"' in listed and "false positive" in listed
+    assert f'data-anomaly="{target}"' not in client.get("/anomalies?label=unlabelled").text
+    out = CliRunner().invoke(cli, ["--home", str(home.path), "anomalies", "list", "--json", "--limit", "1000"])
+    rows = {json.loads(line)["id"]: json.loads(line) for line in out.output.splitlines()}
+    assert rows[target]["label"] == "false_positive" and rows[target]["labelled_by"] == "alice"
+    csrf = _csrf(page.text)
+    assert client.post("/anomalies/999999/label", data={"csrf_token": csrf, "label": "true_positive"}).status_code == 404
+    assert client.post(f"/anomalies/{target}/label", data={"csrf_token": csrf, "label": "maybe"}).status_code == 400
+    assert client.get("/anomalies?label=maybe").status_code == 400
 
 
 def test_no_auth_only_on_loopback_and_listen_parsing() -> None:
@@ -203,7 +212,8 @@ def test_metrics_from_database_and_token(home: HubHome) -> None:
     assert 'edgesentry_devices{status="offline"} 1.0' in text
     assert 'edgesentry_devices_by_model{state="rolled_back",version="1"} 1.0' in text
     assert 'edgesentry_rollout_devices{rollout="1",state="activated",version="2"} 5.0' in text
-    assert "edgesentry_retrain_runs_total 1.0" in text
+    assert 'edgesentry_retrain_runs_total{outcome="promoted",trigger="new_data"} 1.0' in text
+    assert 'edgesentry_anomaly_labels{label="true_positive"} 1.0' in text
     total = sum(float(v) for v in re.findall(r'^edgesentry_anomalies_total\{[^}]*\} (\S+)$', text, re.M))
     assert total == 150
     home.update_config({"web": {"metrics_token": "s3cret"}})

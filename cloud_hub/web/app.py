@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_hub.home import HubHome
+from cloud_hub.registry import labels as registry_labels
+from cloud_hub.registry import lineage
 from cloud_hub.web import auth, charts, queries
 
 HERE = Path(__file__).parent
@@ -145,27 +146,6 @@ def _int_arg(request: Request, name: str, default: int | None = None) -> int | N
     return int(raw)
 
 
-def labeller() -> Callable[..., Any] | None:
-    """The registry's one labelling function, if this hub has it."""
-    try:
-        from cloud_hub.registry.labels import label_anomaly
-    except ImportError:
-        return None
-    return label_anomaly  # type: ignore[no-any-return]
-
-
-def labels_of(s: Any, ids: list[int]) -> dict[int, str]:
-    """anomaly id → its current label (registry), or {} without a registry."""
-    try:
-        from cloud_hub.registry import labels
-    except ImportError:
-        return {}
-    current = getattr(labels, "current_labels", None)
-    if current is None:
-        return {}
-    return {int(k): str(getattr(v, "value", v)) for k, v in current(s, ids).items()}
-
-
 def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None, alerts: Any = None) -> Starlette:
     """The dashboard for ``home``. ``require_login=False`` only for a loopback-bound demo
     (:func:`cloud_hub.web.server.check_bind` enforces that)."""
@@ -267,7 +247,7 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             events = queries.device_anomalies(s, device_id, since)
             history = queries.status_history(s, device_id)
             beats = queries.heartbeats(s, device_id, since)
-            labels = labels_of(s, [e.id for e in events])
+            labels = queries.current_labels(s, [e.id for e in events])
             status = queries.device_status(dev, now)
         t0 = min([since, *(e.ts for e in events)])
         thresholds: list[tuple[float, float]] = []
@@ -284,7 +264,7 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
                         for e in newest}
         return render(request, "device.html", dev=dev, status=status, events=newest, total=len(events),
                       chart=chart, history=history, beats=beats[-1:] if beats else [], hours=hours,
-                      attributions=attributions, labels=labels, can_label=labeller() is not None)
+                      attributions=attributions, labels=labels)
 
     async def anomalies(request: Request) -> Response:
         q = request.query_params
@@ -294,15 +274,18 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             "since": time.time() - hours * 3600 if hours else None,
             "min_score": _float_arg(request, "min_score"),
             "model_version": _int_arg(request, "model"),
+            "label": q.get("label", ""),
         }
+        if filters["label"] not in ("", "unlabelled", *LABELS):
+            raise HTTPException(400, f"label must be unlabelled or one of {', '.join(LABELS)}")
         page = max(1, _int_arg(request, "page", 1) or 1)
         with state.sessions() as s:
             total = queries.anomaly_count(s, **filters)
             events = queries.anomalies(s, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, **filters)
-            labels = labels_of(s, [e.id for e in events])
+            labels = queries.current_labels(s, [e.id for e in events])
         pages = max(1, math.ceil(total / PAGE_SIZE))
         return render(request, "anomalies.html", events=events, total=total, page=page, pages=pages,
-                      labels=labels, can_label=labeller() is not None)
+                      labels=labels, label_choices=LABELS)
 
     async def label(request: Request) -> Response:
         form = await auth.checked_form(request)
@@ -310,16 +293,14 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
         value = str(form.get("label", ""))
         if value not in LABELS:
             raise HTTPException(400, f"label must be one of {', '.join(LABELS)}")
-        note = str(form.get("note", "")).strip()[:500] or None
-        fn = labeller()
-        if fn is None:
-            raise HTTPException(501, "labels need the model registry (cloud_hub.registry), not on this hub")
+        note = str(form.get("note", "")).strip() or None
         with state.sessions() as s:
-            try:
-                fn(s, anomaly_id, value, note=note)
-            except (LookupError, ValueError) as exc:
-                raise HTTPException(404 if isinstance(exc, LookupError) else 400, str(exc)) from None
-            s.commit()
+            try:  # the registry's one labelling function, as `cloud-hub anomalies label`
+                registry_labels.label_anomaly(s, anomaly_id, value, note=note, by=request.scope["user"])
+            except registry_labels.UnknownAnomaly as exc:
+                raise HTTPException(404, str(exc)) from None
+            except registry_labels.LabelError as exc:
+                raise HTTPException(400, str(exc)) from None
         back = str(form.get("back", ""))
         return RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/anomalies", 303)
 
@@ -341,9 +322,10 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
 
     async def models(request: Request) -> Response:
         with state.sessions() as s:
-            items = queries.models(s)
+            views = lineage.versions(s)
             in_use = queries.models_in_use(s)
-        return render(request, "models.html", models=items, in_use=in_use)
+            decisions = queries.retrain_decisions(s)
+        return render(request, "models.html", views=views, in_use=in_use, decisions=decisions)
 
     async def metrics_endpoint(request: Request) -> Response:
         token = cfg.metrics_token

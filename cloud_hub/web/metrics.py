@@ -29,7 +29,6 @@ PREFIX = "edgesentry"
 DB_CACHE_S = 5.0
 # Receive → committed: milliseconds when idle, up to seconds when the writer is behind.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RETRAIN_SOURCE = "synced"  # cloud_hub.data.from_synced: a model trained on what agents synced
 
 
 class HubMetrics:
@@ -134,7 +133,11 @@ class _HubCollector(Collector):
                 .join(db.Rollout, db.Rollout.id == db.RolloutDevice.rollout_id)
                 .where(db.Rollout.state == db.RolloutState.ACTIVE)
                 .group_by(db.RolloutDevice.rollout_id, db.Rollout.version, db.RolloutDevice.state)).all()
-            versions = s.execute(select(db.ModelVersion.source, func.count()).group_by(db.ModelVersion.source)).all()
+            versions = int(s.scalar(select(func.count()).select_from(db.ModelVersion)) or 0)
+            retrains = s.execute(select(db.RetrainDecision.trigger, db.RetrainDecision.outcome, func.count())
+                                 .group_by(db.RetrainDecision.trigger, db.RetrainDecision.outcome)).all()
+            labels = s.execute(select(db.AnomalyLabel.label, func.count()).where(db.AnomalyLabel.current.is_(True))
+                               .group_by(db.AnomalyLabel.label)).all()
         devices = GaugeMetricFamily(f"{PREFIX}_devices", "Devices by status (online = reported within 120 s).",
                                     labels=["status"])
         for st, n in by_status.items():
@@ -151,9 +154,14 @@ class _HubCollector(Collector):
                                      labels=["rollout", "version", "state"])
         for rid, version, state, n in rollout_states:
             rollouts.add_metric([str(rid), str(version), str(getattr(state, "value", state))], n)
-        retrains = sum(n for source, n in versions if source == RETRAIN_SOURCE)
-        return [devices, models, anomaly_total, rollouts,
-                CounterMetricFamily(f"{PREFIX}_retrain_runs", "Model versions trained on synced fleet data "
-                                    "(cloud-hub retrain).", value=retrains),
-                GaugeMetricFamily(f"{PREFIX}_model_versions", "Model versions in the registry.",
-                                  value=sum(n for _, n in versions))]
+        retrain_runs = CounterMetricFamily(f"{PREFIX}_retrain_runs", "Retrain runs and promotions by trigger and "
+                                           "outcome (the registry's decisions).", labels=["trigger", "outcome"])
+        for trigger, outcome, n in retrains:
+            retrain_runs.add_metric([str(getattr(trigger, "value", trigger)), str(getattr(outcome, "value", outcome))],
+                                    n)
+        labelled = GaugeMetricFamily(f"{PREFIX}_anomaly_labels", "Anomaly events by current operator label.",
+                                     labels=["label"])
+        for label, n in labels:
+            labelled.add_metric([str(getattr(label, "value", label))], n)
+        return [devices, models, anomaly_total, rollouts, retrain_runs, labelled,
+                GaugeMetricFamily(f"{PREFIX}_model_versions", "Model versions in the registry.", value=versions)]

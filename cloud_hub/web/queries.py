@@ -64,8 +64,15 @@ def groups(s: Session) -> list[str]:
 
 
 def anomalies_query(*, device: str = "", since: float | None = None, min_score: float | None = None,
-                    model_version: int | None = None) -> Select[Any]:
+                    model_version: int | None = None, label: str = "") -> Select[Any]:
+    """Anomaly events matching the filters; ``label`` is a LabelKind value or "unlabelled"."""
     stmt = select(db.AnomalyEvent)
+    if label:
+        current = select(db.AnomalyLabel.anomaly_id).where(db.AnomalyLabel.current.is_(True))
+        if label == "unlabelled":
+            stmt = stmt.where(db.AnomalyEvent.id.not_in(current))
+        else:
+            stmt = stmt.where(db.AnomalyEvent.id.in_(current.where(db.AnomalyLabel.label == db.LabelKind(label))))
     if device:
         stmt = stmt.where(db.AnomalyEvent.device_id == device)
     if since is not None:
@@ -123,12 +130,18 @@ def rollout_devices(s: Session, rollout_id: int) -> list[db.RolloutDevice]:
                           .order_by(db.RolloutDevice.device_id)))
 
 
-def models(s: Session) -> list[tuple[db.ModelVersion, list[db.Bundle]]]:
-    bundles: dict[int, list[db.Bundle]] = {}
-    for b in s.scalars(select(db.Bundle).order_by(db.Bundle.id)):
-        bundles.setdefault(b.version, []).append(b)
-    return [(m, bundles.get(m.version, []))
-            for m in s.scalars(select(db.ModelVersion).order_by(db.ModelVersion.version.desc()))]
+def current_labels(s: Session, ids: list[int]) -> dict[int, str]:
+    """anomaly id → its current operator label (LabelKind value), for the ids on one page."""
+    if not ids:
+        return {}
+    rows = s.execute(select(db.AnomalyLabel.anomaly_id, db.AnomalyLabel.label)
+                     .where(db.AnomalyLabel.current.is_(True), db.AnomalyLabel.anomaly_id.in_(ids))).all()
+    return {int(a): str(getattr(lab, "value", lab)) for a, lab in rows}
+
+
+def retrain_decisions(s: Session, limit: int = 20) -> list[db.RetrainDecision]:
+    """The newest retrain (and promotion) decisions with their numbers."""
+    return list(s.scalars(select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc()).limit(limit)))
 
 
 def models_in_use(s: Session) -> dict[int, int]:

@@ -13,6 +13,7 @@ from sqlalchemy import insert
 from cloud_hub import db
 from cloud_hub.demo.simulator import FEATURES
 from cloud_hub.home import HubHome
+from cloud_hub.registry.labels import label_anomaly
 
 GROUPS = ("plant-a", "plant-b", "warehouse")
 PROFILES = ("rpi4-64", "rpi3-32", "rpi5-64")
@@ -35,8 +36,23 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
                                             "epochs_run": 12, "mode": "unsupervised"}))
             s.flush()
             s.add(db.Bundle(version=version, quantization="int8", path=f"bundles/v{version}-int8.tar", sha256="0" * 64,
-                            size=53_000 + 100 * version, agreement={"pearson": 0.988, "flag_agreement": 0.991}))
+                            size=53_000 + 100 * version,
+                            agreement={"score_pearson": 0.988, "flag_agreement": 0.991}))
+            s.add(db.ModelLineage(version=version, parent_version=version - 1 or None, device_group="",
+                                  data={"source": "synced" if version > 1 else "csv", "rows": 36_000 * version,
+                                        "devices": names[:3], "fp_stretches": 2 * (version - 1)},
+                                  settings={"model": "ae-lstm", "epochs": 30, "window": 32},
+                                  metrics={"holdout": {"windows": 900 * version, "flag_rate": 0.002 / version,
+                                                       "threshold": 0.02 + 0.005 * version,
+                                                       "score_p50": 0.006, "score_p99": 0.018}},
+                                  created_at=created))
         s.flush()
+        s.add(db.Champion(device_group="", version=2, promoted_at=now - span_s / 2, reason="retrain: challenger better"))
+        s.add(db.RetrainDecision(device_group="", trigger=db.RetrainTrigger.NEW_DATA, trigger_detail={"windows": 4000},
+                                 started_at=now - span_s / 2 - 300, finished_at=now - span_s / 2,
+                                 outcome=db.RetrainOutcome.PROMOTED, champion_version=1, challenger_version=2,
+                                 margin=0.02, numbers={"improvement": 0.07}, rollout_id=1,
+                                 detail="challenger F1 0.91 vs champion 0.84 on the held-out slice"))
         rollout = db.Rollout(bundle_id=2, version=2, started_at=datetime.fromtimestamp(now - span_s / 2, UTC))
         s.add(rollout)
         s.flush()
@@ -92,4 +108,6 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
         if rows:
             s.execute(insert(db.AnomalyEvent), rows)
         s.commit()
+        for anomaly_id, label in ((1, "true_positive"), (2, "false_positive"))[: max(0, min(2, anomalies))]:
+            label_anomaly(s, anomaly_id, label, note="sample", by="operator")
     return names

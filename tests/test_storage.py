@@ -80,6 +80,10 @@ def _pre_alembic_hub(tmp_path: Path) -> HubHome:
                           "agent_version, runtime, last_error, readings_scored, profile, device_group, tags, "
                           "password_hash, mqtt_client_id) VALUES ('gw-old', 1, 2, 0, 'none', '', '', '', 7, '', "
                           "'', '{}', '', '')"))
+        conn.execute(text("INSERT INTO model_versions (version, name, created_at, source, artifacts_dir, training) "
+                          "VALUES (1, 'ae-lstm', '2026-01-01 00:00:00', 'x.csv', '/m/1', '{}')"))
+        conn.execute(text("INSERT INTO bundles (version, quantization, path, sha256, size, agreement, created_at) "
+                          "VALUES (1, 'int8', '/b/1.tar.gz', 'ab', 10, '{}', '2026-01-01 00:00:00')"))
     return home
 
 
@@ -95,6 +99,7 @@ def test_pre_alembic_hub_is_refused_until_upgraded_then_keeps_its_data(tmp_path:
     assert _diff(home.database_url()) == []
     with home.sessions()() as s:
         assert s.get(db.Device, "gw-old").readings_scored == 7  # type: ignore[union-attr]
+        assert s.scalar(select(db.Bundle.path)) == "/b/1.tar.gz"  # later revisions' new columns filled in
     current = runner.invoke(main, ["--home", str(home.path), "db", "current"])
     assert current.exit_code == 0 and "(current)" in current.output, current.output
 

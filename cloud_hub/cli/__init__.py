@@ -127,18 +127,6 @@ def _model_choice() -> click.Choice:
     return click.Choice(list(MODELS))
 
 
-@main.command()
-def models() -> None:
-    """Every detector the hub can train: modes and export support."""
-    from cloud_hub.models import MODELS
-
-    table = Table("name", "modes", "TFLite export", "what it is")
-    for name, cls in MODELS.items():
-        table.add_row(name, ", ".join(m.value for m in cls.modes), ", ".join(cls.quantizations) or "hub only",
-                      cls.summary)
-    console.print(table)
-
-
 SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
                           help="Override any [training] setting, e.g. --set hidden=128 (repeatable).")
 
@@ -564,11 +552,15 @@ def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
 
 def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.anomalies import anomalies
     from cloud_hub.cli.broker import broker_config
     from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
+    from cloud_hub.cli.models import models
 
+    main.add_command(anomalies)
     main.add_command(devices)
+    main.add_command(models)
     main.add_command(broker_config)
     main.add_command(db_group)
 

@@ -1,5 +1,5 @@
-"""Hub storage: ORM models (`models`), engines (`engine`), schema migrations (`migrate`), the read
-queries CLI and dashboard share (`queries`). Import names from here."""
+"""Hub storage: ORM models (`models`, `registry`), engines (`engine`), schema migrations (`migrate`),
+the read queries CLI and dashboard share (`queries`). Import names from here."""
 
 from cloud_hub.db.engine import (
     dispose_engines,
@@ -24,8 +24,24 @@ from cloud_hub.db.models import (
     SyncBatch,
     utcnow,
 )
+from cloud_hub.db.registry import (
+    AnomalyLabel,
+    Champion,
+    LabelKind,
+    ModelLineage,
+    RetrainDecision,
+    RetrainOutcome,
+    RetrainTrigger,
+)
 
 __all__ = [
+    "RetrainTrigger",
+    "RetrainOutcome",
+    "RetrainDecision",
+    "ModelLineage",
+    "LabelKind",
+    "Champion",
+    "AnomalyLabel",
     "NAMING",
     "AnomalyEvent",
     "Base",

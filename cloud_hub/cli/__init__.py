@@ -18,6 +18,7 @@ from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
+from cloud_hub.db import queries
 from cloud_hub.home import DEFAULT_HOME, HubHome
 from shared.decision import DecisionMode
 from shared.inference import Quantization
@@ -481,7 +482,7 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
     cfg = _training_config(home, epochs)
     if model_name is None:
         with home.sessions()() as s:
-            latest = s.scalar(select(db.ModelVersion.name).order_by(db.ModelVersion.version.desc()).limit(1))
+            latest = queries.latest_model_name(s)
         model_name = latest or "ae-lstm"
     try:
         with home.sessions()() as s:
@@ -507,12 +508,9 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
     from datetime import UTC, datetime
 
     home = _home(ctx)
-    query = select(db.AnomalyEvent).order_by(db.AnomalyEvent.ts.desc()).limit(limit)
-    if device:
-        query = query.where(db.AnomalyEvent.device_id == device)
     table = Table("time (UTC)", "device", "score", "threshold", "model", "top features", "latency ms")
     with home.sessions()() as s:
-        for e in s.scalars(query):
+        for e in (row.event for row in queries.anomalies(s, device, limit=limit)):
             table.add_row(datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.device_id,
                           f"{e.score:.2f}", f"{e.threshold:.2f}", f"v{e.model_version}",
                           ", ".join(f"{k} {v:.0%}" for k, v in e.attribution.items()) or ", ".join(e.top_features),

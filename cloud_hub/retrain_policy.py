@@ -3,7 +3,7 @@
 One policy for every caller — ``cloud-hub nab --retrain-every N`` (per file, as a stream) and the hub's
 retrain triggers on synced data — so the benchmark measures the loop the product runs:
 every ``every`` new readings, train on the newest ``max_rows`` readings seen so far, minus the rows the
-running model flagged (± one window, :func:`cloud_hub.data.near_flagged`), export → sign, and let the
+running model flagged (± one window, :func:`cloud_hub.data.near_flags`), export → sign, and let the
 agent swap the new bundle in (its likelihood re-primed from the new model's calibration while the
 stream's own state carries over, ``AnomalyLikelihood.continued``).
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cloud_hub.config import TrainingConfig
-from cloud_hub.data import TrainingData, near_flagged, unflagged_segments
+from cloud_hub.data import TrainingData, near_flags, unflagged_segments
 from shared.decision import DecisionMode
 from shared.inference import Quantization
 from shared.schema import doc
@@ -67,7 +67,7 @@ class RetrainPolicy:
         agent's flags (n,)): flagged rows ± ``window`` left out, then the newest ``max_rows``."""
         start = max(0, len(values) - 2 * self.max_rows)  # enough rows to fill max_rows after exclusions
         vals, fl = values[start:], np.asarray(flags[start:], bool)
-        bad = near_flagged(fl, window) if self.exclude_flagged else np.zeros(len(fl), bool)
+        bad = near_flags(fl, window) if self.exclude_flagged else np.zeros(len(fl), bool)
         segments = [s for s in unflagged_segments(vals, bad) if len(s) > window]
         data = TrainingData(features, segments, source, len(vals), int(bad.sum()))
         return self.newest(data)

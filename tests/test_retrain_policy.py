@@ -6,20 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_hub.data import TrainingData, near_flagged, unflagged_segments
+from cloud_hub.data import TrainingData, near_flags, unflagged_segments
 from cloud_hub.retrain_policy import RetrainPolicy
 from shared.likelihood import AnomalyLikelihood, fit_prior
 from tests.conftest import FEATURES, simulated_series
 
 
-def test_near_flagged_marks_one_window_either_side_and_survives_short_inputs() -> None:
+def test_near_flags_marks_one_window_either_side_and_survives_short_inputs() -> None:
     f = np.zeros(12, bool)
     f[5] = True
-    assert near_flagged(f, 2).nonzero()[0].tolist() == [3, 4, 5, 6, 7]
-    assert near_flagged(np.array([True, False, False]), 5).tolist() == [True, True, True]  # shorter than 2w+1
-    assert near_flagged(np.zeros(0, bool), 3).shape == (0,)
+    assert near_flags(f, 2).nonzero()[0].tolist() == [3, 4, 5, 6, 7]
+    assert near_flags(np.array([True, False, False]), 5).tolist() == [True, True, True]  # shorter than 2w+1
+    assert near_flags(np.zeros(0, bool), 3).shape == (0,)
     v = np.arange(12.0)[:, None]
-    segs = unflagged_segments(v, near_flagged(f, 2))
+    segs = unflagged_segments(v, near_flags(f, 2))
     assert [s[:, 0].tolist() for s in segs] == [[0, 1, 2], [8, 9, 10, 11]]
 
 

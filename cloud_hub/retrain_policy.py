@@ -10,7 +10,7 @@ stream's own state carries over, ``AnomalyLikelihood.continued``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,8 +58,7 @@ class RetrainPolicy:
             kept.append(seg[-budget:])
             budget -= len(kept[-1])
         kept.reverse()
-        rows = sum(len(s) for s in kept)
-        return TrainingData(data.features, kept, data.source, rows, data.excluded_rows)
+        return replace(data, segments=kept, rows=sum(len(s) for s in kept))
 
     def stream_data(self, features: list[str], values: np.ndarray, flags: np.ndarray, window: int,
                     source: str) -> TrainingData:

@@ -371,29 +371,53 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 
 
 @main.command()
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run N worker processes sharing ingest through the broker's shared subscription "
+                   "($share/hub/…); one of them is elected leader for rollouts and retraining. N > 1 needs "
+                   "PostgreSQL (database_url).")
+@click.option("--worker", "worker_name", metavar="NAME",
+              help="Run as ONE named worker of a shared group (for serve processes on several hosts; each a "
+                   "distinct NAME of [A-Za-z0-9_-], at most 32). Needs PostgreSQL.")
 @click.pass_context
-def serve(ctx: click.Context) -> None:
+def serve(ctx: click.Context, workers: int, worker_name: str | None) -> None:
     """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
 
-    Exits with status 3 if the MQTT network thread dies or the broker stays unreachable for longer
-    than ``broker.max_disconnected_s`` (default 300 s), so a service manager restarts it.
+    Upgrades the database schema first. Exits with status 3 if the MQTT network thread dies or the
+    broker stays unreachable for longer than ``broker.max_disconnected_s`` (default 300 s), so a
+    service manager restarts it. With --workers N the parent restarts a worker that dies.
     """
+    import re
+
+    from cloud_hub.ingest.service import ScaleOutError
     from cloud_hub.server import HubServer
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
+    if worker_name is not None and (workers > 1 or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_name)):
+        raise click.BadParameter("--worker NAME: 1-32 of [A-Za-z0-9_-], and not together with --workers",
+                                 param_hint="--worker")
+    if workers > 1 and home.engine().dialect.name != "postgresql":
+        raise click.ClickException("--workers > 1 needs PostgreSQL (hub.toml database_url = "
+                                   "\"postgresql+psycopg://…\"): SQLite takes one writer; run `serve` without it")
     before, after = home.upgrade_db()
     if before != after:
         console.print(f"database schema upgraded from revision {before or '(none)'} to {after}")
-    server = HubServer(home)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if workers > 1:
+        from cloud_hub.ingest.workers import WorkerPool
+
+        pool = WorkerPool(home.path, workers, verbose=logging.getLogger().level <= logging.DEBUG)
+        console.print(f"hub serving with {workers} workers; broker {home.config().broker.url}; Ctrl-C to stop")
+        sys.exit(pool.run(stop))
     try:
+        server = HubServer(home, worker=worker_name)
         server.start()
-    except ConnectionError as exc:
+    except (ConnectionError, ScaleOutError) as exc:
         raise click.ClickException(str(exc)) from None
-    console.print(f"hub serving; broker {server.cfg.broker.url}; Ctrl-C to stop")
+    console.print(f"hub serving{f' as worker {worker_name}' if worker_name else ''}; broker "
+                  f"{server.cfg.broker.url}; Ctrl-C to stop")
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
+from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_web_args
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.db import queries
@@ -378,9 +379,15 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 @click.option("--worker", "worker_name", metavar="NAME",
               help="Run as ONE named worker of a shared group (for serve processes on several hosts; each a "
                    "distinct NAME of [A-Za-z0-9_-], at most 32). Needs PostgreSQL.")
+@click.option("--no-web", is_flag=True, hidden=True, help="(--workers) No dashboard in this worker.")
+@HTTP_OPTION
+@NO_AUTH_OPTION
 @click.pass_context
-def serve(ctx: click.Context, workers: int, worker_name: str | None) -> None:
-    """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
+def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: bool, listen: str | None,
+          no_auth: bool) -> None:
+    """Connect to the broker: store events, heartbeats and synced data; serve model downloads
+    (and the dashboard with /metrics when --http or hub.toml [web] listen is given; with --workers,
+    worker w0 serves it).
 
     Upgrades the database schema first. Exits with status 3 if the MQTT network thread dies or the
     broker stays unreachable for longer than ``broker.max_disconnected_s`` (default 300 s), so a
@@ -399,6 +406,8 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None) -> None:
     if workers > 1 and home.engine().dialect.name != "postgresql":
         raise click.ClickException("--workers > 1 needs PostgreSQL (hub.toml database_url = "
                                    "\"postgresql+psycopg://…\"): SQLite takes one writer; run `serve` without it")
+    if not no_web:
+        check_web_args(home, listen, no_auth)
     before, after = home.upgrade_db()
     if before != after:
         console.print(f"database schema upgraded from revision {before or '(none)'} to {after}")
@@ -408,7 +417,8 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None) -> None:
     if workers > 1:
         from cloud_hub.ingest.workers import WorkerPool
 
-        pool = WorkerPool(home.path, workers, verbose=logging.getLogger().level <= logging.DEBUG)
+        web_args = [*(["--http", listen] if listen else []), *(["--no-auth"] if no_auth else [])]
+        pool = WorkerPool(home.path, workers, verbose=logging.getLogger().level <= logging.DEBUG, web_args=web_args)
         console.print(f"hub serving with {workers} workers; broker {home.config().broker.url}; Ctrl-C to stop")
         sys.exit(pool.run(stop))
     try:
@@ -418,10 +428,16 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     console.print(f"hub serving{f' as worker {worker_name}' if worker_name else ''}; broker "
                   f"{server.cfg.broker.url}; Ctrl-C to stop")
+    try:
+        view = OperatorView(home, server, listen, no_auth, web=not no_web)
+    except click.ClickException:
+        server.stop()
+        raise
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
-    server.stop()
+    server.stop()  # stores what is queued (and alerts on it) before the alert workers drain and stop
+    view.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
     if code:
         sys.exit(code)
@@ -547,12 +563,15 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
 @click.option("--summary", type=click.Path(path_type=Path), default=Path("demo-summary.json"), show_default=True)
 @click.option("--quick", is_flag=True, help="Shorter phases (for tests).")
-def demo(broker: str | None, workdir: Path, summary: Path, quick: bool) -> None:
+@click.option("--dashboard-port", default=8080, show_default=True,
+              help="Dashboard on 127.0.0.1 (no login) while the demo runs; a free port if this one is taken.")
+def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboard_port: int) -> None:
     """Whole loop: broker, hub, three agents, simulator, train, roll out, detect, retrain."""
     from cloud_hub.demo.run import run_demo
 
     try:
-        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console)
+        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console,
+                 dashboard_port=dashboard_port)
     except (RuntimeError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -579,10 +598,13 @@ def _register() -> None:
     from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
     from cloud_hub.cli.models import models
+    from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(anomalies)
     main.add_command(devices)
     main.add_command(models)
+    main.add_command(web_user)
+    main.add_command(dashboard)
     main.add_command(broker_config)
     main.add_command(db_group)
 

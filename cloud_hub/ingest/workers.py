@@ -22,12 +22,13 @@ RESTART_DELAY_S = 1.0
 
 
 class WorkerPool:
-    def __init__(self, home: Path, workers: int, verbose: bool = False) -> None:
+    def __init__(self, home: Path, workers: int, verbose: bool = False, web_args: list[str] | None = None) -> None:
         if workers < 1:
             raise ValueError("--workers must be >= 1")
         self.home = home
         self.names = [f"w{i}" for i in range(workers)]
         self.verbose = verbose
+        self.web_args = web_args or []  # --http/--no-auth: the dashboard runs in the first worker only
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts = 0
 
@@ -35,7 +36,8 @@ class WorkerPool:
         args = [sys.executable, "-m", "cloud_hub.cli", "--home", str(self.home)]
         if self.verbose:
             args.append("-v")
-        return subprocess.Popen([*args, "serve", "--worker", name], preexec_fn=die_with_parent())
+        web = self.web_args if name == self.names[0] else ["--no-web"]
+        return subprocess.Popen([*args, "serve", "--worker", name, *web], preexec_fn=die_with_parent())
 
     def run(self, stop: threading.Event) -> int:
         """Start the workers and keep them running until ``stop``; then SIGTERM them (each stores and

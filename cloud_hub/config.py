@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.registry.policy import RetrainConfig
 from shared.mqtt import BrokerConfig
 from shared.schema import SchemaError, doc, load
 
@@ -91,6 +92,8 @@ class HubConfig:
     log_level: str = doc("Logging level.", default="INFO")
     ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
     fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
+    retrain: RetrainConfig = doc("Retrain triggers in `serve`, challenger vs champion judgement, rollout of a "
+                                 "promoted challenger.", default_factory=RetrainConfig)
 
 
 def load_hub_config(path: Path) -> HubConfig:
@@ -112,4 +115,4 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["FleetConfig", "HubConfig", "IngestConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["FleetConfig", "HubConfig", "IngestConfig", "RetrainConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

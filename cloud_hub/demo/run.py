@@ -142,7 +142,8 @@ def label_from_truth(home: HubHome, injected: list[Injected]) -> dict[str, int]:
     """The operator's feedback, played by the simulator: an event the demo's own scoring matches to an
     injected span is a true positive, any other a false positive (through the same label_anomaly the CLI
     and dashboard use)."""
-    from cloud_hub.registry.labels import label_anomaly, list_anomalies
+    from cloud_hub.db.queries import anomalies as list_anomalies
+    from cloud_hub.registry.labels import label_anomaly
 
     counts = {"true_positive": 0, "false_positive": 0}
     spans = [(i.device, i.start, i.end) for i in injected]

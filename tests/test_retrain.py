@@ -228,3 +228,36 @@ def test_trigger_measures_and_the_scheduler_runs_a_retrain(tmp_path: Path) -> No
         assert d.outcome == db.RetrainOutcome.FAILED and "not enough data" in d.detail, d.detail
     assert sched.check() is None  # within min_interval_s of that retrain
     assert len(list((home.path / "logs").glob("retrain-*-g.log"))) == 1
+
+
+@pytest.mark.integration
+def test_serve_runs_the_triggers(tmp_path: Path, mosquitto: RunningBroker) -> None:
+    """`serve` with [retrain] enabled checks the triggers and runs a retrain child that stores its decision
+    (no synced data here: the child fails fast and says why)."""
+    import subprocess
+    import sys
+
+    from cloud_hub.procs import die_with_parent
+    from tests.conftest import REPO
+
+    home = HubHome(tmp_path / "hub")
+    home.init(mosquitto.url)
+    home.update_config({"retrain": {"enabled": True, "every_hours": 0.0001, "check_interval_s": 0.5}})
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    serve = subprocess.Popen([sys.executable, "-m", "cloud_hub.cli", "--home", str(home.path), "serve"], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+    try:
+        def decided() -> bool:
+            with home.sessions()() as s:
+                return s.scalar(select(db.RetrainDecision)) is not None
+
+        wait_until(decided, 120, "a decision from serve's retrain child")
+        with home.sessions()() as s:
+            d = s.scalars(select(db.RetrainDecision)).one()
+        assert d.trigger == db.RetrainTrigger.SCHEDULE and d.outcome == db.RetrainOutcome.FAILED
+        assert "no synced data yet" in d.detail
+    finally:
+        serve.terminate()
+        assert serve.wait(60) == 0, (tmp_path / "serve.log").read_text()
+        log.close()
+    assert len(list((home.path / "logs").glob("retrain-*-fleet.log"))) == 1  # min_interval_s: one run only

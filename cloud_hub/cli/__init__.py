@@ -433,9 +433,17 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     except click.ClickException:
         server.stop()
         raise
+    scheduler = None
+    if server.cfg.retrain.enabled:  # [retrain] triggers: retrain children run niced, one at a time
+        from cloud_hub.registry.triggers import RetrainScheduler
+
+        scheduler = RetrainScheduler(home)
+        scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
+    if scheduler is not None:
+        scheduler.stop()
     server.stop()  # stores what is queued (and alerts on it) before the alert workers drain and stop
     view.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
@@ -504,42 +512,6 @@ def rollout_status(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--since", type=float, help="Only data synced in the last N seconds.")
-@click.option("--epochs", type=int)
-@click.option("--no-rollout", is_flag=True, help="Train and export only.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
-@click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations.")
-@click.option("--model", "model_name", type=_model_choice(), help="Model to train (default: the latest version's).")
-@click.pass_context
-def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_rollout: bool, quantization: str,
-            wait: float, model_name: str | None) -> None:
-    """Train a new version on data agents synced, export it and roll it out."""
-    import time
-
-    from cloud_hub import data
-
-    home = _home(ctx)
-    cfg = _training_config(home, epochs)
-    if model_name is None:
-        with home.sessions()() as s:
-            latest = queries.latest_model_name(s)
-        model_name = latest or "ae-lstm"
-    try:
-        with home.sessions()() as s:
-            td = data.from_synced(s, window=cfg.window, since=time.time() - since if since else None)
-        console.print(f"synced data: {td.rows} readings, {len(td.features)} features, "
-                      f"{td.excluded_rows} excluded around flagged anomalies")
-        version = _train(home, td, cfg, model_name)
-        _export(home, version, quantization)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not no_rollout:
-        result = _rollout(home, version, quantization, wait)
-        if result.get("missing"):
-            sys.exit(3)
-
-
-@main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.pass_context
@@ -598,11 +570,13 @@ def _register() -> None:
     from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
     from cloud_hub.cli.models import models
+    from cloud_hub.cli.retrain import retrain
     from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(anomalies)
     main.add_command(devices)
     main.add_command(models)
+    main.add_command(retrain)
     main.add_command(web_user)
     main.add_command(dashboard)
     main.add_command(broker_config)

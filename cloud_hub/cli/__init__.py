@@ -434,10 +434,10 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
         server.stop()
         raise
     scheduler = None
-    if server.cfg.retrain.enabled:  # [retrain] triggers: retrain children run niced, one at a time
+    if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler
 
-        scheduler = RetrainScheduler(home)
+        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)
         scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))

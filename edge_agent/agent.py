@@ -108,6 +108,7 @@ class Agent:
         self.sources: list[CsvReplay] = []
         self.gateways: list[GatewaySource] = []
         self.ledger = AckLedger()
+        self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush (gateway sources)
 
         self.outbox = Outbox(cfg.state_dir / FILENAME, cfg.outbox.max_bytes or DEFAULT_MAX_BYTES,
                              synchronous=cfg.outbox.synchronous.upper())
@@ -178,11 +179,11 @@ class Agent:
             t.join(timeout=10)
         if self.gateways:
             self._commit_readings(force=True)  # what was scored is kept; the next run skips it
+        elif self.cfg.sync.enabled:
+            self._flush_sync()
         if self.client.is_connected():
             self._heartbeat()
         self._telemetry()
-        if self.cfg.sync.enabled:
-            self._flush_sync()
         self._send(Channel.STATUS, self._status(AgentState.OFFLINE))
         self.sender.drain(STOP_DRAIN_S)
         self.client.disconnect()
@@ -305,17 +306,23 @@ class Agent:
     def _commit_readings(self, force: bool = False) -> None:
         """Acknowledge processed gateway messages once what the agent keeps of them is durable.
 
-        Anomaly events are already in the outbox (``_report``); the sync rows chosen so far (not the
-        interval's reservoir sample) go in now, in the same transaction as the high-water mark (the
-        newest admitted reading), so a restarted agent skips exactly what this run stored.
+        Runs on the scorer thread, the only writer of sync rows while gateway sources exist (the sync
+        interval's flush included), so the high-water mark (the newest admitted reading) written in the
+        same outbox transaction as the sync batches covers exactly the rows stored: a restarted agent
+        skips what this run stored and nothing else.  Anomaly events are already in the outbox (``_report``).
         """
+        now = time.monotonic()
         settled = self.ledger.settled(self.queue.taken)
-        if not force and (not settled or (len(settled) < COMMIT_MESSAGES
-                                          and time.monotonic() - settled[0].received < COMMIT_S)):
+        interval = self.cfg.sync.enabled and now >= self._next_sync
+        if not (force or interval or (settled and (len(settled) >= COMMIT_MESSAGES
+                                                   or now - settled[0].received >= COMMIT_S))):
             return
+        if interval:
+            self._next_sync = now + self.cfg.sync.interval_s
         hwm = self.detector.last_ts
         meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) else None
-        batches = self.sync.take(self.device, self.model_version, reservoir=False) if self.cfg.sync.enabled else []
+        batches = (self.sync.take(self.device, self.model_version, reservoir=interval or force)
+                   if self.cfg.sync.enabled else [])
         self._queue_sync(batches, meta)
         for p in settled:
             p.source.ack(p.mid, p.qos, p.generation)
@@ -387,7 +394,7 @@ class Agent:
             if now >= next_tele:
                 next_tele = now + self.cfg.telemetry_s
                 self._telemetry()
-            if self.cfg.sync.enabled and now >= next_sync:
+            if self.cfg.sync.enabled and not self.gateways and now >= next_sync:  # else: the scorer's commit
                 next_sync = now + self.cfg.sync.interval_s
                 self._flush_sync()
             self.updater.tick(now)

@@ -85,6 +85,8 @@ class GatewaySource:
         self.client = make_client(broker, client_id, persistent=True, manual_ack=True)
         self.client.on_connect = guard.callback(self._on_connect, "connect")
         self.client.on_message = self._on_message
+        self.client.on_subscribe = guard.callback(
+            lambda *_: log.info("reading source subscribed to %s on %s", self.topic, broker.url), "subscribe")
 
     def start(self) -> None:
         connect(self.client, self.broker)

@@ -37,6 +37,7 @@ DEVICE = "gw-chaos"
 RATE = 200  # readings per second
 EVERY = 200  # a spike every EVERY readings
 OUTAGE_READINGS = 2000  # ~10 s at RATE
+SUBSCRIBED = "reading source subscribed"
 
 
 class Sensor(threading.Thread):
@@ -102,8 +103,11 @@ class Rig:
         extra = ("heartbeat_s = 1.0\ntelemetry_s = 2.0\n[[sources]]\ntype = \"mqtt\"\n"
                  f"[sources.broker]\nurl = \"{self.gateway.url}\"\nreconnect_max_s = 2\n"
                  "[sync]\ninterval_s = 0.5\n[outbox]\nack_timeout_s = 3")
+        before = self.log.read_text().count(SUBSCRIBED) if self.log.is_file() else 0
         self.agent, self.log = start_agent(self.tmp, DEVICE, self.public_key, self.cloud.url, extra,
                                            "reconnect_max_s = 2")
+        # The first run creates the agent's session on the gateway broker: readings count from then on.
+        wait_until(lambda: self.log.read_text().count(SUBSCRIBED) > before, 60, "the agent's gateway subscription")
 
     def kill(self, proc: subprocess.Popen[bytes] | None) -> None:
         assert proc is not None and proc.poll() is None, "process died on its own"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,9 @@ import numpy as np
 import pytest
 
 from cloud_hub.brokers import RunningBroker, mosquitto_path, start_mosquitto
-from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
-from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
 from tests.conftest import REPO, start_agent, wait_until
-from tests.faults import SPIKE, Raised, Stored, hub_toml_fast_reconnect, install_model, raised, stored
+from tests.faults import Raised, Sensor, Stored, hub_toml_fast_reconnect, install_model, raised, stored
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-chaos"
@@ -38,38 +33,6 @@ RATE = 200  # readings per second
 EVERY = 200  # a spike every EVERY readings
 OUTAGE_READINGS = 2000  # ~10 s at RATE
 SUBSCRIBED = "reading source subscribed"
-
-
-class Sensor(threading.Thread):
-    """Publishes RATE readings/s in batches of 20 to the gateway broker, QoS 1, persistent session."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True, name="sensor")
-        cfg = BrokerConfig(url=url, client_id=f"sensor-{DEVICE}", reconnect_max_s=2)
-        self.client = make_client(cfg, "sensor", persistent=True)
-        connect(self.client, cfg)
-        self.sim = DeviceSimulator(DEVICE, 5, period_s=20.0, rate_hz=20.0)
-        self.t = time.time() - 7200  # 20 Hz sample clock, 10x faster than the wall clock
-        self.sent = 0
-        self.stamps: list[float] = []  # every reading the gateway broker accepted (PUBACK), in order
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            readings: list[Reading] = []
-            for _ in range(20):
-                self.t += 0.05
-                values = self.sim.reading(self.t)
-                if (self.sent + len(readings)) % EVERY == EVERY // 2:
-                    values = {f: (v + SPIKE if f == FEATURES[2] and v is not None else v) for f, v in values.items()}
-                readings.append(Reading(ts=self.t, values=values))
-            msg = Readings(v=PROTOCOL_VERSION, readings=readings)
-            self.client.publish(device_topic(DEVICE, Channel.READINGS), encode(msg), qos=1).wait_for_publish(30)
-            self.stamps += [r.ts for r in readings]
-            self.sent += len(readings)
-            # Pace to RATE: wait for the wall clock to catch up with what was sent (or the stop signal).
-            self.stop.wait(max(0.0, start + self.sent / RATE - time.monotonic()))
 
 
 @dataclass
@@ -198,7 +161,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, trained_home) -> Iterator[Rig]
         if "client_id" not in text:
             home.config_path.write_text(text.replace("reconnect_max_s = 2",
                                                      'reconnect_max_s = 2\nclient_id = "edgesentry-hub"'))
-        r = Rig(tmp, gateway, cloud, home, src_home.public_key(), Sensor(gateway.url))
+        r = Rig(tmp, gateway, cloud, home, src_home.public_key(), Sensor(gateway.url, DEVICE, RATE, EVERY))
         r.start_hub()
         r.start_agent()
         r.sensor.start()

@@ -31,6 +31,22 @@ def _tags(d: db.Device) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((d.tags or {}).items()))
 
 
+def _bytes(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.0f} kB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
+
+
+def _outbox(depth: int, nbytes: int) -> str:
+    """The agent's outbox as its heartbeat reported it: reports waiting for the hub's acknowledgement."""
+    return f"{depth} ({_bytes(nbytes)})"
+
+
+def _drops(dropped: dict[str, int] | None) -> str:
+    """Reports the agent dropped because its outbox was full, by kind (lowest priority first)."""
+    order = ("sync", "telemetry", "status", "anomaly")
+    items = sorted((dropped or {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return ", ".join(f"{k} {n}" for k, n in items if n) or "0"
+
+
 def reload_broker(pid: int | None, broker_dir: Path) -> None:
     if pid is None:
         console.print(f"Broker files regenerated in {broker_dir}; reload Mosquitto to apply: "
@@ -57,12 +73,14 @@ def devices(ctx: click.Context) -> None:
 @devices.command("list")
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
-    """Every device: access, online, last seen, model, profile, group, tags (`show` has the rest)."""
+    """Every device: access, online, last seen, model, outbox (waiting reports, drops), profile, group, tags."""
     home = home_of(ctx)
-    table = Table("device", "access", "online", "last seen", "model", "profile", "group", "tags")
+    table = Table("device", "access", "online", "last seen", "model", "outbox", "dropped", "profile", "group",
+                  "tags")
     for d in fleet.list_devices(home):
         model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
         table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
+                      _outbox(d.outbox_depth, d.outbox_bytes), _drops(d.outbox_dropped),
                       d.profile or "-", d.group or "-", _tags(d) or "-")
     console.print(table)
 
@@ -83,7 +101,9 @@ def show(ctx: click.Context, name: str) -> None:
         ("device", d.device_id), ("access", _access(d)), ("online", "yes" if d.online else "no"),
         ("last seen", _ago(d.last_seen)), ("model", f"v{d.model_version}" if d.model_version else "-"),
         ("model state", d.model_state), ("agent", d.agent_version or "-"), ("runtime", d.runtime or "-"),
-        ("readings scored", str(d.readings_scored)), ("profile", d.profile or "-"), ("group", d.group or "-"),
+        ("readings scored", str(d.readings_scored)),
+        ("outbox", f"{_outbox(d.outbox_depth, d.outbox_bytes)} reports waiting for the hub's acknowledgement"),
+        ("outbox drops", _drops(d.outbox_dropped)), ("profile", d.profile or "-"), ("group", d.group or "-"),
         ("tags", _tags(d) or "-"), ("provisioned", _ago(d.provisioned_at or 0.0)),
         ("revoked", _ago(d.revoked_at) if d.revoked_at else "-"), ("last error", d.last_error or "-"),
     ):
@@ -91,11 +111,11 @@ def show(ctx: click.Context, name: str) -> None:
     console.print(info)
     if detail.heartbeats:
         beats = Table("received", "seq", "model", "received readings", "scored", "anomalies", "rejected", "queue",
-                      title="recent heartbeats")
+                      "outbox", "dropped", title="recent heartbeats")
         for h in detail.heartbeats:
             beats.add_row(_ago(h.received_at), str(h.seq), f"v{h.model_version}" if h.model_version else "-",
                           str(h.readings_received), str(h.readings_scored), str(h.anomalies), str(h.rejected),
-                          str(h.queue_depth))
+                          str(h.queue_depth), _outbox(h.outbox_depth, h.outbox_bytes), _drops(h.outbox_dropped))
         console.print(beats)
 
 

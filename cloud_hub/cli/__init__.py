@@ -31,7 +31,19 @@ DECISION_CHOICE = click.Choice([d.value for d in DecisionMode])
 _home = home_of
 
 
-@click.group()
+class HubGroup(click.Group):
+    """Turns a database whose schema does not match into a one-line error naming the command to run."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from cloud_hub.db.migrate import DatabaseSchemaError
+
+        try:
+            return super().invoke(ctx)
+        except DatabaseSchemaError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=HubGroup)
 @click.option("--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
               envvar="EDGESENTRY_HOME", help="Hub home directory (config, database, keys, models).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -46,10 +58,12 @@ def main(ctx: click.Context, home: Path, verbose: bool) -> None:
 @main.command()
 @click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL for hub.toml.")
 @click.option("--force", is_flag=True, help="Rewrite hub.toml if the home exists (keys are kept).")
+@click.option("--database-url", default="", help="SQLAlchemy URL of the hub database, e.g. "
+              "postgresql+psycopg://hub:PASSWORD@db-host/edgesentry (default: SQLite hub.db in the home).")
 @click.pass_obj
-def init(home: HubHome, broker: str, force: bool) -> None:
-    """Create the hub home: hub.toml, SQLite database and Ed25519 signing key."""
-    created = home.init(broker, force=force)
+def init(home: HubHome, broker: str, force: bool, database_url: str) -> None:
+    """Create the hub home: hub.toml, the database schema (SQLite by default) and Ed25519 signing key."""
+    created = home.init(broker, force=force, database_url=database_url)
     console.print(f"{'Created' if created else 'Already initialised:'} hub home [bold]{home.path}[/]")
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
     console.print("For a fleet: `cloud-hub broker-config --out DIR` (TLS, accounts, ACLs), then "
@@ -111,18 +125,6 @@ def _model_choice() -> click.Choice:
     from cloud_hub.models import MODELS
 
     return click.Choice(list(MODELS))
-
-
-@main.command()
-def models() -> None:
-    """Every detector the hub can train: modes and export support."""
-    from cloud_hub.models import MODELS
-
-    table = Table("name", "modes", "TFLite export", "what it is")
-    for name, cls in MODELS.items():
-        table.add_row(name, ", ".join(m.value for m in cls.modes), ", ".join(cls.quantizations) or "hub only",
-                      cls.summary)
-    console.print(table)
 
 
 SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -379,6 +381,9 @@ def serve(ctx: click.Context) -> None:
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
+    before, after = home.upgrade_db()
+    if before != after:
+        console.print(f"database schema upgraded from revision {before or '(none)'} to {after}")
     server = HubServer(home)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -547,11 +552,17 @@ def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
 
 def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.anomalies import anomalies
     from cloud_hub.cli.broker import broker_config
+    from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
+    from cloud_hub.cli.models import models
 
+    main.add_command(anomalies)
     main.add_command(devices)
+    main.add_command(models)
     main.add_command(broker_config)
+    main.add_command(db_group)
 
 
 _register()

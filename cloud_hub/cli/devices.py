@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
@@ -35,9 +36,11 @@ def _bytes(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.0f} kB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
 
 
-def _outbox(depth: int, nbytes: int) -> str:
-    """The agent's outbox as its heartbeat reported it: reports waiting for the hub's acknowledgement."""
-    return f"{depth} ({_bytes(nbytes)})"
+def _outbox(depth: int, nbytes: int, dropped: dict[str, int] | None = None) -> str:
+    """The agent's outbox as its heartbeat reported it: reports waiting for the hub's acknowledgement
+    (and, for the device list, how many it dropped in all because it was full)."""
+    lost = sum((dropped or {}).values())
+    return f"{depth} ({_bytes(nbytes)})" + (f", {lost} dropped" if lost else "")
 
 
 def _drops(dropped: dict[str, int] | None) -> str:
@@ -75,12 +78,12 @@ def devices(ctx: click.Context) -> None:
 def list_cmd(ctx: click.Context) -> None:
     """Every device: access, online, last seen, model, outbox (waiting reports, drops), profile, group, tags."""
     home = home_of(ctx)
-    table = Table("device", "access", "online", "last seen", "model", "outbox", "dropped", "profile", "group",
-                  "tags")
+    table = Table(Column("device", no_wrap=True), "access", "online", "last seen", "model", "outbox",
+                  "profile", Column("group", no_wrap=True), "tags", box=box.SIMPLE_HEAD)
     for d in fleet.list_devices(home):
         model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
         table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
-                      _outbox(d.outbox_depth, d.outbox_bytes), _drops(d.outbox_dropped),
+                      _outbox(d.outbox_depth, d.outbox_bytes, d.outbox_dropped),
                       d.profile or "-", d.group or "-", _tags(d) or "-")
     console.print(table)
 

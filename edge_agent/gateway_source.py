@@ -117,7 +117,9 @@ class GatewaySource:
         if len(block) and self.boot_hwm > -float("inf"):
             fresh = block.ts > self.boot_hwm
             if not fresh.all():
-                self.redelivered += int((~fresh).sum())
+                n = int((~fresh).sum())
+                self.redelivered += n
+                log.info("redelivered: %d reading(s) the previous run already stored, dropped", n)
                 block = ReadingsBlock(block.ts[fresh], block.features, block.values[fresh])
         if not len(block) or msg.qos == 0:
             if len(block):

@@ -390,7 +390,9 @@ class Sender:
         never = threading.Event()
         while self.connected.is_set() and time.monotonic() < deadline:
             self._pump(never)
-            if not self.outbox.due(-math.inf, 1) and self.inflight == 0:
+            unsent = self.outbox.due(-math.inf, 1)  # highest priority first
+            held = bool(unsent) and unsent[0].kind == Kind.SYNC and self._sync is not None  # by the sync cap
+            if (not unsent or held) and self.inflight == 0:
                 return
             self._wake.wait(0.05)
             self._wake.clear()

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud_hub import db
+from cloud_hub.db import queries
 from shared.csvdata import read_series, split_on_gaps
 
 
@@ -69,15 +68,8 @@ class SyncedRows:
 def synced_rows(session: Session, features: list[str] | None = None, since: float | None = None,
                 until: float | None = None, devices: list[str] | None = None) -> tuple[list[str], dict[str, SyncedRows]]:
     """Readings agents synced, per device, as columns ``features`` (default: every feature seen)."""
-    query = select(db.SyncBatch).order_by(db.SyncBatch.device_id, db.SyncBatch.start_ts)
-    if since is not None:
-        query = query.where(db.SyncBatch.end_ts >= since)
-    if until is not None:
-        query = query.where(db.SyncBatch.start_ts <= until)
-    if devices is not None:
-        query = query.where(db.SyncBatch.device_id.in_(devices))
     per_device: dict[str, list[tuple[np.ndarray, np.ndarray, list[str]]]] = {}
-    for b in session.scalars(query):
+    for b in queries.sync_batches(session, since, until, devices):
         per_device.setdefault(b.device_id, []).append((npy_load(b.data), npy_load(b.flags), list(b.features)))
     if not per_device:
         raise ValueError("no synced data yet: agents upload readings once `cloud-hub serve` is running"

@@ -211,3 +211,51 @@ def test_init_with_a_postgresql_url_puts_the_hub_there(tmp_path: Path, postgres_
     assert not (tmp_path / "hub" / "hub.db").exists()
     assert _diff(postgres_url) == []
     assert runner.invoke(main, ["--home", str(home.path), "devices", "list"]).exit_code == 0
+
+
+def test_shared_queries(database_url: str) -> None:
+    """What `devices list/show`, `anomalies list`, `events`, retrain's data selection and a fleet overview read."""
+    from cloud_hub.db import queries
+    from cloud_hub.registry.labels import label_anomaly
+
+    engine = db.engine_for(database_url)
+    migrate.upgrade(engine)
+    sessions = db.session_factory(engine)
+    items = [_item(p.Channel.ANOMALY, p.AnomalyEvent(
+        v=p.PROTOCOL_VERSION, event_id=f"e{i}", device=dev, ts=1000.0 + i, detected_at=1000.0 + i, score=5.0,
+        threshold=1.0, model_version=1, top_features=["temp"], attribution={}, likelihood=0.9), dev)
+        for i, dev in enumerate(["gw-a", "gw-b", "gw-a", "gw-c"])]
+    items += [_item(p.Channel.SYNC, p.SyncBatch(v=p.PROTOCOL_VERSION, device=dev, batch_id=f"b{i}", features=["x"],
+                                                rows=[[t0 + j, float(j)] for j in range(10)], flags=[0] * 10), dev)
+              for i, (dev, t0) in enumerate([("gw-a", 100.0), ("gw-b", 200.0), ("gw-a", 300.0)])]
+    items += [_item(p.Channel.HEARTBEAT, p.Heartbeat(
+        v=p.PROTOCOL_VERSION, device="gw-a", ts=2000.0 + i, seq=i, model_version=1, readings_received=i,
+        readings_scored=i, anomalies=0, rejected=0, queue_depth=0, uptime_s=i), "gw-a") for i in range(8)]
+    with sessions() as s:
+        store.write(s, items)
+        s.add(db.ModelVersion(version=1, name="deep-ae", source="x", artifacts_dir="/m/1"))
+        s.add(db.ModelVersion(version=2, name="ae-lstm", source="x", artifacts_dir="/m/2"))
+        s.get(db.Device, "gw-c").revoked_at = 5.0  # type: ignore[union-attr]
+        s.get(db.Device, "gw-b").online = False  # type: ignore[union-attr]
+        s.commit()
+    with sessions() as s:
+        first = queries.anomalies(s, device="gw-a")[-1].event.id
+        label_anomaly(s, first, db.LabelKind.FALSE_POSITIVE, "door open")
+    with sessions() as s:
+        assert [d.device_id for d in queries.devices(s)] == ["gw-a", "gw-b", "gw-c"]
+        assert [d.device_id for d in queries.devices(s, online=False)] == ["gw-b"]
+        detail = queries.device_detail(s, "gw-a")
+        assert detail is not None and [h.seq for h in detail.heartbeats] == [7, 6, 5, 4, 3]
+        assert queries.device_detail(s, "gw-zz") is None
+        listed = queries.anomalies(s)
+        assert [r.event.event_id for r in listed] == ["e3", "e2", "e1", "e0"]
+        assert listed[-1].label is not None and listed[-1].label.note == "door open"
+        assert [r.event.event_id for r in queries.anomalies(s, unlabelled=True, since=1001)] == ["e3", "e2", "e1"]
+        assert [r.event.event_id for r in queries.anomalies(s, label=db.LabelKind.FALSE_POSITIVE)] == ["e0"]
+        assert [r.event.event_id for r in queries.anomalies(s, limit=1)] == ["e3"]
+        assert [b.batch_id for b in queries.sync_batches(s)] == ["b0", "b2", "b1"]
+        assert [b.batch_id for b in queries.sync_batches(s, since=205, until=305)] == ["b2", "b1"]
+        assert [b.batch_id for b in queries.sync_batches(s, devices=["gw-b"])] == ["b1"]
+        assert queries.latest_model_name(s) == "ae-lstm"
+        assert queries.summary(s, since=1002.0) == queries.FleetSummary(
+            devices=3, online=2, provisioned=0, revoked=1, anomalies_since=2, synced_rows=30)

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from cloud_hub.cli.common import console, home_of
-from cloud_hub.db import LabelKind
+from cloud_hub.db import LabelKind, queries
 from cloud_hub.registry import labels as reg_labels
 
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
@@ -57,7 +57,7 @@ def list_cmd(ctx: click.Context, device: str | None, since: str | None, unlabell
     home = home_of(ctx)
     since_ts = parse_since(since) if since else None
     with home.sessions()() as s:
-        rows = reg_labels.list_anomalies(s, device, since_ts, unlabelled, limit)
+        rows = queries.anomalies(s, device, since_ts, unlabelled, limit)
     if as_json:
         for r in rows:
             e, lab = r.event, r.label

@@ -11,6 +11,7 @@ from rich.table import Column, Table
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
+from cloud_hub.db import queries
 from cloud_hub.fleet import broker_files
 from cloud_hub.fleet import devices as fleet
 
@@ -80,7 +81,9 @@ def list_cmd(ctx: click.Context) -> None:
     home = home_of(ctx)
     table = Table(Column("device", no_wrap=True), "access", "online", "last seen", "model", "outbox",
                   "profile", Column("group", no_wrap=True), "tags", box=box.SIMPLE_HEAD)
-    for d in fleet.list_devices(home):
+    with home.sessions()() as s:
+        rows = queries.devices(s)
+    for d in rows:
         model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
         table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
                       _outbox(d.outbox_depth, d.outbox_bytes, d.outbox_dropped),
@@ -94,10 +97,10 @@ def list_cmd(ctx: click.Context) -> None:
 def show(ctx: click.Context, name: str) -> None:
     """One device in detail, with its most recent heartbeats."""
     home = home_of(ctx)
-    try:
-        detail = fleet.device_detail(home, name)
-    except fleet.FleetError as exc:
-        raise click.ClickException(str(exc)) from None
+    with home.sessions()() as s:
+        detail = queries.device_detail(s, name)
+    if detail is None:
+        raise click.ClickException(f"unknown device {name!r} (see `cloud-hub devices list`)")
     d = detail.device
     info = Table(show_header=False, box=None)
     for key, value in (

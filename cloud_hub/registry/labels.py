@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from cloud_hub import db
 from cloud_hub.db import LabelKind
+from cloud_hub.db.queries import LabelledAnomaly  # noqa: F401 - the listing lives with the shared queries
+from cloud_hub.db.queries import anomalies as list_anomalies  # noqa: F401
 
 NOTE_MAX = 1000
 WHO_MAX = 64
@@ -62,34 +64,6 @@ def label_anomaly(session: Session, anomaly_id: int, label: LabelKind | str, not
     session.add(row)
     session.commit()
     return row
-
-
-@dataclass
-class LabelledAnomaly:
-    event: db.AnomalyEvent
-    label: db.AnomalyLabel | None  # the current label, None = not labelled yet
-
-
-def list_anomalies(session: Session, device: str | None = None, since: float | None = None,
-                   unlabelled: bool = False, limit: int | None = 100,
-                   label: LabelKind | None = None) -> list[LabelledAnomaly]:
-    """Anomaly events, newest first, each with its current label (filters: device, ts >= since, only the
-    unlabelled ones, or only those currently carrying ``label``)."""
-    query = (select(db.AnomalyEvent, db.AnomalyLabel)
-             .outerjoin(db.AnomalyLabel, (db.AnomalyLabel.anomaly_id == db.AnomalyEvent.id)
-                        & db.AnomalyLabel.current.is_(True))
-             .order_by(db.AnomalyEvent.ts.desc(), db.AnomalyEvent.id.desc()))
-    if device:
-        query = query.where(db.AnomalyEvent.device_id == device)
-    if since is not None:
-        query = query.where(db.AnomalyEvent.ts >= since)
-    if unlabelled:
-        query = query.where(db.AnomalyLabel.id.is_(None))
-    if label is not None:
-        query = query.where(db.AnomalyLabel.label == label)
-    if limit is not None:
-        query = query.limit(limit)
-    return [LabelledAnomaly(e, lab) for e, lab in session.execute(query).all()]
 
 
 def label_history(session: Session, anomaly_id: int) -> list[db.AnomalyLabel]:

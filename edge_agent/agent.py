@@ -59,6 +59,7 @@ TOP_FEATURES = 3
 OUTBOX_KIND = {Channel.ANOMALY: Kind.ANOMALY, Channel.STATUS: Kind.STATUS, Channel.TELEMETRY: Kind.TELEMETRY,
                Channel.SYNC: Kind.SYNC}
 STOP_DRAIN_S = 5.0
+GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is 0.005)
 
 
 @dataclass

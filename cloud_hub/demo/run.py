@@ -138,8 +138,22 @@ probation_s = 10.0  # short, so the demo's second rollout is not held back by th
 """
 
 
+def free_local_port(preferred: int) -> int:
+    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free local port for the dashboard")
+
+
 def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: bool = False,
-             console: Console | None = None) -> dict[str, Any]:
+             console: Console | None = None, dashboard_port: int = 8080) -> dict[str, Any]:
     console = console or Console()
     phases = QUICK if quick else Phases()
     t_start = time.monotonic()
@@ -176,7 +190,9 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         home.init(broker_url)
         cfg_text = home.config_path.read_text().replace("epochs = 30", f"epochs = {phases.epochs}")
         home.config_path.write_text(cfg_text)
-        spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve"])
+        port = free_local_port(dashboard_port)
+        spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve", "--http", f"127.0.0.1:{port}", "--no-auth"])
+        console.print(f"[bold]dashboard[/] http://127.0.0.1:{port}/ while the demo runs (local only, no login)")
         key = home.public_key()
         for d in DEVICES:
             conf = workdir / f"{d}.toml"

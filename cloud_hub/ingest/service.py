@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -60,6 +61,10 @@ class HubServer:
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.idle = threading.Event()  # set whenever the queue is drained and written (tests, demo)
+        # Called on the writer thread after each batch is stored: (batch, time stored). Metrics and alerts
+        # hook in here; they must not block (alerts only enqueue).
+        self.on_stored: list[Callable[[list[Inbound], float], None]] = []
+        self.observer_errors = 0
 
     def start(self) -> None:
         """Returns once subscribed: from then on the broker keeps everything for this session."""
@@ -117,9 +122,20 @@ class HubServer:
                 self.rejects.internal_error("writer", f"a batch of {len(batch)}", exc)
             finally:
                 self._puback(batch)
+            self._notify(batch)
             if self.batcher.empty():
                 self.idle.set()
         self.idle.set()
+
+    def _notify(self, batch: list[Inbound]) -> None:
+        stored_at = time.time()
+        for hook in self.on_stored:
+            try:
+                hook(batch, stored_at)
+            except Exception:  # an observer's bug must not stop storage (the batch is stored already)
+                self.observer_errors += 1
+                if self.observer_errors in (1, 10, 100, 1000) or self.observer_errors % 10_000 == 0:
+                    log.exception("on_stored hook %r failed (%d times)", hook, self.observer_errors)
 
     def _write(self, batch: list[Inbound]) -> None:
         storable = [it for it in batch if it.channel != p.Channel.MODEL_REQUEST]

@@ -69,6 +69,7 @@ COMMIT_S = 0.5
 # Anomaly event ids are derived from what was detected, so a window scored again after a crash (readings
 # processed but not yet committed are redelivered) yields the same id and is stored once.
 EVENT_NAMESPACE = uuid.UUID("9c7d7f3e-5b7a-4f35-9d61-2f1b8a6e0c41")
+GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is 0.005)
 
 
 @dataclass

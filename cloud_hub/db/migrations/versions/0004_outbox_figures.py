@@ -1,7 +1,7 @@
 """The agent's outbox figures from its heartbeat (depth, bytes, drops by kind) on heartbeats and devices.
 
-Revision ID: 0003
-Revises: '0002'
+Revision ID: 0004
+Revises: '0003'
 Create Date: 2026-11-23 14:30:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0003'
-down_revision: str | None = '0002'
+revision: str = '0004'
+down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

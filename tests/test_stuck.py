@@ -76,3 +76,16 @@ def test_a_stuck_episode_alarms_once_even_across_pushes() -> None:
     # Split in two batches: the second knows the first's last window, so nothing re-fires.
     assert stuck_onsets(s[3:], s[2]).astype(int).tolist() == [[0, 0], [0, 0], [1, 0]]
     assert stuck_onsets(np.zeros((0, 2), bool)).shape == (0, 2)
+
+
+def test_rolling_std_fast_path_equals_the_nan_aware_path() -> None:
+    """Complete windows take numpy's std; the same windows in a batch with a gap elsewhere take the
+    NaN-aware formula: identical values."""
+    from shared.stuck import _rolling_std
+
+    rng = np.random.default_rng(5)
+    clean = rng.normal(20.0, 3.0, size=(200, 16, 4))
+    gappy = np.concatenate([clean, clean[:1]])
+    gappy[-1, 3, 2] = np.nan
+    assert np.array_equal(_rolling_std(clean), _rolling_std(gappy)[:-1])
+    assert np.isfinite(_rolling_std(gappy)[-1]).all()

@@ -561,14 +561,18 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--only", type=click.Choice(["all", "ingest"]), default="all", show_default=True,
-              help="ingest: only the hub's stored events/s and sync rows/s (no model training).")
+@click.option("--only", type=click.Choice(["all", "ingest", "fastpath"]), default="all", show_default=True,
+              help="ingest: only the hub's stored events/s and sync rows/s (no model training); fastpath: "
+                   "interpreter and agent sections only, reusing the model an earlier fastpath run trained "
+                   "in --workdir.")
 def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
     """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
     from cloud_hub.bench import run_bench, run_ingest_bench
 
-    run = run_ingest_bench if only == "ingest" else run_bench
-    run(workdir.resolve(), out.resolve(), broker, console=console)
+    if only == "ingest":
+        run_ingest_bench(workdir.resolve(), out.resolve(), broker, console=console)
+    else:
+        run_bench(workdir.resolve(), out.resolve(), broker, console=console, only=only)
 
 
 

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.registry.policy import RetrainConfig
 from shared.mqtt import BrokerConfig
 from shared.schema import SchemaError, doc, load
 
@@ -153,6 +154,8 @@ class HubConfig:
     log_level: str = doc("Logging level.", default="INFO")
     ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
     fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
+    retrain: RetrainConfig = doc("Retrain triggers in `serve`, challenger vs champion judgement, rollout of a "
+                                 "promoted challenger.", default_factory=RetrainConfig)
     web: WebConfig = doc("Dashboard and Prometheus metrics.", default_factory=WebConfig)
     alerts: list[AlertConfig] = doc("Webhooks for anomaly alerts ([[alerts]] tables).", default_factory=list)
 
@@ -176,4 +179,5 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["AlertConfig", "AlertKind", "Severity", "WebConfig", "FleetConfig", "HubConfig", "IngestConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["AlertConfig", "AlertKind", "Severity", "WebConfig", "FleetConfig", "HubConfig", "IngestConfig",
+           "RetrainConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

@@ -107,7 +107,7 @@ def check_web_args(home: HubHome, listen: str | None, no_auth: bool) -> None:
 class OperatorView:
     """What ``serve`` adds for operators: alert webhooks, /metrics on the live ingest, the dashboard."""
 
-    def __init__(self, home: HubHome, server: HubServer, listen: str | None, no_auth: bool) -> None:
+    def __init__(self, home: HubHome, server: HubServer, listen: str | None, no_auth: bool, web: bool = True) -> None:
         from cloud_hub.web.alerts import AlertDispatcher
         from cloud_hub.web.metrics import HubMetrics
 
@@ -117,7 +117,7 @@ class OperatorView:
             server.on_stored.append(self.alerts.observe_batch)
             self.alerts.start()
         self.web = None
-        if listen or cfg.web.listen:
+        if web and (listen or cfg.web.listen):  # web=False: another `serve --workers` worker has it
             metrics = HubMetrics(home, server, self.alerts)
             self.web = start_web(home, listen, no_auth, metrics=metrics, alerts=self.alerts)
         elif no_auth:

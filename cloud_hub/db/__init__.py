@@ -33,8 +33,10 @@ from cloud_hub.db.registry import (
     RetrainOutcome,
     RetrainTrigger,
 )
+from cloud_hub.db.workers import HubWorker
 
 __all__ = [
+    "HubWorker",
     "RetrainTrigger",
     "RetrainOutcome",
     "RetrainDecision",

@@ -138,6 +138,25 @@ probation_s = 10.0  # short, so the demo's second rollout is not held back by th
 """
 
 
+def label_from_truth(home: HubHome, injected: list[Injected]) -> dict[str, int]:
+    """The operator's feedback, played by the simulator: an event the demo's own scoring matches to an
+    injected span is a true positive, any other a false positive (through the same label_anomaly the CLI
+    and dashboard use)."""
+    from cloud_hub.db.queries import anomalies as list_anomalies
+    from cloud_hub.registry.labels import label_anomaly
+
+    counts = {"true_positive": 0, "false_positive": 0}
+    spans = [(i.device, i.start, i.end) for i in injected]
+    with home.sessions()() as s:
+        for row in list_anomalies(s, unlabelled=True, limit=None):
+            e = row.event
+            real = match_events([(e.device_id, e.ts)], spans, grace_s=GRACE_S).events_in_spans == 1
+            kind = "true_positive" if real else "false_positive"
+            label_anomaly(s, e.id, kind, "demo: simulator ground truth", by="demo")
+            counts[kind] += 1
+    return counts
+
+
 def free_local_port(preferred: int) -> int:
     """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
     import socket
@@ -229,7 +248,11 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         console.print(f"[bold]detect[/] v1 active everywhere; injecting anomalies for {phases.detect1_s:.0f}s")
         streamer.stop_event.wait(phases.detect1_s)
 
-        hub_cli("retrain", "--wait", "120")
+        labelled = label_from_truth(home, [i for sim in sims for i in sim.injected])
+        console.print(f"[bold]feedback[/] labelled {labelled['true_positive']} events true positive and "
+                      f"{labelled['false_positive']} false positive (from the simulator's ground truth)")
+        # --force: the demo always rolls the challenger out; `cloud-hub retrain history` shows if it beat v1
+        hub_cli("retrain", "--force", "--wait", "120")
         fleet.wait(lambda s: all(s[d].model_version == 2 for d in DEVICES), 120, "v2 on every agent")
         console.print(f"[bold]detect[/] v2 active everywhere; injecting anomalies for {phases.detect2_s:.0f}s")
         streamer.stop_event.wait(phases.detect2_s)

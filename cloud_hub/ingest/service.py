@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import paho.mqtt.client as mqtt
 
@@ -20,6 +21,7 @@ from cloud_hub.home import HubHome
 from cloud_hub.ingest import store
 from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
+from cloud_hub.ingest.leader import Leadership
 from cloud_hub.ingest.rollout_hooks import serve_model_request
 from shared import protocol as p
 from shared.mqtt import MessageGuard, connect, make_client
@@ -27,6 +29,11 @@ from shared.mqtt import MessageGuard, connect, make_client
 log = logging.getLogger("cloud_hub.ingest")
 
 HUB_CLIENT_ID = "edgesentry-hub"  # default persistent-session id; hub.toml broker.client_id overrides it
+SHARE_GROUP = "hub"  # workers subscribe to $share/hub/edgesentry/+/<channel>: each message goes to one of them
+
+
+class ScaleOutError(ValueError):
+    """Several workers asked for where they cannot work (SQLite allows one writer)."""
 
 HUB_CHANNELS = (
     p.Channel.ANOMALY,
@@ -39,10 +46,19 @@ HUB_CHANNELS = (
 
 
 class HubServer:
-    def __init__(self, home: HubHome) -> None:
+    """``worker`` (a short name) makes this one of several ``serve`` processes on one PostgreSQL: its MQTT
+    session is ``<client_id>-<worker>`` and it subscribes through the shared subscription ``$share/hub/…``
+    so the broker hands each message to one worker; ``self.leader`` elects the one that drives rollouts."""
+
+    def __init__(self, home: HubHome, worker: str | None = None) -> None:
         self.home = home
         self.cfg = home.config()
         self.sessions = home.sessions()
+        self.worker = worker
+        engine = home.engine()
+        if worker is not None and engine.dialect.name != "postgresql":
+            raise ScaleOutError("several serve workers need PostgreSQL (hub.toml database_url = "
+                                "\"postgresql+psycopg://…\"): SQLite takes one writer; run a single `cloud-hub serve`")
         self.rejects = p.RejectCounter(log)  # rejections by reason; internal errors by channel too
         self.guard = MessageGuard(self.rejects)  # nothing one message raises reaches paho's loop
         self.received: Counter[str] = Counter()
@@ -54,13 +70,16 @@ class HubServer:
         self._worker = threading.Thread(target=self._work, name="hub-db", daemon=True)
         self._epoch = 0  # connection generation: a PUBACK is only valid on the connection that got the message
         self._closing = False
-        self.client = make_client(self.cfg.broker, HUB_CLIENT_ID, persistent=True)
+        base_id = self.cfg.broker.client_id or HUB_CLIENT_ID
+        self.client_id = f"{base_id}-{worker}" if worker else base_id
+        self.client = make_client(replace(self.cfg.broker, client_id=self.client_id), HUB_CLIENT_ID, persistent=True)
         self.client.manual_ack_set(True)
         self.client.on_connect = self.guard.callback(self._on_connect, "connect")
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.idle = threading.Event()  # set whenever the queue is drained and written (tests, demo)
+        self.leader = Leadership(engine, self.sessions, (worker or self.client_id)[:64], self.client_id, self._stats)
         # Called on the writer thread after each batch is stored: (batch, time stored). Metrics and alerts
         # hook in here; they must not block (alerts only enqueue).
         self.on_stored: list[Callable[[list[Inbound], float], None]] = []
@@ -72,11 +91,13 @@ class HubServer:
         connect(self.client, self.cfg.broker)
         if not self._subscribed.wait(15):
             raise ConnectionError(f"{self.cfg.broker.url} did not confirm the hub's subscriptions")
-        log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.cfg.broker.client_id or HUB_CLIENT_ID)
+        self.leader.start()
+        log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.client_id)
 
     def stop(self) -> None:
         """Store and acknowledge what was received, then disconnect (the session keeps queueing)."""
         self._closing = True
+        self.leader.stop()
         self.batcher.stop()
         self._worker.join(timeout=60)
         self.client.disconnect()
@@ -87,7 +108,8 @@ class HubServer:
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if not getattr(reason, "is_failure", False):
             self._epoch += 1
-            client.subscribe([(p.subscription(ch), 1) for ch in HUB_CHANNELS])
+            share = f"$share/{SHARE_GROUP}/" if self.worker else ""
+            client.subscribe([(share + p.subscription(ch), 1) for ch in HUB_CHANNELS])
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         """Guarded: nothing raised here reaches paho's loop; a message not queued is PUBACKed at once."""
@@ -105,6 +127,10 @@ class HubServer:
         self.received[channel.value] += 1
         self.idle.clear()
         self.batcher.put(Inbound(channel, device, message, time.time(), msg.mid if msg.qos > 0 else 0, self._epoch))
+
+    def _stats(self) -> tuple[int, int]:
+        """(new rows stored, redeliveries found already stored) since start, for hub_workers."""
+        return sum(v for k, v in self.stored.items() if k != "duplicate"), self.stored["duplicate"]
 
     def feed(self, topic: str, payload: bytes) -> None:
         """Hand one message to ingest exactly as the MQTT thread does, without the network (bench)."""
@@ -187,4 +213,4 @@ class HubServer:
                 self.client.ack(it.mid, 1)
 
 
-__all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "HubServer"]
+__all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "SHARE_GROUP", "HubServer", "ScaleOutError"]

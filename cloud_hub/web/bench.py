@@ -61,18 +61,22 @@ def _http_times(base: str, pages: dict[str, str], runs: int) -> dict[str, Any]:
     return out
 
 
-def _browser_times(base: str, pages: dict[str, str], runs: int, screenshot: Path | None) -> dict[str, Any]:
+def _login(page: Any, base: str) -> None:
+    page.goto(base + "/login")
+    page.fill("input[name=username]", "bench")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form.login button[type=submit]")
+    page.wait_for_url(base + "/fleet")
+
+
+def _browser_times(base: str, pages: dict[str, str], runs: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     out: dict[str, Any] = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(base + "/login")
-        page.fill("input[name=username]", "bench")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("form.login button[type=submit]")
-        page.wait_for_url(base + "/fleet")
+        _login(page, base)
         for name, path in pages.items():
             if path == "/metrics":
                 continue
@@ -83,12 +87,37 @@ def _browser_times(base: str, pages: dict[str, str], runs: int, screenshot: Path
                                     " return [n.responseEnd, n.loadEventEnd]; }")
                 times.append(nav[1] / 1000)
             out[name] = _summary(times)
-        if screenshot is not None:
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.goto(base + pages["device (noisiest, 24 h)"] + "?hours=6")
-            page.screenshot(path=str(screenshot), full_page=False)
         browser.close()
     return out
+
+
+def screenshots(workdir: Path, device_png: Path) -> list[Path]:
+    """Device and fleet pages on demo-like data (12 gateways, 6 h, bursts of anomalies) in headless
+    Chromium: ``device_png`` and ``<stem>-fleet.png`` beside it."""
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    home = HubHome(workdir / "hub")
+    home.init()
+    names = populate(home, devices=12, anomalies=320, seed=3, span_s=6 * 3600)
+    auth.Users(home.path).set("bench", PASSWORD)
+    web = WebServer(home, "127.0.0.1:0")
+    web.start()
+    base = web.url.rstrip("/")
+    fleet_png = device_png.with_name(device_png.stem + "-fleet.png")
+    device_png.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            _login(page, base)
+            page.screenshot(path=str(fleet_png))
+            page.goto(f"{base}/devices/{names[0]}?hours=6")
+            page.screenshot(path=str(device_png))
+            browser.close()
+    finally:
+        web.stop()
+    return [device_png, fleet_png]
 
 
 def run_web_bench(workdir: Path, out: Path, devices: int = 200, anomalies: int = 100_000, runs: int = 5,
@@ -112,7 +141,7 @@ def run_web_bench(workdir: Path, out: Path, devices: int = 200, anomalies: int =
                         "load_1min": round(os.getloadavg()[0], 1)},
             "data": {"devices": devices, "anomalies": anomalies, "database": "sqlite"},
             "http": _http_times(base, pages, runs),
-            "browser": _browser_times(base, pages, runs, screenshot) if Path(CHROMIUM).exists() else {},
+            "browser": _browser_times(base, pages, runs) if Path(CHROMIUM).exists() else {},
         }
     finally:
         web.stop()
@@ -126,4 +155,7 @@ def run_web_bench(workdir: Path, out: Path, devices: int = 200, anomalies: int =
     console.print(table)
     out.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written to {out}")
+    if screenshot is not None:
+        shots = screenshots(workdir / "screenshots", screenshot)
+        console.print(f"screenshots: {', '.join(map(str, shots))}")
     return results

@@ -1,7 +1,7 @@
 """anomaly_events: index (device_id, ts) for the dashboard; the device_id index it makes redundant goes.
 
-Revision ID: 0004
-Revises: '0003'
+Revision ID: 0005
+Revises: '0004'
 Create Date: 2026-11-23 14:35:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0004'
-down_revision: str | None = '0003'
+revision: str = '0005'
+down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -98,9 +99,11 @@ class Heartbeat(Base):
 
 class AnomalyEvent(Base):
     __tablename__ = "anomaly_events"
-    __table_args__ = (UniqueConstraint("device_id", "event_id"),)
+    # (device_id, ts): the dashboard's per-device counts and timelines read only this index; lookups by
+    # device alone use it or the unique constraint's index.
+    __table_args__ = (UniqueConstraint("device_id", "event_id"), Index("ix_anomaly_events_device_id_ts", "device_id", "ts"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
     event_id: Mapped[str] = mapped_column(String(64))
     ts: Mapped[float] = mapped_column(Float, index=True)
     detected_at: Mapped[float] = mapped_column(Float)

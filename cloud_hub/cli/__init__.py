@@ -437,7 +437,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     if server.cfg.retrain.enabled:  # [retrain] triggers: retrain children run niced, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler
 
-        scheduler = RetrainScheduler(home)
+        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)  # one retrain across workers
         scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))

@@ -21,6 +21,7 @@ Two optional refinements, both causal:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -105,6 +106,21 @@ class AnomalyLikelihood:
         self._evicted = 0
         self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
 
+    def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
+        """The likelihood of a new model (same features) on this stream: the score history starts over
+        from the new model's prior (its scores are on another scale), but what belongs to the stream
+        carries over — the range of readings seen so far (range novelty) and the recent likelihoods
+        (onsets) — so a model swap neither re-alarms on values already seen nor on an excursion
+        already reported."""
+        nxt = AnomalyLikelihood(params)
+        if len(self._lo) and len(nxt._lo) == len(self._lo):
+            nxt._lo, nxt._hi = np.minimum(nxt._lo, self._lo), np.maximum(nxt._hi, self._hi)
+        elif len(self._lo) and not len(nxt._lo):
+            nxt._lo, nxt._hi = self._lo.copy(), self._hi.copy()
+        if params.onset_window:
+            nxt._onset_tail = self._onset_tail[-params.onset_window :].copy()
+        return nxt
+
     def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
         """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty)."""
         readings = None if reading is None else np.asarray(reading, np.float64)[None, :]
@@ -124,7 +140,10 @@ class AnomalyLikelihood:
     def _likelihoods(self, scores: np.ndarray) -> np.ndarray:
         p = self.params
         n, k = len(scores), p.short_window
-        logs = np.array([math.log1p(max(s, 0.0)) if math.isfinite(s) else 50.0 for s in scores.tolist()])
+        finite = np.isfinite(scores)
+        # math.log1p element by element (bit-identical to the scalar path), without a Python-level loop body.
+        logs = np.fromiter(map(math.log1p, np.where(finite, np.maximum(scores, 0.0), 0.0).tolist()), np.float64, n)
+        logs[~finite] = 50.0
         # Moving average of the last k log-scores, summed oldest first as sum() over a deque would.
         pad = max(0, k - 1 - len(self._recent))
         ext = np.concatenate([np.zeros(pad), self._recent, logs])  # 0.0 + x == x: padding is exact
@@ -143,14 +162,19 @@ class AnomalyLikelihood:
         std = np.where(total == 0, p.prior_std, np.sqrt(np.maximum(second - mean * mean, 1e-12)))
         z = (avg - mean) / np.maximum(std, p.prior_std * 0.1)
         scaled = z / math.sqrt(2)
-        return np.array([log_scale(1.0 - 0.5 * math.erfc(v)) for v in scaled.tolist()])
+        # log_scale(1 - erfc(v) / 2) per window, with the same math.* calls and float operations.
+        lik = 1.0 - 0.5 * np.fromiter(map(math.erfc, scaled.tolist()), np.float64, n)
+        return np.fmin(1.0, np.fromiter(map(math.log, (1.0000000001 - lik).tolist()), np.float64, n) / _LOG_FLOOR)
 
     def _learn(self, avg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add ``avg`` to the running history (learn after judging); sums and length before each step."""
         h = self.params.history
         n = len(avg)
         start_len = len(self._history)
-        combined = np.concatenate([np.asarray(self._history, np.float64), avg])
+        # Only the oldest n history values can be evicted by n steps: convert those, not the whole history
+        # (a per-reading O(history) copy was most of the single-reading cost).
+        head = np.fromiter(itertools.islice(self._history, min(n, start_len)), np.float64)
+        combined = np.concatenate([head, avg])  # == (history + avg)[: len(head) + n] where indexed below
         after_len = start_len + np.arange(1, n + 1)  # history length after appending avg_i
         evict = after_len > h
         first_kept = np.maximum(after_len - h, 0)  # index in combined of the oldest value kept after step i
@@ -175,7 +199,8 @@ class AnomalyLikelihood:
             sq_before[seg : end + 1] = cumq[0:-1:2]
             s, q = float(cum[-1]), float(cumq[-1])
             if resum[end]:  # once per turnover: exact re-sum, no drift
-                kept = combined[first_kept[end] : start_len + end + 1].tolist()
+                whole = np.concatenate([np.fromiter(self._history, np.float64, start_len), avg])
+                kept = whole[first_kept[end] : start_len + end + 1].tolist()
                 s, q = math.fsum(kept), math.fsum(v * v for v in kept)
             seg = end + 1
         self._sum, self._sq = s, q

@@ -394,8 +394,9 @@ class Agent:
         )
         self.counters.anomalies += 1
         self._send(Channel.ANOMALY, event)  # durable before it is logged: a logged event is never lost
-        log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s) id %s", event.ts,
-                 event.score, event.threshold, event.likelihood, event.model_version,
+        why = model.decision.scaled(self.detector.threshold_scale).reason(
+            s.score, s.likelihood, [names[c] for c in s.stuck]) if model else f"score {s.score:.2f}"
+        log.info("anomaly at %.3f: %s (model v%d; %s) id %s", event.ts, why, event.model_version,
                  ", ".join(f"{k} {v:.0%}" for k, v in shares.items()), event.event_id)
 
     # ------------------------------------------------------------------ housekeeping

@@ -33,10 +33,12 @@ from cloud_hub.db.registry import (
     RetrainOutcome,
     RetrainTrigger,
 )
+from cloud_hub.db.telemetry import TelemetryRecord
 from cloud_hub.db.workers import HubWorker
 
 __all__ = [
     "HubWorker",
+    "TelemetryRecord",
     "RetrainTrigger",
     "RetrainOutcome",
     "RetrainDecision",

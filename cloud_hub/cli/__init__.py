@@ -397,12 +397,8 @@ def serve(ctx: click.Context) -> None:
         sys.exit(code)
 
 
-@main.group()
-def rollout() -> None:
-    """Roll models out to the fleet."""
-
-
 def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dict[str, object]:
+    """One wave to every device (run by `serve`), then block until the agents run it (`retrain`)."""
     from cloud_hub import rollout as ro
 
     try:
@@ -427,34 +423,6 @@ def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dic
     console.print(f"v{version} active on {len(activated)}/{len(info.devices)} device(s)"
                   + (f"; not yet: {', '.join(missing)}" if missing else ""))
     return {"activated": activated, "missing": missing}
-
-
-@rollout.command("start")
-@click.option("--model", "version", type=int, required=True, help="Model version to roll out.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
-@click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations (0 = don't).")
-@click.pass_context
-def rollout_start(ctx: click.Context, version: int, quantization: str, wait: float) -> None:
-    """Announce a signed bundle to all agents and report which activated it."""
-    home = _home(ctx)
-    result = _rollout(home, version, quantization, wait)
-    if result.get("missing"):
-        sys.exit(3)
-
-
-@rollout.command("status")
-@click.pass_context
-def rollout_status(ctx: click.Context) -> None:
-    """Per-device state of the most recent rollouts."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("rollout", "version", "state", "device", "device state", "detail")
-        for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id.desc()).limit(5)):
-            rows = list(s.scalars(select(db.RolloutDevice).where(db.RolloutDevice.rollout_id == r.id)))
-            for d in rows or [None]:
-                table.add_row(str(r.id), str(r.version), r.state.value, d.device_id if d else "-",
-                              d.state.value if d else "-", d.detail if d else "")
-    console.print(table)
 
 
 @main.command()
@@ -549,8 +517,10 @@ def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
     from cloud_hub.cli.broker import broker_config
     from cloud_hub.cli.devices import devices
+    from cloud_hub.cli.rollout import rollout
 
     main.add_command(devices)
+    main.add_command(rollout)
     main.add_command(broker_config)
 
 

@@ -7,15 +7,19 @@ from cloud_hub.db.models import (
     Base,
     Bundle,
     Device,
-    DeviceRolloutState,
     Heartbeat,
     ModelVersion,
-    Rollout,
-    RolloutDevice,
-    RolloutState,
     StatusChange,
     SyncBatch,
     utcnow,
+)
+from cloud_hub.db.rollouts import (
+    DeviceRolloutState,
+    DeviceTarget,
+    Rollout,
+    RolloutCommand,
+    RolloutDevice,
+    RolloutState,
 )
 
 __all__ = [
@@ -25,9 +29,11 @@ __all__ = [
     "Bundle",
     "Device",
     "DeviceRolloutState",
+    "DeviceTarget",
     "Heartbeat",
     "ModelVersion",
     "Rollout",
+    "RolloutCommand",
     "RolloutDevice",
     "RolloutState",
     "StatusChange",

@@ -20,6 +20,7 @@ from cloud_hub.ingest import store
 from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
 from cloud_hub.ingest.rollout_hooks import serve_model_request
+from cloud_hub.rollout.engine import RolloutEngine
 from shared import protocol as p
 from shared.mqtt import MessageGuard, connect, make_client
 
@@ -60,6 +61,8 @@ class HubServer:
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.idle = threading.Event()  # set whenever the queue is drained and written (tests, demo)
+        # The one owner of rollout state runs beside ingest; statuses wake it (see cloud_hub/rollout/engine.py).
+        self.rollouts = RolloutEngine(home, self.client, self.sessions, self.cfg.rollout)
 
     def start(self) -> None:
         """Returns once subscribed: from then on the broker keeps everything for this session."""
@@ -67,11 +70,13 @@ class HubServer:
         connect(self.client, self.cfg.broker)
         if not self._subscribed.wait(15):
             raise ConnectionError(f"{self.cfg.broker.url} did not confirm the hub's subscriptions")
+        self.rollouts.start()
         log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.cfg.broker.client_id or HUB_CLIENT_ID)
 
     def stop(self) -> None:
         """Store and acknowledge what was received, then disconnect (the session keeps queueing)."""
         self._closing = True
+        self.rollouts.stop()
         self.batcher.stop()
         self._worker.join(timeout=60)
         self.client.disconnect()
@@ -138,6 +143,9 @@ class HubServer:
         self.stored["duplicate"] += sum(result.duplicates.values())
         if result.acked:
             self.acks_sent += publish_acks(self.client, result.acked)
+        statuses = {it.device for it in storable if it.channel == p.Channel.STATUS}
+        if statuses:
+            self.rollouts.wake(statuses)
         for it in batch:
             if it.channel == p.Channel.MODEL_REQUEST:
                 self._model_request(it)

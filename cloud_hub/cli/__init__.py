@@ -502,13 +502,14 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--only", type=click.Choice(["all", "ingest"]), default="all", show_default=True,
-              help="ingest: only the hub's stored events/s and sync rows/s (no model training).")
+@click.option("--only", type=click.Choice(["all", "ingest", "fleet"]), default="all", show_default=True,
+              help="ingest: only the hub's stored events/s and sync rows/s (no model training); fleet: only the "
+                   "rollout to 10/50/200 simulated agents (a 2-epoch model).")
 def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
     """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
-    from cloud_hub.bench import run_bench, run_ingest_bench
+    from cloud_hub.bench import run_bench, run_fleet_bench, run_ingest_bench
 
-    run = run_ingest_bench if only == "ingest" else run_bench
+    run = {"ingest": run_ingest_bench, "fleet": run_fleet_bench}.get(only, run_bench)
     run(workdir.resolve(), out.resolve(), broker, console=console)
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud_hub import db
+from cloud_hub.db import queries
 from shared.csvdata import read_series, split_on_gaps
 
 
@@ -22,6 +21,10 @@ class TrainingData:
     rows: int
     excluded_rows: int = 0
     labels: list[np.ndarray] | None = None  # per segment, (n,) ints (0 = normal), when the CSV has them
+    devices: list[str] = field(default_factory=list)  # synced data: the devices it came from
+    start_ts: float | None = None  # time range of the readings (lineage)
+    end_ts: float | None = None
+    fp_rows: int = 0  # rows kept as normal because an operator labelled them a false positive
 
 
 def from_csv(path: Path, features: list[str] | None = None, timestamp_column: str = "timestamp",
@@ -35,7 +38,9 @@ def from_csv(path: Path, features: list[str] | None = None, timestamp_column: st
             raise ValueError(f"{path}: label column {label_column!r} must hold integers >= 0 (0 = normal)")
         labels = [lab[s].astype(np.int64) for s in cuts]
     segments = [series.values[s] for s in cuts]
-    return TrainingData(series.features, segments, f"csv:{path}", len(series.values), labels=labels)
+    ts = series.timestamps
+    return TrainingData(series.features, segments, f"csv:{path}", len(series.values), labels=labels,
+                        start_ts=float(ts[0]) if len(ts) else None, end_ts=float(ts[-1]) if len(ts) else None)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -48,30 +53,35 @@ def npy_load(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def from_synced(session: Session, features: list[str] | None = None, since: float | None = None,
-                window: int = 32) -> TrainingData:
-    """Readings synced by agents, per device, split at time gaps; windows around flagged rows dropped.
+Span = tuple[float, float]  # [start, end] seconds, inclusive
 
-    Rows the agent's model flagged as anomalous are removed together with ``window`` rows either
-    side, so retraining does not learn the anomalies it is meant to catch.
-    """
-    query = select(db.SyncBatch).order_by(db.SyncBatch.device_id, db.SyncBatch.start_ts)
-    if since is not None:
-        query = query.where(db.SyncBatch.end_ts >= since)
+
+@dataclass
+class SyncedRows:
+    """One device's synced readings in time order, duplicates removed: (n,) ts, (n, f) values, (n,) flags."""
+
+    ts: np.ndarray
+    values: np.ndarray
+    flags: np.ndarray
+
+
+def synced_rows(session: Session, features: list[str] | None = None, since: float | None = None,
+                until: float | None = None, devices: list[str] | None = None) -> tuple[list[str], dict[str, SyncedRows]]:
+    """Readings agents synced, per device, as columns ``features`` (default: every feature seen)."""
     per_device: dict[str, list[tuple[np.ndarray, np.ndarray, list[str]]]] = {}
-    for b in session.scalars(query):
+    for b in queries.sync_batches(session, since, until, devices):
         per_device.setdefault(b.device_id, []).append((npy_load(b.data), npy_load(b.flags), list(b.features)))
     if not per_device:
-        raise ValueError("no synced data yet: agents upload readings once `cloud-hub serve` is running")
+        raise ValueError("no synced data yet: agents upload readings once `cloud-hub serve` is running"
+                         + (f" (devices: {', '.join(devices) or 'none'})" if devices is not None else ""))
     if not features:
         seen: dict[str, None] = {}
         for batches in per_device.values():
             for _, _, feats in batches:
                 seen.update(dict.fromkeys(feats))
         features = list(seen)
-    segments: list[np.ndarray] = []
-    rows = excluded = 0
-    for batches in per_device.values():
+    out: dict[str, SyncedRows] = {}
+    for device, batches in per_device.items():
         ts_parts, val_parts, flag_parts = [], [], []
         for data, flags, feats in batches:
             col = {f: i + 1 for i, f in enumerate(feats)}
@@ -87,12 +97,56 @@ def from_synced(session: Session, features: list[str] | None = None, since: floa
         ts, vals, flags = ts[order], np.concatenate(val_parts)[order], np.concatenate(flag_parts)[order]
         keep = np.ones(len(ts), dtype=bool)
         keep[1:] = np.diff(ts) > 0  # duplicates from redelivered batches
-        bad = np.convolve(flags.astype(np.int64), np.ones(2 * window + 1, dtype=np.int64), mode="same") > 0
-        rows += int(keep.sum())
-        excluded += int((keep & bad).sum())
-        for s in split_on_gaps(ts[keep]):
-            seg_vals = vals[keep][s]
-            seg_bad = bad[keep][s]
+        if since is not None:
+            keep &= ts >= since
+        if until is not None:
+            keep &= ts <= until
+        if keep.any():
+            out[device] = SyncedRows(ts[keep], vals[keep], flags[keep].astype(np.int8))
+    return features, out
+
+
+def in_spans(ts: np.ndarray, spans: list[Span]) -> np.ndarray:
+    """(n,) bool: which timestamps fall inside any of ``spans``."""
+    mask = np.zeros(len(ts), dtype=bool)
+    for a, b in spans:
+        mask |= (ts >= a) & (ts <= b)
+    return mask
+
+
+def near_flags(flags: np.ndarray, window: int) -> np.ndarray:
+    """Rows within ``window`` rows of a row the agent flagged."""
+    return np.convolve(flags.astype(np.int64), np.ones(2 * window + 1, dtype=np.int64), mode="same") > 0
+
+
+def from_synced(session: Session, features: list[str] | None = None, since: float | None = None,
+                window: int = 32, devices: list[str] | None = None, until: float | None = None,
+                normal_spans: dict[str, list[Span]] | None = None,
+                excluded_spans: dict[str, list[Span]] | None = None) -> TrainingData:
+    """Readings synced by agents, per device, split at time gaps; windows around flagged rows dropped.
+
+    Rows the agent's model flagged as anomalous are removed together with ``window`` rows either
+    side, so retraining does not learn the anomalies it is meant to catch.  Operator labels refine that:
+    flags inside ``normal_spans`` (false positives) are ignored, so those rows are normal training data;
+    rows inside ``excluded_spans`` (true positives) are dropped even if nothing flagged them.
+    """
+    features, per_device = synced_rows(session, features, since, until, devices)
+    segments: list[np.ndarray] = []
+    rows = excluded = fp_rows = 0
+    for device, r in per_device.items():
+        flags = r.flags.copy()
+        if normal_spans and normal_spans.get(device):
+            cleared = in_spans(r.ts, normal_spans[device])
+            fp_rows += int(cleared.sum())
+            flags[cleared] = 0
+        bad = near_flags(flags, window)
+        if excluded_spans and excluded_spans.get(device):
+            bad |= in_spans(r.ts, excluded_spans[device])
+        rows += len(r.ts)
+        excluded += int(bad.sum())
+        for s in split_on_gaps(r.ts):
+            seg_vals = r.values[s]
+            seg_bad = bad[s]
             # split further around excluded stretches
             start = None
             for i, b in enumerate([*seg_bad.tolist(), True]):
@@ -101,4 +155,7 @@ def from_synced(session: Session, features: list[str] | None = None, since: floa
                 elif b and start is not None:
                     segments.append(seg_vals[start:i])
                     start = None
-    return TrainingData(features, [s for s in segments if len(s)], "synced", rows, excluded)
+    starts = [float(r.ts[0]) for r in per_device.values()]
+    ends = [float(r.ts[-1]) for r in per_device.values()]
+    return TrainingData(features, [s for s in segments if len(s)], "synced", rows, excluded,
+                        devices=sorted(per_device), start_ts=min(starts), end_ts=max(ends), fp_rows=fp_rows)

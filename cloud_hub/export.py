@@ -136,6 +136,7 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
                                                     db.Bundle.quantization == quantization.value))
         row = existing or db.Bundle(version=version, quantization=quantization.value)
         row.path, row.sha256, row.size = str(archive), bundle_fmt.sha256_hex(archive_bytes), len(archive_bytes)
+        row.profile = profile.name if profile is not None else ""
         row.agreement = {"windows": agree.windows, "score_pearson": agree.score_pearson,
                          "flag_agreement": agree.flag_agreement, "mean_abs_rel_diff": agree.mean_abs_rel_diff}
         s.add(row)

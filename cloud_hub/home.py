@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from cloud_hub import db
 from cloud_hub.config import DEFAULT_TOML, HubConfig, load_hub_config
+from cloud_hub.db import migrate
 from shared import signing
 from shared.schema import load
 
@@ -49,19 +50,25 @@ class HubHome:
     def bundles_dir(self) -> Path:
         return self.path / "bundles"
 
-    def init(self, broker_url: str = "mqtt://127.0.0.1:1883", force: bool = False) -> bool:
-        """Create the home. Returns False (and changes nothing) if it already exists."""
+    def init(self, broker_url: str = "mqtt://127.0.0.1:1883", force: bool = False, database_url: str = "") -> bool:
+        """Create the home and its database schema. Returns False if it exists: then only the schema is
+        upgraded. ``database_url`` (SQLAlchemy URL, e.g. PostgreSQL) goes into hub.toml; empty = SQLite."""
         if self.config_path.exists() and not force:
+            self.upgrade_db()
             return False
         self.path.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(DEFAULT_TOML.format(broker_url=broker_url))
+        text = DEFAULT_TOML.format(broker_url=broker_url)
+        if database_url:
+            comment, _, rest = text.partition("\n")
+            text = f"{comment}\n{tomli_w.dumps({'database_url': database_url})}\n{rest}"
+        self.config_path.write_text(text)
         if not self.key_path.exists():
             key = signing.generate_private_key()
             signing.save_private_key(key, self.key_path)
             self.public_key_path.write_text(signing.public_key_b64(key) + "\n")
         self.models_dir.mkdir(exist_ok=True)
         self.bundles_dir.mkdir(exist_ok=True)
-        db.init_db(self.engine())
+        self.upgrade_db()
         return True
 
     def require(self) -> None:
@@ -99,11 +106,18 @@ class HubHome:
         return self.config().database_url or f"sqlite:///{self.path / 'hub.db'}"
 
     def engine(self) -> Engine:
-        return db.make_engine(self.database_url())
+        """This process's one engine for the hub database (cached per URL)."""
+        return db.engine_for(self.database_url())
+
+    def upgrade_db(self) -> tuple[str | None, str]:
+        """Create or upgrade the schema to the newest revision (`init`, `serve`, `cloud-hub db upgrade`)."""
+        return migrate.upgrade(self.engine())
 
     def sessions(self) -> sessionmaker:  # type: ignore[type-arg]
+        """Sessions on the hub database; raises :class:`DatabaseSchemaError` (naming `cloud-hub db upgrade`)
+        if its schema is not the newest."""
         engine = self.engine()
-        db.init_db(engine)
+        migrate.require_current(engine)
         return db.session_factory(engine)
 
     def signing_key(self) -> Ed25519PrivateKey:

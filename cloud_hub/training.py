@@ -111,11 +111,16 @@ def train(
     cfg: TrainingConfig,
     model: str = "ae-lstm",
     on_epoch: EpochCallback | None = None,
+    parent: int | None = None,
+    group: str = "",
 ) -> TrainResult:
-    """Train, calibrate and register a new model version in the hub home.
+    """Train, calibrate and register a new model version in the hub home, with its lineage (data,
+    settings, ``parent`` version, device ``group``, metrics on the held-out recent slice).
 
     Unsupervised models learn from normal windows only: labelled attack windows are dropped.
     """
+    from cloud_hub.registry import lineage
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mode = check_mode(model, data.labels is not None)
     win = prepare_windows(data, cfg)
@@ -150,8 +155,12 @@ def train(
     meta = {"name": model, "version": version, "preprocessing": win.params.to_dict(), "training": info,
             "stuck": win.stuck.to_dict() if win.stuck else None}
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    val_scores = detector.score(win.val) if len(win.val) else np.empty(0)
+    holdout = lineage.holdout_metrics(val_scores, detector.decision.flags(val_scores), detector.threshold)
     with home.sessions()() as s:
         s.add(db.ModelVersion(version=version, name=model, source=data.source, artifacts_dir=str(out), training=info))
+        s.flush()
+        lineage.record(s, version, data, model, info["config"], holdout, parent, group)
         s.commit()
     return TrainResult(version, out, win.params, detector, info)
 

@@ -43,6 +43,41 @@ def hub_server(tmp_path: Path, mosquitto: RunningBroker):  # type: ignore[no-unt
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """One real PostgreSQL for the session (initdb in a temp dir, 127.0.0.1, ephemeral port, run as an
+    unprivileged user); skipped only where PostgreSQL is not installed (.ci/run installs it)."""
+    from cloud_hub.db.local_postgres import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does this)")
+    server = start_postgres()
+    yield server
+    from cloud_hub.db import dispose_engines
+
+    dispose_engines()
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A new, empty database on the session's PostgreSQL."""
+    import uuid
+
+    from cloud_hub.db import dispose_engines
+
+    yield postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    dispose_engines()  # give the connections back (the server allows a few hundred)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, then a new PostgreSQL database (storage tests run on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
 def amqtt_broker(tmp_path: Path) -> Iterator[RunningBroker]:
     broker = start_amqtt(workdir=tmp_path)

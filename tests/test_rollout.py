@@ -352,3 +352,36 @@ def test_restart_mid_rollout_resumes_and_late_devices_get_their_groups_model(fle
         assert s.get(db.DeviceTarget, "field-1") is None
     assert _committed(fleet, "field-1", 1)
     assert RecordFile(fleet.tmp / "field-1" / "state").load().committed == 1
+
+
+def test_migration_turns_old_whole_fleet_rollouts_into_completed_ones(tmp_path: Path) -> None:
+    """Revision 0003 on a hub that rolled out with the old single-step rollout, and back."""
+    from sqlalchemy import create_engine, text
+
+    from cloud_hub.db import migrate
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate.upgrade(engine, "0002")
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO model_versions (version, name, created_at, source, artifacts_dir, training) "
+                       "VALUES (1, 'ae-lstm', '2026-01-01', 'x', '', '{}')"))
+        c.execute(text("INSERT INTO bundles (id, version, quantization, path, sha256, size, agreement, created_at, "
+                       "profile) VALUES (1, 1, 'int8', 'p', 's', 1, '{}', '2026-01-01', '')"))
+        c.execute(text("INSERT INTO rollouts (id, bundle_id, version, started_at, state) VALUES "
+                       "(1, 1, 1, '2026-01-01', 'SUPERSEDED'), (2, 1, 1, '2026-01-02', 'ACTIVE')"))
+        c.execute(text("INSERT INTO rollout_devices (rollout_id, device_id, state, updated_at, detail) VALUES "
+                       "(2, 'a', 'PENDING', 0, ''), (2, 'b', 'REQUESTED', 0, ''), (2, 'c', 'ACTIVATED', 0, ''), "
+                       "(2, 'd', 'FAILED', 0, 'bad')"))
+    migrate.upgrade(engine)
+    with db.session_factory(engine)() as s:
+        assert [(r.state, r.phases, r.selector) for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id))] == [
+            (R.SUPERSEDED, [100], {}), (R.COMPLETED, [100], {})]
+        assert {d.device_id: d.state for d in s.scalars(select(db.RolloutDevice))} == {
+            "a": D.SENT, "b": D.SENT, "c": D.ACTIVATED, "d": D.FAILED}
+        s.add(db.RolloutDevice(rollout_id=2, device_id="e", state=D.ROLLED_BACK, updated_at=0.0))
+        s.commit()
+    migrate.downgrade(engine, "0002")
+    with engine.connect() as c:
+        assert dict(c.execute(text("SELECT device_id, state FROM rollout_devices")).all()) == {
+            "a": "PENDING", "b": "PENDING", "c": "ACTIVATED", "d": "FAILED", "e": "FAILED"}
+        assert [r[0] for r in c.execute(text("SELECT state FROM rollouts ORDER BY id"))] == ["SUPERSEDED", "ACTIVE"]

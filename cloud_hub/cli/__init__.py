@@ -12,12 +12,11 @@ from typing import Any
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
 
-from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
+from cloud_hub.db import queries
 from cloud_hub.home import DEFAULT_HOME, HubHome
 from shared.decision import DecisionMode
 from shared.inference import Quantization
@@ -31,7 +30,19 @@ DECISION_CHOICE = click.Choice([d.value for d in DecisionMode])
 _home = home_of
 
 
-@click.group()
+class HubGroup(click.Group):
+    """Turns a database whose schema does not match into a one-line error naming the command to run."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from cloud_hub.db.migrate import DatabaseSchemaError
+
+        try:
+            return super().invoke(ctx)
+        except DatabaseSchemaError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=HubGroup)
 @click.option("--home", type=click.Path(path_type=Path), default=DEFAULT_HOME, show_default=True,
               envvar="EDGESENTRY_HOME", help="Hub home directory (config, database, keys, models).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -46,10 +57,12 @@ def main(ctx: click.Context, home: Path, verbose: bool) -> None:
 @main.command()
 @click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL for hub.toml.")
 @click.option("--force", is_flag=True, help="Rewrite hub.toml if the home exists (keys are kept).")
+@click.option("--database-url", default="", help="SQLAlchemy URL of the hub database, e.g. "
+              "postgresql+psycopg://hub:PASSWORD@db-host/edgesentry (default: SQLite hub.db in the home).")
 @click.pass_obj
-def init(home: HubHome, broker: str, force: bool) -> None:
-    """Create the hub home: hub.toml, SQLite database and Ed25519 signing key."""
-    created = home.init(broker, force=force)
+def init(home: HubHome, broker: str, force: bool, database_url: str) -> None:
+    """Create the hub home: hub.toml, the database schema (SQLite by default) and Ed25519 signing key."""
+    created = home.init(broker, force=force, database_url=database_url)
     console.print(f"{'Created' if created else 'Already initialised:'} hub home [bold]{home.path}[/]")
     console.print(f"Hub public key (put it in each agent's trusted_keys): [bold]{home.public_key()}[/]")
     console.print("For a fleet: `cloud-hub broker-config --out DIR` (TLS, accounts, ACLs), then "
@@ -111,18 +124,6 @@ def _model_choice() -> click.Choice:
     from cloud_hub.models import MODELS
 
     return click.Choice(list(MODELS))
-
-
-@main.command()
-def models() -> None:
-    """Every detector the hub can train: modes and export support."""
-    from cloud_hub.models import MODELS
-
-    table = Table("name", "modes", "TFLite export", "what it is")
-    for name, cls in MODELS.items():
-        table.add_row(name, ", ".join(m.value for m in cls.modes), ", ".join(cls.quantizations) or "hub only",
-                      cls.summary)
-    console.print(table)
 
 
 SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
@@ -379,6 +380,9 @@ def serve(ctx: click.Context) -> None:
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
+    before, after = home.upgrade_db()
+    if before != after:
+        console.print(f"database schema upgraded from revision {before or '(none)'} to {after}")
     server = HubServer(home)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -444,7 +448,7 @@ def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_roll
     cfg = _training_config(home, epochs)
     if model_name is None:
         with home.sessions()() as s:
-            latest = s.scalar(select(db.ModelVersion.name).order_by(db.ModelVersion.version.desc()).limit(1))
+            latest = queries.latest_model_name(s)
         model_name = latest or "ae-lstm"
     try:
         with home.sessions()() as s:
@@ -470,12 +474,9 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
     from datetime import UTC, datetime
 
     home = _home(ctx)
-    query = select(db.AnomalyEvent).order_by(db.AnomalyEvent.ts.desc()).limit(limit)
-    if device:
-        query = query.where(db.AnomalyEvent.device_id == device)
     table = Table("time (UTC)", "device", "score", "threshold", "model", "top features", "latency ms")
     with home.sessions()() as s:
-        for e in s.scalars(query):
+        for e in (row.event for row in queries.anomalies(s, device, limit=limit)):
             table.add_row(datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.device_id,
                           f"{e.score:.2f}", f"{e.threshold:.2f}", f"v{e.model_version}",
                           ", ".join(f"{k} {v:.0%}" for k, v in e.attribution.items()) or ", ".join(e.top_features),
@@ -516,13 +517,19 @@ def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
 
 def _register() -> None:
     """Command modules, one per noun (they import from cloud_hub.cli.common, never from here)."""
+    from cloud_hub.cli.anomalies import anomalies
     from cloud_hub.cli.broker import broker_config
+    from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
+    from cloud_hub.cli.models import models
     from cloud_hub.cli.rollout import rollout
 
+    main.add_command(anomalies)
     main.add_command(devices)
+    main.add_command(models)
     main.add_command(rollout)
     main.add_command(broker_config)
+    main.add_command(db_group)
 
 
 _register()

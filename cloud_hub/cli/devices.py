@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
+from cloud_hub.db import queries
 from cloud_hub.fleet import broker_files
 from cloud_hub.fleet import devices as fleet
 
@@ -60,7 +61,9 @@ def list_cmd(ctx: click.Context) -> None:
     """Every device: access, online, last seen, model, profile, group, tags (`show` has the rest)."""
     home = home_of(ctx)
     table = Table("device", "access", "online", "last seen", "model", "profile", "group", "tags")
-    for d in fleet.list_devices(home):
+    with home.sessions()() as s:
+        rows = queries.devices(s)
+    for d in rows:
         model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
         table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
                       d.profile or "-", d.group or "-", _tags(d) or "-")
@@ -73,10 +76,10 @@ def list_cmd(ctx: click.Context) -> None:
 def show(ctx: click.Context, name: str) -> None:
     """One device in detail, with its most recent heartbeats."""
     home = home_of(ctx)
-    try:
-        detail = fleet.device_detail(home, name)
-    except fleet.FleetError as exc:
-        raise click.ClickException(str(exc)) from None
+    with home.sessions()() as s:
+        detail = queries.device_detail(s, name)
+    if detail is None:
+        raise click.ClickException(f"unknown device {name!r} (see `cloud-hub devices list`)")
     d = detail.device
     info = Table(show_header=False, box=None)
     for key, value in (

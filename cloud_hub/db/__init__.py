@@ -1,6 +1,13 @@
-"""Hub storage: ORM models (`models`), engines (`engine`). Import names from here."""
+"""Hub storage: ORM models (`models`, `registry`), engines (`engine`), schema migrations (`migrate`),
+the read queries CLI and dashboard share (`queries`). Import names from here."""
 
-from cloud_hub.db.engine import init_db, insert_ignoring_duplicates, make_engine, session_factory
+from cloud_hub.db.engine import (
+    dispose_engines,
+    engine_for,
+    insert_ignoring_duplicates,
+    make_engine,
+    session_factory,
+)
 from cloud_hub.db.models import (
     NAMING,
     AnomalyEvent,
@@ -13,6 +20,15 @@ from cloud_hub.db.models import (
     SyncBatch,
     utcnow,
 )
+from cloud_hub.db.registry import (
+    AnomalyLabel,
+    Champion,
+    LabelKind,
+    ModelLineage,
+    RetrainDecision,
+    RetrainOutcome,
+    RetrainTrigger,
+)
 from cloud_hub.db.rollouts import (
     DeviceRolloutState,
     DeviceTarget,
@@ -23,6 +39,13 @@ from cloud_hub.db.rollouts import (
 )
 
 __all__ = [
+    "RetrainTrigger",
+    "RetrainOutcome",
+    "RetrainDecision",
+    "ModelLineage",
+    "LabelKind",
+    "Champion",
+    "AnomalyLabel",
     "NAMING",
     "AnomalyEvent",
     "Base",
@@ -38,7 +61,8 @@ __all__ = [
     "RolloutState",
     "StatusChange",
     "SyncBatch",
-    "init_db",
+    "dispose_engines",
+    "engine_for",
     "insert_ignoring_duplicates",
     "make_engine",
     "session_factory",

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from cloud_hub.db.models import Base
+_engines: dict[tuple[str, int], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(url: str) -> Engine:
+    """The one engine (and connection pool) of this process for ``url``: a hub home's commands, ingest
+    and queries share it instead of opening a pool each (a forked child gets its own)."""
+    key = (url, os.getpid())
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections (tests that delete databases, processes about to exit)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
 
 
 def make_engine(url: str) -> Engine:
+    """A new engine; use :func:`engine_for` unless the caller owns and disposes of it."""
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         # WAL lets `serve` write while CLI commands read; busy_timeout rides out short write locks.
@@ -24,10 +47,6 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     return engine
-
-
-def init_db(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker:  # type: ignore[type-arg]

@@ -129,6 +129,7 @@ class Bundle(Base):
     size: Mapped[int] = mapped_column(Integer)
     agreement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    profile: Mapped[str] = mapped_column(String(64), default="")  # firmware profile it was exported for, if any
 
 
 # ------------------------------------------------------------------------------------- ingest (hub)

@@ -29,7 +29,6 @@ from shared.protocol import valid_device_id
 from shared.schema import SchemaError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-RECENT_HEARTBEATS = 5
 
 
 class FleetError(ValueError):
@@ -43,12 +42,6 @@ class Provisioned:
     agent_toml: Path
     ca_file: Path | None
     broker_dir: Path
-
-
-@dataclass(frozen=True)
-class DeviceDetail:
-    device: db.Device
-    heartbeats: list[db.Heartbeat]
 
 
 def parse_tags(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -202,18 +195,3 @@ def remove_device(home: HubHome, name: str) -> broker_files.BrokerDir:
     default_toml = home.path / "devices" / name / "agent.toml"
     default_toml.unlink(missing_ok=True)  # its password no longer works; don't leave it lying around
     return regenerate(home)
-
-
-def list_devices(home: HubHome) -> list[db.Device]:
-    with home.sessions()() as s:
-        return list(s.scalars(select(db.Device).order_by(db.Device.device_id)))
-
-
-def device_detail(home: HubHome, name: str) -> DeviceDetail:
-    with home.sessions()() as s:
-        dev = s.get(db.Device, name)
-        if dev is None:
-            raise FleetError(f"unknown device {name!r} (see `cloud-hub devices list`)")
-        beats = list(s.scalars(select(db.Heartbeat).where(db.Heartbeat.device_id == name)
-                               .order_by(db.Heartbeat.received_at.desc()).limit(RECENT_HEARTBEATS)))
-        return DeviceDetail(dev, beats)

@@ -179,8 +179,11 @@ def _status(s: Session, dialect: str, it: Inbound, result: StoreResult) -> None:
            "received_at": it.received_at, "state": m.state.value, "model_state": m.model_state.value,
            "model_version": m.model_version, "failed_version": m.failed_version, "rollout_id": m.rollout_id,
            "error": m.error[:500]}
-    res = s.execute(db.insert_ignoring_duplicates(dialect, db.StatusChange.__table__), [row])
-    if res.rowcount == 0:  # type: ignore[attr-defined]
+    # RETURNING, not rowcount: psycopg reports -1 for this statement, and a redelivered status must not
+    # be applied again.
+    new_id = s.scalar(db.insert_ignoring_duplicates(dialect, db.StatusChange.__table__)
+                      .returning(db.StatusChange.id), row)
+    if new_id is None:
         result.duplicates[p.Channel.STATUS.value] += 1
     else:
         result.stored[p.Channel.STATUS.value] += 1

@@ -1,0 +1,1 @@
+"""Model registry: operator labels, lineage, champion per group, challenger evaluation, retrain loop."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.registry.policy import RetrainConfig
 from shared.mqtt import BrokerConfig
 from shared.schema import SchemaError, doc, load
 
@@ -82,6 +84,67 @@ class FleetConfig:
                                default="/var/lib/edgesentry")
 
 
+class AlertKind(enum.StrEnum):
+    SLACK = "slack"  # {"text": ...}: Slack incoming webhooks and compatible (Mattermost, Rocket.Chat)
+    GENERIC = "generic"  # the anomaly as a JSON object
+
+
+class Severity(enum.StrEnum):
+    WARNING = "warning"  # score at or above the threshold
+    CRITICAL = "critical"  # score at or above critical_ratio x threshold
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """One webhook the hub posts anomaly alerts to (``[[alerts]]``; several are allowed)."""
+
+    url: str = doc("Webhook URL (http or https) that receives a JSON POST per alert.")
+    kind: AlertKind = doc("slack (a Slack-compatible {\"text\"} body) or generic (the event as JSON).",
+                          default=AlertKind.GENERIC)
+    name: str = doc("Label in metrics and on the dashboard; empty = the URL's host.", default="")
+    min_severity: Severity = doc("Send only anomalies at least this severe: warning or critical.",
+                                 default=Severity.WARNING)
+    critical_ratio: float = doc("score / threshold at which an anomaly counts as critical.", default=2.0)
+    devices: list[str] = doc("Only these devices (exact ids or shell patterns like gw-*); empty = all.",
+                             default_factory=list)
+    rate_limit: int = doc("At most this many alerts per device per rate_window_s (the rest are counted "
+                          "as rate_limited).", default=5)
+    rate_window_s: float = doc("Window of the per-device rate limit, seconds.", default=300.0)
+    dedup_s: float = doc("An alert for the same device and leading feature within this many seconds of the "
+                         "last one sent is suppressed (counted as deduplicated).", default=60.0)
+    retries: int = doc("Further attempts after a failed POST (connection error, timeout, 5xx, 429).", default=3)
+    backoff_s: float = doc("Wait before the first retry; doubles each time.", default=1.0)
+    timeout_s: float = doc("HTTP timeout per attempt, seconds.", default=5.0)
+    queue_max: int = doc("Alerts waiting to be sent; when full new ones are dropped and counted.", default=1000)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"alert url must be http(s)://..., got {self.url!r}")
+        if self.rate_limit < 1 or self.retries < 0 or self.queue_max < 1:
+            raise ValueError("rate_limit >= 1, retries >= 0, queue_max >= 1")
+        if min(self.rate_window_s, self.timeout_s) <= 0 or self.dedup_s < 0 or self.backoff_s < 0:
+            raise ValueError("rate_window_s and timeout_s > 0, dedup_s and backoff_s >= 0")
+        if self.critical_ratio < 1:
+            raise ValueError("critical_ratio >= 1")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The dashboard and ``/metrics`` (``cloud-hub serve --http`` or ``cloud-hub dashboard``)."""
+
+    listen: str = doc("HOST:PORT `cloud-hub serve` also serves the dashboard on; empty = only with --http.",
+                      default="")
+    secure_cookie: bool = doc("Send the session cookie over HTTPS only (set it when a TLS proxy fronts the "
+                              "dashboard).", default=False)
+    session_hours: float = doc("Login lifetime, hours.", default=12.0)
+    metrics_token: str = doc("If set, /metrics needs `Authorization: Bearer <token>`; empty = open.",
+                             default="")
+
+    def __post_init__(self) -> None:
+        if self.session_hours <= 0:
+            raise ValueError("session_hours > 0")
+
+
 @dataclass(frozen=True)
 class RolloutConfig:
     """How ``cloud-hub serve`` drives staged rollouts (``cloud_hub/rollout``)."""
@@ -107,6 +170,10 @@ class HubConfig:
     ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
     fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
     rollout: RolloutConfig = doc("Staged rollouts: engine tick and gate data.", default_factory=RolloutConfig)
+    retrain: RetrainConfig = doc("Retrain triggers in `serve`, challenger vs champion judgement, rollout of a "
+                                 "promoted challenger.", default_factory=RetrainConfig)
+    web: WebConfig = doc("Dashboard and Prometheus metrics.", default_factory=WebConfig)
+    alerts: list[AlertConfig] = doc("Webhooks for anomaly alerts ([[alerts]] tables).", default_factory=list)
 
 
 def load_hub_config(path: Path) -> HubConfig:
@@ -128,4 +195,5 @@ alpha = 0.5
 beta = 0.5
 """
 
-__all__ = ["FleetConfig", "HubConfig", "IngestConfig", "RolloutConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+__all__ = ["AlertConfig", "AlertKind", "Severity", "WebConfig", "FleetConfig", "HubConfig", "IngestConfig",
+           "RetrainConfig", "RolloutConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cloud_hub.cli.common import console, home_of
+from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_web_args
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.db import queries
@@ -369,33 +370,80 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
 
 
 @main.command()
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run N worker processes sharing ingest through the broker's shared subscription "
+                   "($share/hub/…); one of them is elected leader for rollouts and retraining. N > 1 needs "
+                   "PostgreSQL (database_url).")
+@click.option("--worker", "worker_name", metavar="NAME",
+              help="Run as ONE named worker of a shared group (for serve processes on several hosts; each a "
+                   "distinct NAME of [A-Za-z0-9_-], at most 32). Needs PostgreSQL.")
+@click.option("--no-web", is_flag=True, hidden=True, help="(--workers) No dashboard in this worker.")
+@HTTP_OPTION
+@NO_AUTH_OPTION
 @click.pass_context
-def serve(ctx: click.Context) -> None:
-    """Connect to the broker: store events, heartbeats and synced data; serve model downloads.
+def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: bool, listen: str | None,
+          no_auth: bool) -> None:
+    """Connect to the broker: store events, heartbeats and synced data; serve model downloads
+    (and the dashboard with /metrics when --http or hub.toml [web] listen is given; with --workers,
+    worker w0 serves it).
 
-    Exits with status 3 if the MQTT network thread dies or the broker stays unreachable for longer
-    than ``broker.max_disconnected_s`` (default 300 s), so a service manager restarts it.
+    Upgrades the database schema first. Exits with status 3 if the MQTT network thread dies or the
+    broker stays unreachable for longer than ``broker.max_disconnected_s`` (default 300 s), so a
+    service manager restarts it. With --workers N the parent restarts a worker that dies.
     """
+    import re
+
+    from cloud_hub.ingest.service import ScaleOutError
     from cloud_hub.server import HubServer
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
     home = _home(ctx)
+    if worker_name is not None and (workers > 1 or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", worker_name)):
+        raise click.BadParameter("--worker NAME: 1-32 of [A-Za-z0-9_-], and not together with --workers",
+                                 param_hint="--worker")
+    if workers > 1 and home.engine().dialect.name != "postgresql":
+        raise click.ClickException("--workers > 1 needs PostgreSQL (hub.toml database_url = "
+                                   "\"postgresql+psycopg://…\"): SQLite takes one writer; run `serve` without it")
+    if not no_web:
+        check_web_args(home, listen, no_auth)
     before, after = home.upgrade_db()
     if before != after:
         console.print(f"database schema upgraded from revision {before or '(none)'} to {after}")
-    server = HubServer(home)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if workers > 1:
+        from cloud_hub.ingest.workers import WorkerPool
+
+        web_args = [*(["--http", listen] if listen else []), *(["--no-auth"] if no_auth else [])]
+        pool = WorkerPool(home.path, workers, verbose=logging.getLogger().level <= logging.DEBUG, web_args=web_args)
+        console.print(f"hub serving with {workers} workers; broker {home.config().broker.url}; Ctrl-C to stop")
+        sys.exit(pool.run(stop))
     try:
+        server = HubServer(home, worker=worker_name)
         server.start()
-    except ConnectionError as exc:
+    except (ConnectionError, ScaleOutError) as exc:
         raise click.ClickException(str(exc)) from None
-    console.print(f"hub serving; broker {server.cfg.broker.url}; Ctrl-C to stop")
+    console.print(f"hub serving{f' as worker {worker_name}' if worker_name else ''}; broker "
+                  f"{server.cfg.broker.url}; Ctrl-C to stop")
+    try:
+        view = OperatorView(home, server, listen, no_auth, web=not no_web)
+    except click.ClickException:
+        server.stop()
+        raise
+    scheduler = None
+    if server.cfg.retrain.enabled:  # [retrain] triggers: retrain children run niced, one at a time
+        from cloud_hub.registry.triggers import RetrainScheduler
+
+        scheduler = RetrainScheduler(home)
+        scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("cloud_hub.server"))
-    server.stop()
+    if scheduler is not None:
+        scheduler.stop()
+    server.stop()  # stores what is queued (and alerts on it) before the alert workers drain and stop
+    view.stop()
     console.print(f"stored: {dict(server.stored)}; rejected: {server.rejects.counts()}")
     if code:
         sys.exit(code)
@@ -430,42 +478,6 @@ def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dic
 
 
 @main.command()
-@click.option("--since", type=float, help="Only data synced in the last N seconds.")
-@click.option("--epochs", type=int)
-@click.option("--no-rollout", is_flag=True, help="Train and export only.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
-@click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations.")
-@click.option("--model", "model_name", type=_model_choice(), help="Model to train (default: the latest version's).")
-@click.pass_context
-def retrain(ctx: click.Context, since: float | None, epochs: int | None, no_rollout: bool, quantization: str,
-            wait: float, model_name: str | None) -> None:
-    """Train a new version on data agents synced, export it and roll it out."""
-    import time
-
-    from cloud_hub import data
-
-    home = _home(ctx)
-    cfg = _training_config(home, epochs)
-    if model_name is None:
-        with home.sessions()() as s:
-            latest = queries.latest_model_name(s)
-        model_name = latest or "ae-lstm"
-    try:
-        with home.sessions()() as s:
-            td = data.from_synced(s, window=cfg.window, since=time.time() - since if since else None)
-        console.print(f"synced data: {td.rows} readings, {len(td.features)} features, "
-                      f"{td.excluded_rows} excluded around flagged anomalies")
-        version = _train(home, td, cfg, model_name)
-        _export(home, version, quantization)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not no_rollout:
-        result = _rollout(home, version, quantization, wait)
-        if result.get("missing"):
-            sys.exit(3)
-
-
-@main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.pass_context
@@ -489,12 +501,15 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
 @click.option("--summary", type=click.Path(path_type=Path), default=Path("demo-summary.json"), show_default=True)
 @click.option("--quick", is_flag=True, help="Shorter phases (for tests).")
-def demo(broker: str | None, workdir: Path, summary: Path, quick: bool) -> None:
+@click.option("--dashboard-port", default=8080, show_default=True,
+              help="Dashboard on 127.0.0.1 (no login) while the demo runs; a free port if this one is taken.")
+def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboard_port: int) -> None:
     """Whole loop: broker, hub, three agents, simulator, train, roll out, detect, retrain."""
     from cloud_hub.demo.run import run_demo
 
     try:
-        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console)
+        run_demo(workdir.resolve(), summary.resolve(), broker, quick=quick, console=console,
+                 dashboard_port=dashboard_port)
     except (RuntimeError, SchemaError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -522,11 +537,16 @@ def _register() -> None:
     from cloud_hub.cli.database import db_group
     from cloud_hub.cli.devices import devices
     from cloud_hub.cli.models import models
+    from cloud_hub.cli.retrain import retrain
     from cloud_hub.cli.rollout import rollout
+    from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(anomalies)
     main.add_command(devices)
     main.add_command(models)
+    main.add_command(retrain)
+    main.add_command(web_user)
+    main.add_command(dashboard)
     main.add_command(rollout)
     main.add_command(broker_config)
     main.add_command(db_group)

@@ -37,8 +37,10 @@ from cloud_hub.db.rollouts import (
     RolloutDevice,
     RolloutState,
 )
+from cloud_hub.db.workers import HubWorker
 
 __all__ = [
+    "HubWorker",
     "RetrainTrigger",
     "RetrainOutcome",
     "RetrainDecision",

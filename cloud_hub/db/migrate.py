@@ -181,4 +181,7 @@ def new_revision(message: str, autogenerate: bool = True) -> Path:
         command.upgrade(cfg, "head")
         script = command.revision(cfg, message=message, autogenerate=autogenerate, rev_id=f"{number:04d}")
     assert script is not None and not isinstance(script, list)
-    return Path(script.path)
+    path = Path(script.path)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if "### " not in line))  # alembic's "please adjust" banners
+    return path

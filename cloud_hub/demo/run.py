@@ -138,8 +138,41 @@ probation_s = 10.0  # short, so the demo's second rollout is not held back by th
 """
 
 
+def label_from_truth(home: HubHome, injected: list[Injected]) -> dict[str, int]:
+    """The operator's feedback, played by the simulator: an event the demo's own scoring matches to an
+    injected span is a true positive, any other a false positive (through the same label_anomaly the CLI
+    and dashboard use)."""
+    from cloud_hub.db.queries import anomalies as list_anomalies
+    from cloud_hub.registry.labels import label_anomaly
+
+    counts = {"true_positive": 0, "false_positive": 0}
+    spans = [(i.device, i.start, i.end) for i in injected]
+    with home.sessions()() as s:
+        for row in list_anomalies(s, unlabelled=True, limit=None):
+            e = row.event
+            real = match_events([(e.device_id, e.ts)], spans, grace_s=GRACE_S).events_in_spans == 1
+            kind = "true_positive" if real else "false_positive"
+            label_anomaly(s, e.id, kind, "demo: simulator ground truth", by="demo")
+            counts[kind] += 1
+    return counts
+
+
+def free_local_port(preferred: int) -> int:
+    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free local port for the dashboard")
+
+
 def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: bool = False,
-             console: Console | None = None) -> dict[str, Any]:
+             console: Console | None = None, dashboard_port: int = 8080) -> dict[str, Any]:
     console = console or Console()
     phases = QUICK if quick else Phases()
     t_start = time.monotonic()
@@ -176,7 +209,9 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         home.init(broker_url)
         cfg_text = home.config_path.read_text().replace("epochs = 30", f"epochs = {phases.epochs}")
         home.config_path.write_text(cfg_text)
-        spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve"])
+        port = free_local_port(dashboard_port)
+        spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve", "--http", f"127.0.0.1:{port}", "--no-auth"])
+        console.print(f"[bold]dashboard[/] http://127.0.0.1:{port}/ while the demo runs (local only, no login)")
         key = home.public_key()
         for d in DEVICES:
             conf = workdir / f"{d}.toml"
@@ -213,7 +248,11 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         console.print(f"[bold]detect[/] v1 active everywhere; injecting anomalies for {phases.detect1_s:.0f}s")
         streamer.stop_event.wait(phases.detect1_s)
 
-        hub_cli("retrain", "--wait", "120")
+        labelled = label_from_truth(home, [i for sim in sims for i in sim.injected])
+        console.print(f"[bold]feedback[/] labelled {labelled['true_positive']} events true positive and "
+                      f"{labelled['false_positive']} false positive (from the simulator's ground truth)")
+        # --force: the demo always rolls the challenger out; `cloud-hub retrain history` shows if it beat v1
+        hub_cli("retrain", "--force", "--wait", "120")
         fleet.wait(lambda s: all(s[d].model_version == 2 for d in DEVICES), 120, "v2 on every agent")
         console.print(f"[bold]detect[/] v2 active everywhere; injecting anomalies for {phases.detect2_s:.0f}s")
         streamer.stop_event.wait(phases.detect2_s)

@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 
 import paho.mqtt.client as mqtt
 
@@ -19,6 +21,7 @@ from cloud_hub.home import HubHome
 from cloud_hub.ingest import store
 from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
+from cloud_hub.ingest.leader import Leadership
 from cloud_hub.ingest.rollout_hooks import serve_model_request
 from cloud_hub.rollout.engine import RolloutEngine
 from shared import protocol as p
@@ -27,6 +30,11 @@ from shared.mqtt import MessageGuard, connect, make_client
 log = logging.getLogger("cloud_hub.ingest")
 
 HUB_CLIENT_ID = "edgesentry-hub"  # default persistent-session id; hub.toml broker.client_id overrides it
+SHARE_GROUP = "hub"  # workers subscribe to $share/hub/edgesentry/+/<channel>: each message goes to one of them
+
+
+class ScaleOutError(ValueError):
+    """Several workers asked for where they cannot work (SQLite allows one writer)."""
 
 HUB_CHANNELS = (
     p.Channel.ANOMALY,
@@ -39,10 +47,19 @@ HUB_CHANNELS = (
 
 
 class HubServer:
-    def __init__(self, home: HubHome) -> None:
+    """``worker`` (a short name) makes this one of several ``serve`` processes on one PostgreSQL: its MQTT
+    session is ``<client_id>-<worker>`` and it subscribes through the shared subscription ``$share/hub/…``
+    so the broker hands each message to one worker; ``self.leader`` elects the one that drives rollouts."""
+
+    def __init__(self, home: HubHome, worker: str | None = None) -> None:
         self.home = home
         self.cfg = home.config()
         self.sessions = home.sessions()
+        self.worker = worker
+        engine = home.engine()
+        if worker is not None and engine.dialect.name != "postgresql":
+            raise ScaleOutError("several serve workers need PostgreSQL (hub.toml database_url = "
+                                "\"postgresql+psycopg://…\"): SQLite takes one writer; run a single `cloud-hub serve`")
         self.rejects = p.RejectCounter(log)  # rejections by reason; internal errors by channel too
         self.guard = MessageGuard(self.rejects)  # nothing one message raises reaches paho's loop
         self.received: Counter[str] = Counter()
@@ -54,15 +71,23 @@ class HubServer:
         self._worker = threading.Thread(target=self._work, name="hub-db", daemon=True)
         self._epoch = 0  # connection generation: a PUBACK is only valid on the connection that got the message
         self._closing = False
-        self.client = make_client(self.cfg.broker, HUB_CLIENT_ID, persistent=True)
+        base_id = self.cfg.broker.client_id or HUB_CLIENT_ID
+        self.client_id = f"{base_id}-{worker}" if worker else base_id
+        self.client = make_client(replace(self.cfg.broker, client_id=self.client_id), HUB_CLIENT_ID, persistent=True)
         self.client.manual_ack_set(True)
         self.client.on_connect = self.guard.callback(self._on_connect, "connect")
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.idle = threading.Event()  # set whenever the queue is drained and written (tests, demo)
-        # The one owner of rollout state runs beside ingest; statuses wake it (see cloud_hub/rollout/engine.py).
-        self.rollouts = RolloutEngine(home, self.client, self.sessions, self.cfg.rollout)
+        self.leader = Leadership(engine, self.sessions, (worker or self.client_id)[:64], self.client_id, self._stats)
+        # Called on the writer thread after each batch is stored: (batch, time stored). Metrics and alerts
+        # hook in here; they must not block (alerts only enqueue).
+        self.on_stored: list[Callable[[list[Inbound], float], None]] = []
+        self.observer_errors = 0
+        # The one owner of rollout state runs beside ingest, on the leader only; statuses wake it at once
+        # (see cloud_hub/rollout/engine.py).
+        self.rollouts = RolloutEngine(home, self.client, self.sessions, self.cfg.rollout, self.leader.is_leader)
 
     def start(self) -> None:
         """Returns once subscribed: from then on the broker keeps everything for this session."""
@@ -70,13 +95,15 @@ class HubServer:
         connect(self.client, self.cfg.broker)
         if not self._subscribed.wait(15):
             raise ConnectionError(f"{self.cfg.broker.url} did not confirm the hub's subscriptions")
+        self.leader.start()
         self.rollouts.start()
-        log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.cfg.broker.client_id or HUB_CLIENT_ID)
+        log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.client_id)
 
     def stop(self) -> None:
         """Store and acknowledge what was received, then disconnect (the session keeps queueing)."""
         self._closing = True
         self.rollouts.stop()
+        self.leader.stop()
         self.batcher.stop()
         self._worker.join(timeout=60)
         self.client.disconnect()
@@ -87,7 +114,8 @@ class HubServer:
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object, _p: object) -> None:
         if not getattr(reason, "is_failure", False):
             self._epoch += 1
-            client.subscribe([(p.subscription(ch), 1) for ch in HUB_CHANNELS])
+            share = f"$share/{SHARE_GROUP}/" if self.worker else ""
+            client.subscribe([(share + p.subscription(ch), 1) for ch in HUB_CHANNELS])
 
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         """Guarded: nothing raised here reaches paho's loop; a message not queued is PUBACKed at once."""
@@ -106,6 +134,10 @@ class HubServer:
         self.idle.clear()
         self.batcher.put(Inbound(channel, device, message, time.time(), msg.mid if msg.qos > 0 else 0, self._epoch))
 
+    def _stats(self) -> tuple[int, int]:
+        """(new rows stored, redeliveries found already stored) since start, for hub_workers."""
+        return sum(v for k, v in self.stored.items() if k != "duplicate"), self.stored["duplicate"]
+
     def feed(self, topic: str, payload: bytes) -> None:
         """Hand one message to ingest exactly as the MQTT thread does, without the network (bench)."""
         msg = mqtt.MQTTMessage(topic=topic.encode())
@@ -122,9 +154,20 @@ class HubServer:
                 self.rejects.internal_error("writer", f"a batch of {len(batch)}", exc)
             finally:
                 self._puback(batch)
+            self._notify(batch)
             if self.batcher.empty():
                 self.idle.set()
         self.idle.set()
+
+    def _notify(self, batch: list[Inbound]) -> None:
+        stored_at = time.time()
+        for hook in self.on_stored:
+            try:
+                hook(batch, stored_at)
+            except Exception:  # an observer's bug must not stop storage (the batch is stored already)
+                self.observer_errors += 1
+                if self.observer_errors in (1, 10, 100, 1000) or self.observer_errors % 10_000 == 0:
+                    log.exception("on_stored hook %r failed (%d times)", hook, self.observer_errors)
 
     def _write(self, batch: list[Inbound]) -> None:
         storable = [it for it in batch if it.channel != p.Channel.MODEL_REQUEST]
@@ -179,4 +222,4 @@ class HubServer:
                 self.client.ack(it.mid, 1)
 
 
-__all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "HubServer"]
+__all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "SHARE_GROUP", "HubServer", "ScaleOutError"]

@@ -84,9 +84,11 @@ def _touch_devices(s: Session, dialect: str, items: Sequence[Inbound]) -> None:
         last[it.device] = max(last.get(it.device, 0.0), it.received_at)
     if not last:
         return
+    # Sorted: concurrent workers lock device rows in the same order, so they wait instead of deadlocking.
+    ordered = sorted(last.items())
     s.execute(db.insert_ignoring_duplicates(dialect, db.Device.__table__),
-              [{"device_id": d, "first_seen": t, "last_seen": t, "online": True} for d, t in last.items()])
-    s.execute(update(db.Device), [{"device_id": d, "last_seen": t} for d, t in last.items()])
+              [{"device_id": d, "first_seen": t, "last_seen": t, "online": True} for d, t in ordered])
+    s.execute(update(db.Device), [{"device_id": d, "last_seen": t} for d, t in ordered])
 
 
 def _insert_keyed(s: Session, dialect: str, model: type[db.Base], key: str, items: list[Inbound],

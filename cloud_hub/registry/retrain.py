@@ -1,0 +1,193 @@
+"""The retrain loop for one device group: train a challenger on the group's synced data, judge it against
+the champion on the same held-out recent data plus operator labels, promote it only if it is better by
+the configured margin, then hand it to a rollout.  Every run is stored as a decision with its numbers.
+
+Data: readings before the held-out cut; rows the agents flagged are dropped with a window either side,
+except inside stretches an operator labelled false positive (those become normal training data), and
+true-positive stretches are always dropped.  Labels also calibrate the challenger's threshold
+(:func:`cloud_hub.registry.evaluate.label_threshold`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import select
+
+from cloud_hub import db
+from cloud_hub.config import TrainingConfig
+from cloud_hub.data import from_synced, synced_rows
+from cloud_hub.home import HubHome
+from cloud_hub.models import EpochCallback, ModelError
+from cloud_hub.registry import champion as reg_champion
+from cloud_hub.registry import evaluate, lineage
+from cloud_hub.registry.policy import RetrainConfig, judge
+from shared.preprocessing import PreprocessParams
+
+log = logging.getLogger(__name__)
+
+
+class RetrainError(RuntimeError):
+    """A retrain that could not run (no data, unknown group...); stored as a FAILED decision."""
+
+
+@dataclass
+class RetrainRequest:
+    group: str = ""  # "" = the whole fleet, judged against the fleet-default champion
+    trigger: db.RetrainTrigger = db.RetrainTrigger.MANUAL
+    trigger_detail: dict[str, Any] = field(default_factory=dict)
+    force: bool = False  # promote whatever the evaluation says (the numbers are still stored)
+    model: str | None = None  # default: [retrain] model, else the champion's, else ae-lstm
+    since: float | None = None  # only readings at or after this timestamp
+
+
+@dataclass
+class RetrainResult:
+    decision: db.RetrainDecision
+    challenger: int | None
+    champion: int | None
+    promoted: bool
+
+
+def group_devices(home: HubHome, group: str) -> list[str] | None:
+    """The devices whose synced data trains ``group``'s challenger (None = every device)."""
+    if not group:
+        return None
+    with home.sessions()() as s:
+        devices = list(s.scalars(select(db.Device.device_id).where(db.Device.group == group)
+                                 .order_by(db.Device.device_id)))
+    if not devices:
+        raise RetrainError(f"no device in group {group!r} (see `cloud-hub devices list`)")
+    return devices
+
+
+def _store(home: HubHome, d: db.RetrainDecision) -> db.RetrainDecision:
+    with home.sessions()() as s:
+        s.add(d)
+        s.commit()
+    return d
+
+
+def retrain(home: HubHome, req: RetrainRequest, training_cfg: TrainingConfig | None = None,
+            policy: RetrainConfig | None = None, on_epoch: EpochCallback | None = None,
+            on_promoted: Callable[[int, str], int | None] | None = None) -> RetrainResult:
+    """Run one retrain of ``req.group``; returns the stored decision.
+
+    ``on_promoted(version, group)`` starts the rollout of a promoted challenger and returns its rollout id
+    (called only when ``policy.rollout``); it is stored with the decision.
+    """
+    cfg = home.config()
+    policy = policy or cfg.retrain
+    tcfg = training_cfg or cfg.training
+    if policy.epochs and training_cfg is None:
+        tcfg = replace(tcfg, epochs=policy.epochs)
+    started = time.time()
+    decision = db.RetrainDecision(device_group=req.group, trigger=req.trigger, trigger_detail=req.trigger_detail,
+                                  started_at=started, margin=policy.margin, numbers={})
+    champ: reg_champion.CurrentChampion | None = None
+    try:
+        with home.sessions()() as s:
+            champ = reg_champion.champion(s, req.group)
+            decision.champion_version = champ.version if champ else None
+            model = req.model or policy.model or (s.get(db.ModelVersion, champ.version).name  # type: ignore[union-attr]
+                                                  if champ else "ae-lstm")
+        devices = group_devices(home, req.group)
+        since = req.since if req.since is not None else (time.time() - policy.since_s if policy.since_s else None)
+        result = _challenge(home, req, devices, since, model, tcfg, policy, champ, on_epoch)
+    except (ValueError, ModelError, RetrainError, OSError) as exc:
+        decision.outcome, decision.finished_at = db.RetrainOutcome.FAILED, time.time()
+        decision.detail = str(exc)[:1000]
+        _store(home, decision)
+        raise RetrainError(str(exc)) from exc
+    decision.challenger_version = result["challenger"]
+    decision.numbers = result["numbers"]
+    promote = req.force or result["verdict"].promote
+    decision.detail = ("forced promotion; " if req.force and not result["verdict"].promote else "") + \
+        result["verdict"].reason
+    decision.outcome = db.RetrainOutcome.PROMOTED if promote else db.RetrainOutcome.KEPT_CHAMPION
+    with home.sessions()() as s:
+        lineage.add_metrics(s, result["challenger"], "evaluation", result["numbers"])
+        if promote:
+            reg_champion.set_champion(s, result["challenger"], req.group,
+                                      f"retrain ({req.trigger.value}): {decision.detail}")
+        s.commit()
+    if promote and policy.rollout and on_promoted is not None:
+        try:
+            decision.rollout_id = on_promoted(result["challenger"], req.group)
+        except (ValueError, LookupError, OSError, ConnectionError) as exc:
+            decision.detail = f"{decision.detail}; rollout not started: {exc}"[:1000]
+    decision.finished_at = time.time()
+    _store(home, decision)
+    return RetrainResult(decision, result["challenger"], decision.champion_version, promote)
+
+
+def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, since: float | None, model: str,
+               tcfg: TrainingConfig, policy: RetrainConfig, champ: reg_champion.CurrentChampion | None,
+               on_epoch: EpochCallback | None) -> dict[str, Any]:
+    from cloud_hub import training
+
+    with home.sessions()() as s:
+        features, rows = synced_rows(s, None, since, None, devices)
+        cut = evaluate.holdout_cut(rows, policy.holdout_fraction)
+        spans = evaluate.label_spans(s, rows, tcfg.window, policy.label_span_windows, devices)
+        data = from_synced(s, features, since, tcfg.window, devices, until=cut,
+                           normal_spans=spans.by_device(db.LabelKind.FALSE_POSITIVE),
+                           excluded_spans=spans.by_device(db.LabelKind.TRUE_POSITIVE))
+    data.source = f"synced:{req.group or 'fleet'}"
+    es = evaluate.EvalSet(features, rows, cut, spans, tcfg.window)
+    log.info("retrain %s: %d readings before the held-out cut, %d excluded, %d FP / %d TP labelled events",
+             req.group or "fleet", data.rows, data.excluded_rows, len(spans.fp), len(spans.tp))
+    trained = training.train(home, data, tcfg, model=model, on_epoch=on_epoch,
+                             parent=champ.version if champ else None, group=req.group)
+    challenger = trained.version
+    scored = evaluate.score_versions(es, trained.preprocessing, trained.detector)
+    calibration: dict[str, Any] = {"threshold_learned": trained.detector.threshold}
+    if policy.calibrate_threshold and len(scored.fp_scores):
+        lifted = evaluate.label_threshold(trained.detector.threshold, scored.fp_scores, scored.tp_event_max)
+        if lifted > trained.detector.threshold:
+            evaluate.with_threshold(trained.detector, lifted)
+            trained.detector.save(trained.artifacts)
+            meta_path = trained.artifacts / "meta.json"
+            meta = json.loads(meta_path.read_text())
+            meta["training"]["threshold"] = lifted
+            meta["training"]["label_calibration"] = calibration | {"threshold": lifted}
+            meta_path.write_text(json.dumps(meta, indent=2))
+            scored = evaluate.score_versions(es, trained.preprocessing, trained.detector)
+        calibration["threshold"] = lifted
+    challenger_m = evaluate.metrics(scored, trained.detector.threshold)
+    champion_m: dict[str, Any] | None = None
+    champion_note = ""
+    if champ is not None:
+        try:
+            meta, det = training.load_version(home, champ.version)
+            champion_m = evaluate.metrics(
+                evaluate.score_versions(es, PreprocessParams.from_dict(meta["preprocessing"]), det), det.threshold)
+        except (ValueError, ModelError, OSError) as exc:
+            champion_note = f"champion v{champ.version} cannot score this data ({exc}); "
+    verdict = judge(champion_m["cost"] if champion_m else None, challenger_m["cost"],
+                    champion_m["tp_recall"] if champion_m else None, challenger_m["tp_recall"], policy.margin)
+    if champion_note:
+        verdict = replace(verdict, reason=champion_note + verdict.reason)
+    numbers = {"challenger": challenger_m, "champion": champion_m,
+               "champion_source": champ.source.value if champ else None,
+               "improvement": verdict.improvement if verdict.improvement != float("inf") else None,
+               "holdout_cut": cut, "holdout_fraction": policy.holdout_fraction,
+               "training": {"rows": data.rows, "excluded_rows": data.excluded_rows, "fp_rows": data.fp_rows,
+                            "devices": data.devices, "start_ts": data.start_ts, "end_ts": data.end_ts},
+               "labels": {"fp_events": len(spans.fp), "tp_events": len(spans.tp)},
+               "label_calibration": calibration}
+    return {"challenger": challenger, "numbers": numbers, "verdict": verdict}
+
+
+def history(home: HubHome, group: str | None = None, limit: int = 50) -> list[db.RetrainDecision]:
+    """Retrain decisions (and manual promotions), newest first."""
+    query = select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc()).limit(limit)
+    if group is not None:
+        query = query.where(db.RetrainDecision.device_group == group)
+    with home.sessions()() as s:
+        return list(s.scalars(query))

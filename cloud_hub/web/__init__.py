@@ -1,0 +1,1 @@
+"""The operator's view: dashboard pages, ``/metrics`` and alert webhooks."""

@@ -1,0 +1,375 @@
+"""The dashboard: server-rendered pages (Starlette + Jinja2), login, CSRF, ``/metrics``.
+
+Pages only read through :mod:`cloud_hub.web.queries`; the forms call the same functions as the CLI
+(operator labels: :func:`cloud_hub.registry.labels.label_anomaly`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud_hub.home import HubHome
+from cloud_hub.registry import labels as registry_labels
+from cloud_hub.registry import lineage
+from cloud_hub.web import auth, charts, queries
+
+HERE = Path(__file__).parent
+MAX_BODY_BYTES = 64 * 1024  # no dashboard request needs more; bounds what a client can make us buffer
+PAGE_SIZE = 100
+PUBLIC_PATHS = ("/login", "/static/", "/metrics", "/healthz")
+LABELS = ("true_positive", "false_positive")
+
+
+@dataclass
+class WebState:
+    """What the routes share: the hub home, sessions and optional live parts of a running hub."""
+
+    home: HubHome
+    require_login: bool = True
+    users: auth.Users = field(init=False)
+    throttle: auth.LoginThrottle = field(default_factory=auth.LoginThrottle)
+    metrics: Any = None  # cloud_hub.web.metrics.HubMetrics
+    alerts: Any = None  # cloud_hub.web.alerts.AlertDispatcher
+
+    def __post_init__(self) -> None:
+        self.users = auth.Users(self.home.path)
+        self.sessions = self.home.sessions()
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes (declared or streamed) with 413."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await PlainTextResponse("request body too large", 413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class SecurityHeaders:
+    """No framing, no sniffing, no referrer leaks; scripts and styles only from the dashboard itself."""
+
+    HEADERS = [
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+        (b"content-security-policy",
+         b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
+    ]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + self.HEADERS
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["ago"] = _ago
+    env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "—"
+    env.filters["num"] = lambda v, digits=3: "—" if v is None else f"{v:.{digits}g}"
+    env.filters["urlq"] = lambda v: quote(str(v), safe="")
+    return Jinja2Templates(env=env)
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    d = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if d >= size:
+            return f"{d / size:.0f} {unit} ago"
+    return f"{d:.0f} s ago"
+
+
+def _float_arg(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise HTTPException(400, f"{name} must be finite")
+    return value
+
+
+def _int_arg(request: Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.lstrip("-").isdigit() or len(raw) > 12:
+        raise HTTPException(400, f"{name} must be an integer")
+    return int(raw)
+
+
+def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None, alerts: Any = None) -> Starlette:
+    """The dashboard for ``home``. ``require_login=False`` only for a loopback-bound demo
+    (:func:`cloud_hub.web.server.check_bind` enforces that)."""
+    cfg = home.config().web
+    state = WebState(home, require_login, metrics=metrics, alerts=alerts)
+    templates = _templates()
+
+    def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        context.update(user=request.scope.get("user", ""), csrf=auth.csrf_token(request), auth=state.require_login,
+                       alert_failures=state.alerts.failures() if state.alerts else {}, path=request.url.path,
+                       query=dict(request.query_params))
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    async def gate(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            user = request.session.get("user") if state.require_login else "local"
+            path = scope["path"]
+            if state.require_login and user and user not in state.users.names():
+                request.session.clear()  # the account was removed: its sessions end
+                user = None
+            scope["user"] = user or ""
+            if not user and not path.startswith(PUBLIC_PATHS):
+                nxt = path + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else "")
+                await RedirectResponse(f"/login?{urlencode({'next': nxt})}", 303)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    class LoginGate:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await gate(scope, receive, send, self.app)
+
+    # ------------------------------------------------------------------ login
+
+    async def login_page(request: Request) -> Response:
+        if not state.require_login:
+            return RedirectResponse("/fleet", 303)
+        return render(request, "login.html", error="", next=request.query_params.get("next", "/fleet"),
+                      no_users=not state.users.names())
+
+    async def login(request: Request) -> Response:
+        form = await auth.checked_form(request)
+        name, password = str(form.get("username", "")), str(form.get("password", ""))
+        nxt = str(form.get("next", "/fleet"))
+        if not nxt.startswith("/") or nxt.startswith("//"):
+            nxt = "/fleet"  # only local redirects
+        if state.throttle.blocked(name):
+            return render(request, "login.html", 429, error="Too many failed logins; wait a minute.", next=nxt,
+                          no_users=False)
+        if not state.users.check(name, password):
+            state.throttle.failed(name)
+            return render(request, "login.html", 401, error="Wrong user name or password.", next=nxt,
+                          no_users=not state.users.names())
+        state.throttle.succeeded(name)
+        request.session.clear()  # new session: a token planted before login is worthless
+        request.session["user"] = name
+        return RedirectResponse(nxt, 303)
+
+    async def logout(request: Request) -> Response:
+        await auth.checked_form(request)
+        request.session.clear()
+        return RedirectResponse("/login", 303)
+
+    # ------------------------------------------------------------------ pages
+
+    async def index(request: Request) -> Response:
+        return RedirectResponse("/fleet", 303)
+
+    async def fleet(request: Request) -> Response:
+        q = request.query_params
+        sort = q.get("sort", "device_id")
+        desc = q.get("desc", "") == "1"
+        now = time.time()
+        with state.sessions() as s:
+            rows = queries.fleet(s, q=q.get("q", "")[:64], group=q.get("group", "")[:64],
+                                 status=q.get("status", "")[:16], sort=sort, desc=desc, now=now)
+            groups = queries.groups(s)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return render(request, "fleet.html", rows=rows, groups=groups, sort=sort, desc=desc, counts=counts,
+                      sorts=queries.DEVICE_SORTS)
+
+    async def device(request: Request) -> Response:
+        device_id = request.path_params["device_id"]
+        hours = _float_arg(request, "hours") or 24.0
+        hours = min(max(hours, 0.01), 24 * 30)
+        now = time.time()
+        since = now - hours * 3600
+        with state.sessions() as s:
+            from cloud_hub import db
+
+            dev = s.get(db.Device, device_id)
+            if dev is None:
+                raise HTTPException(404, f"no device {device_id!r}")
+            events = queries.device_anomalies(s, device_id, since)
+            history = queries.status_history(s, device_id)
+            beats = queries.heartbeats(s, device_id, since)
+            labels = queries.current_labels(s, [e.id for e in events])
+            status = queries.device_status(dev, now)
+        t0 = min([since, *(e.ts for e in events)])
+        thresholds: list[tuple[float, float]] = []
+        for e in events:
+            if not thresholds or thresholds[-1][1] != e.threshold:
+                thresholds.append((e.ts, e.threshold))
+        marks = [charts.Mark(e.ts, e.score, f"{time.strftime('%H:%M:%S', time.gmtime(e.ts))} score {e.score:.3g}"
+                             f" ({', '.join(e.top_features[:3])})", f"a{e.id}",
+                             {"true_positive": "tp", "false_positive": "fp"}.get(labels.get(e.id, ""), ""))
+                 for e in events]
+        chart = charts.score_timeline(t0, now, [], thresholds, marks)
+        newest = list(reversed(events))[:PAGE_SIZE]
+        attributions = {e.id: charts.bars(sorted(e.attribution.items(), key=lambda kv: -kv[1])[:6])
+                        for e in newest}
+        return render(request, "device.html", dev=dev, status=status, events=newest, total=len(events),
+                      chart=chart, history=history, beats=beats[-1:] if beats else [], hours=hours,
+                      attributions=attributions, labels=labels)
+
+    async def anomalies(request: Request) -> Response:
+        q = request.query_params
+        hours = _float_arg(request, "hours")
+        filters: dict[str, Any] = {
+            "device": q.get("device", "")[:64],
+            "since": time.time() - hours * 3600 if hours else None,
+            "min_score": _float_arg(request, "min_score"),
+            "model_version": _int_arg(request, "model"),
+            "label": q.get("label", ""),
+        }
+        if filters["label"] not in ("", "unlabelled", *LABELS):
+            raise HTTPException(400, f"label must be unlabelled or one of {', '.join(LABELS)}")
+        page = max(1, _int_arg(request, "page", 1) or 1)
+        with state.sessions() as s:
+            total = queries.anomaly_count(s, **filters)
+            events = queries.anomalies(s, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, **filters)
+            labels = queries.current_labels(s, [e.id for e in events])
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        return render(request, "anomalies.html", events=events, total=total, page=page, pages=pages,
+                      labels=labels, label_choices=LABELS)
+
+    async def label(request: Request) -> Response:
+        form = await auth.checked_form(request)
+        anomaly_id = request.path_params["anomaly_id"]
+        value = str(form.get("label", ""))
+        if value not in LABELS:
+            raise HTTPException(400, f"label must be one of {', '.join(LABELS)}")
+        note = str(form.get("note", "")).strip() or None
+        with state.sessions() as s:
+            try:  # the registry's one labelling function, as `cloud-hub anomalies label`
+                registry_labels.label_anomaly(s, anomaly_id, value, note=note, by=request.scope["user"])
+            except registry_labels.UnknownAnomaly as exc:
+                raise HTTPException(404, str(exc)) from None
+            except registry_labels.LabelError as exc:
+                raise HTTPException(400, str(exc)) from None
+        back = str(form.get("back", ""))
+        return RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/anomalies", 303)
+
+    async def rollouts(request: Request) -> Response:
+        with state.sessions() as s:
+            items = queries.rollouts(s)
+        return render(request, "rollouts.html", rollouts=items)
+
+    async def rollout(request: Request) -> Response:
+        rid = request.path_params["rollout_id"]
+        with state.sessions() as s:
+            from cloud_hub import db
+
+            r = s.get(db.Rollout, rid)
+            if r is None:
+                raise HTTPException(404, f"no rollout {rid}")
+            devices = queries.rollout_devices(s, rid)
+        return render(request, "rollout.html", rollout=r, devices=devices)
+
+    async def models(request: Request) -> Response:
+        with state.sessions() as s:
+            views = lineage.versions(s)
+            in_use = queries.models_in_use(s)
+            decisions = queries.retrain_decisions(s)
+        return render(request, "models.html", views=views, in_use=in_use, decisions=decisions)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        token = cfg.metrics_token
+        if token:
+            import hmac
+
+            sent = request.headers.get("authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                return PlainTextResponse("unauthorized", 401, headers={"WWW-Authenticate": "Bearer"})
+        if state.metrics is None:
+            from cloud_hub.web.metrics import HubMetrics
+
+            state.metrics = HubMetrics(home)
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    routes = [
+        Route("/", index),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/fleet", fleet),
+        Route("/devices/{device_id:str}", device),
+        Route("/anomalies", anomalies),
+        Route("/anomalies/{anomaly_id:int}/label", label, methods=["POST"]),
+        Route("/rollouts", rollouts),
+        Route("/rollouts/{rollout_id:int}", rollout),
+        Route("/models", models),
+        Route("/metrics", metrics_endpoint),
+        Route("/healthz", healthz),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=[
+        Middleware(SecurityHeaders),
+        Middleware(BodyLimit),
+        Middleware(SessionMiddleware, secret_key=auth.session_secret(home.path), session_cookie="edgesentry_session",
+                   max_age=int(cfg.session_hours * 3600), same_site="strict", https_only=cfg.secure_cookie),
+        Middleware(LoginGate),
+    ])
+    app.state.web = state
+    return app
+
+
+__all__ = ["LABELS", "WebState", "create_app"]

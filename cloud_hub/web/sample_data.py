@@ -1,0 +1,113 @@
+"""Demo-like rows written straight into a hub database: for the dashboard's tests, its page-load bench
+and the README screenshot (fast: no training, no broker)."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+
+from cloud_hub import db
+from cloud_hub.demo.simulator import FEATURES
+from cloud_hub.home import HubHome
+from cloud_hub.registry.labels import label_anomaly
+
+GROUPS = ("plant-a", "plant-b", "warehouse")
+PROFILES = ("rpi4-64", "rpi3-32", "rpi5-64")
+
+
+def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int = 0, now: float | None = None,
+             span_s: float = 6 * 3600) -> list[str]:
+    """Insert ``devices`` devices (mostly online, one offline, one rolled back), two model versions with
+    int8 bundles, a rollout of v2, status histories and ``anomalies`` events spread over ``span_s``.
+    Returns the device ids."""
+    rng = random.Random(seed)
+    now = time.time() if now is None else now
+    names = [f"gw-{i:03d}" for i in range(devices)]
+    sessions = home.sessions()
+    with sessions() as s:
+        for version, created in ((1, now - span_s - 3600), (2, now - span_s / 2)):
+            s.add(db.ModelVersion(version=version, name="ae-lstm", source="synced" if version > 1 else "csv:normal.csv",
+                                  artifacts_dir=f"models/v{version}", created_at=datetime.fromtimestamp(created, UTC),
+                                  training={"threshold": 0.02 + 0.005 * version, "train_windows": 4000 * version,
+                                            "epochs_run": 12, "mode": "unsupervised"}))
+            s.flush()
+            s.add(db.Bundle(version=version, quantization="int8", path=f"bundles/v{version}-int8.tar", sha256="0" * 64,
+                            size=53_000 + 100 * version,
+                            agreement={"score_pearson": 0.988, "flag_agreement": 0.991}))
+            s.add(db.ModelLineage(version=version, parent_version=version - 1 or None, device_group="",
+                                  data={"source": "synced" if version > 1 else "csv", "rows": 36_000 * version,
+                                        "devices": names[:3], "fp_stretches": 2 * (version - 1)},
+                                  settings={"model": "ae-lstm", "epochs": 30, "window": 32},
+                                  metrics={"holdout": {"windows": 900 * version, "flag_rate": 0.002 / version,
+                                                       "threshold": 0.02 + 0.005 * version,
+                                                       "score_p50": 0.006, "score_p99": 0.018}},
+                                  created_at=created))
+        s.flush()
+        s.add(db.Champion(device_group="", version=2, promoted_at=now - span_s / 2, reason="retrain: challenger better"))
+        s.add(db.RetrainDecision(device_group="", trigger=db.RetrainTrigger.NEW_DATA, trigger_detail={"windows": 4000},
+                                 started_at=now - span_s / 2 - 300, finished_at=now - span_s / 2,
+                                 outcome=db.RetrainOutcome.PROMOTED, champion_version=1, challenger_version=2,
+                                 margin=0.02, numbers={"improvement": 0.07}, rollout_id=1,
+                                 detail="challenger F1 0.91 vs champion 0.84 on the held-out slice"))
+        rollout = db.Rollout(bundle_id=2, version=2, started_at=datetime.fromtimestamp(now - span_s / 2, UTC))
+        s.add(rollout)
+        s.flush()
+        device_rows: list[dict[str, Any]] = []
+        status_rows: list[dict[str, Any]] = []
+        rollout_rows: list[dict[str, Any]] = []
+        for i, name in enumerate(names):
+            offline = i == devices - 1 and devices > 2
+            rolled_back = i == 1 and devices > 2
+            version = 1 if rolled_back else 2
+            last_seen = now - (3600 if offline else rng.uniform(0, 20))
+            device_rows.append({
+                "device_id": name, "first_seen": now - span_s - 7200, "last_seen": last_seen, "online": not offline,
+                "model_version": version, "model_state": "rolled_back" if rolled_back else "committed",
+                "agent_version": "0.1.0", "runtime": "litert", "readings_scored": rng.randint(10_000, 900_000),
+                "profile": PROFILES[i % len(PROFILES)], "group": GROUPS[i % len(GROUPS)],
+                "tags": {"line": str(i % 4)}, "last_error": "probation: anomaly rate 0.31 > 0.05" if rolled_back else "",
+            })
+            t = now - span_s - 3600
+            for state, v in (("committed", 1), ("downloading", 2), ("verifying", 2),
+                             ("rolled_back" if rolled_back else "committed", 1 if rolled_back else 2)):
+                t += 60 if v == 2 else 0
+                if state == "downloading":
+                    t = now - span_s / 2 + rng.uniform(1, 30)
+                status_rows.append({"device_id": name, "msg_id": f"{name}-{len(status_rows)}", "ts": t,
+                                    "received_at": t, "state": "online", "model_state": state, "model_version": v,
+                                    "failed_version": 2 if state == "rolled_back" else None,
+                                    "rollout_id": rollout.id if v == 2 or state == "rolled_back" else None,
+                                    "error": "probation: anomaly rate 0.31 > 0.05" if state == "rolled_back" else ""})
+            rollout_rows.append({"rollout_id": rollout.id, "device_id": name, "updated_at": now - span_s / 2 + 60,
+                                 "state": db.DeviceRolloutState.FAILED if rolled_back
+                                 else db.DeviceRolloutState.ACTIVATED,
+                                 "detail": "rolled back" if rolled_back else ""})
+        s.execute(insert(db.Device), device_rows)
+        s.execute(insert(db.StatusChange), status_rows)
+        s.execute(insert(db.RolloutDevice), rollout_rows)
+        rows = []
+        for n in range(anomalies):
+            name = names[int(rng.random() ** 2 * devices)]  # a few devices are noisier
+            ts = now - rng.uniform(0, span_s)
+            threshold = 0.025 if ts < now - span_s / 2 else 0.03
+            feats = rng.sample(list(FEATURES), k=min(3, len(FEATURES)))
+            weights = sorted((rng.random() for _ in feats), reverse=True)
+            total = sum(weights) * rng.uniform(1.0, 1.3)
+            rows.append({"device_id": name, "event_id": f"e{n}", "ts": ts, "detected_at": ts + 0.01,
+                         "received_at": ts + 0.02, "score": threshold * rng.uniform(1.05, 6.0),
+                         "threshold": threshold, "model_version": 1 if ts < now - span_s / 2 else 2,
+                         "top_features": feats, "attribution": {f: w / total for f, w in zip(feats, weights, strict=True)},
+                         "likelihood": rng.uniform(0.9, 1.0)})
+            if len(rows) == 5000:
+                s.execute(insert(db.AnomalyEvent), rows)
+                rows = []
+        if rows:
+            s.execute(insert(db.AnomalyEvent), rows)
+        s.commit()
+        for anomaly_id, label in ((1, "true_positive"), (2, "false_positive"))[: max(0, min(2, anomalies))]:
+            label_anomaly(s, anomaly_id, label, note="sample", by="operator")
+    return names

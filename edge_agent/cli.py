@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(cfg, args)
 
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from edge_agent.agent import Agent
+    from edge_agent.agent import GIL_SWITCH_INTERVAL_S, Agent
+
+    # Hand-offs between the MQTT, scoring and sender threads wait for the GIL; CPython's default 5 ms
+    # switch interval was most of the reading → report latency (docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     from shared.mqtt import AGENT_MAX_DISCONNECTED_S, NetworkSupervisor
 
     agent = Agent(cfg)

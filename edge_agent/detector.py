@@ -292,15 +292,8 @@ class StreamingDetector:
         x = preprocess_windows(raw_windows, p)
         stuck = stuck_channels(raw_windows, model.stuck) if model.stuck is not None else None
         n = len(x)
-        outputs: dict = {}
-        for s in range(0, n, self.max_batch):
-            chunk = x[s : s + self.max_batch]
-            m = len(chunk)
-            bucket = next((b for b in _BUCKETS if b >= m), m)
-            padded = chunk if bucket == m else np.concatenate([chunk, np.repeat(chunk[-1:], bucket - m, axis=0)])
-            for h, v in model.model.predict(padded).items():
-                outputs.setdefault(h, []).append(v[:m])
-        scored = score_outputs(x, {h: np.concatenate(v) for h, v in outputs.items()}, model.scoring)
+        outputs = model.model.predict_batched(x, self.max_batch, _BUCKETS)
+        scored = score_outputs(x, outputs, model.scoring)
         decision = model.decision.scaled(self.threshold_scale)
         # Events report the score threshold at this agent's scale (a likelihood decision is on another axis).
         threshold = Decision(DecisionMode.SCORE, model.scoring.threshold, self.threshold_scale).in_force

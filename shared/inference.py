@@ -109,21 +109,38 @@ class TFLiteModel:
             return np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.input_dtype)
         return x.astype(self.input_dtype)
 
-    def _output(self, detail: dict[str, Any]) -> np.ndarray:
-        raw = self._interp.get_tensor(detail["index"])
+    def _dequantise(self, raw: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         if np.dtype(detail["dtype"]) in (np.int8, np.uint8):
             scale, zero = detail["quantization"]
             return (raw.astype(np.float32) - zero) * scale
         return raw.astype(np.float32)
 
+    def _invoke(self, x: np.ndarray) -> None:
+        """One interpreter call on already quantised input."""
+        self._resize(x.shape[0])
+        self._interp.set_tensor(self._input["index"], x)
+        self._interp.invoke()
+
     def predict(self, windows: np.ndarray) -> dict[Head, np.ndarray]:
         """(b, w, f) float windows → {head: float array}."""
         x = np.asarray(windows, dtype=np.float32)
-        self._resize(x.shape[0])
-        self._interp.set_tensor(self._input["index"], self._quantise(x))
-        self._interp.invoke()
-        return {h: self._output(d) for h, d in self._outputs.items()}
+        self._invoke(self._quantise(x))
+        return {h: self._dequantise(self._interp.get_tensor(d["index"]), d) for h, d in self._outputs.items()}
 
-    def predict_batched(self, windows: np.ndarray, batch: int = 256) -> dict[Head, np.ndarray]:
-        parts = [self.predict(windows[i : i + batch]) for i in range(0, len(windows), batch)]
-        return {h: np.concatenate([p[h] for p in parts]) for h in self.heads}
+    def predict_batched(self, windows: np.ndarray, batch: int = 256,
+                        buckets: tuple[int, ...] = ()) -> dict[Head, np.ndarray]:
+        """Every window, at most ``batch`` per interpreter call: the input is quantised and the outputs
+        dequantised once for all calls (the same numbers as ``predict`` per chunk).  With ``buckets``, a
+        short call is padded up to the next bucket size, so the interpreter re-allocates its tensors for a
+        few batch sizes rather than for every queue length."""
+        x = self._quantise(np.asarray(windows, dtype=np.float32))
+        n = len(x)
+        raw = {h: np.empty((n, *(int(v) for v in d["shape"][1:])), dtype=d["dtype"]) for h, d in self._outputs.items()}
+        for s in range(0, n, batch):
+            chunk = x[s : s + batch]
+            m = len(chunk)
+            size = next((b for b in buckets if b >= m), m)
+            self._invoke(chunk if size == m else np.concatenate([chunk, np.repeat(chunk[-1:], size - m, axis=0)]))
+            for h, d in self._outputs.items():
+                raw[h][s : s + m] = self._interp.get_tensor(d["index"])[:m]
+        return {h: self._dequantise(raw[h], self._outputs[h]) for h in self._outputs}

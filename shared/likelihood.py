@@ -21,6 +21,7 @@ Two optional refinements, both causal:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -124,7 +125,10 @@ class AnomalyLikelihood:
     def _likelihoods(self, scores: np.ndarray) -> np.ndarray:
         p = self.params
         n, k = len(scores), p.short_window
-        logs = np.array([math.log1p(max(s, 0.0)) if math.isfinite(s) else 50.0 for s in scores.tolist()])
+        finite = np.isfinite(scores)
+        # math.log1p element by element (bit-identical to the scalar path), without a Python-level loop body.
+        logs = np.fromiter(map(math.log1p, np.where(finite, np.maximum(scores, 0.0), 0.0).tolist()), np.float64, n)
+        logs[~finite] = 50.0
         # Moving average of the last k log-scores, summed oldest first as sum() over a deque would.
         pad = max(0, k - 1 - len(self._recent))
         ext = np.concatenate([np.zeros(pad), self._recent, logs])  # 0.0 + x == x: padding is exact
@@ -143,14 +147,19 @@ class AnomalyLikelihood:
         std = np.where(total == 0, p.prior_std, np.sqrt(np.maximum(second - mean * mean, 1e-12)))
         z = (avg - mean) / np.maximum(std, p.prior_std * 0.1)
         scaled = z / math.sqrt(2)
-        return np.array([log_scale(1.0 - 0.5 * math.erfc(v)) for v in scaled.tolist()])
+        # log_scale(1 - erfc(v) / 2) per window, with the same math.* calls and float operations.
+        lik = 1.0 - 0.5 * np.fromiter(map(math.erfc, scaled.tolist()), np.float64, n)
+        return np.fmin(1.0, np.fromiter(map(math.log, (1.0000000001 - lik).tolist()), np.float64, n) / _LOG_FLOOR)
 
     def _learn(self, avg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Add ``avg`` to the running history (learn after judging); sums and length before each step."""
         h = self.params.history
         n = len(avg)
         start_len = len(self._history)
-        combined = np.concatenate([np.asarray(self._history, np.float64), avg])
+        # Only the oldest n history values can be evicted by n steps: convert those, not the whole history
+        # (a per-reading O(history) copy was most of the single-reading cost).
+        head = np.fromiter(itertools.islice(self._history, min(n, start_len)), np.float64)
+        combined = np.concatenate([head, avg])  # == (history + avg)[: len(head) + n] where indexed below
         after_len = start_len + np.arange(1, n + 1)  # history length after appending avg_i
         evict = after_len > h
         first_kept = np.maximum(after_len - h, 0)  # index in combined of the oldest value kept after step i
@@ -175,7 +184,8 @@ class AnomalyLikelihood:
             sq_before[seg : end + 1] = cumq[0:-1:2]
             s, q = float(cum[-1]), float(cumq[-1])
             if resum[end]:  # once per turnover: exact re-sum, no drift
-                kept = combined[first_kept[end] : start_len + end + 1].tolist()
+                whole = np.concatenate([np.fromiter(self._history, np.float64, start_len), avg])
+                kept = whole[first_kept[end] : start_len + end + 1].tolist()
                 s, q = math.fsum(kept), math.fsum(v * v for v in kept)
             seg = end + 1
         self._sum, self._sq = s, q

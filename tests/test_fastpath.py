@@ -304,3 +304,17 @@ def test_npy_decoder_turns_any_bytes_into_a_block_or_a_protocol_error() -> None:
         blocks += 1
         assert block.values.shape == (len(block), 2) and np.isfinite(block.ts).all()
     assert blocks > 0
+
+
+def test_predict_batched_equals_predict_per_chunk_with_padding_buckets(trained_home) -> None:  # type: ignore[no-untyped-def]
+    """Quantising once for all interpreter calls and padding short calls to a bucket changes no number."""
+    model = _model(trained_home)
+    ts, values = simulated_series(5, seed=11)
+    x = series_windows(values, model.preprocessing)[:37]
+    tfl = model.model
+    want = [tfl.predict(x[s : s + 16]) for s in range(0, len(x), 16)]
+    got = tfl.predict_batched(x, 16, (1, 4, 16))
+    assert set(got) == set(want[0])
+    for head, v in got.items():
+        assert v.shape[0] == len(x) and v.dtype == np.float32
+        assert np.array_equal(v, np.concatenate([w[head] for w in want]))

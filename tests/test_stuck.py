@@ -59,3 +59,16 @@ def test_bundle_carries_the_check_and_replay_reports_the_channel(trained_home) -
     inside = slice(400 + 15, 600)
     assert r.anomalous[inside].all()
     assert {r.top_feature[i] for i in range(inside.start, inside.stop)} == {"vibration"}
+
+
+def test_rolling_std_fast_path_equals_the_nan_aware_path() -> None:
+    """Complete windows take numpy's std; the same windows in a batch with a gap elsewhere take the
+    NaN-aware formula: identical values."""
+    from shared.stuck import _rolling_std
+
+    rng = np.random.default_rng(5)
+    clean = rng.normal(20.0, 3.0, size=(200, 16, 4))
+    gappy = np.concatenate([clean, clean[:1]])
+    gappy[-1, 3, 2] = np.nan
+    assert np.array_equal(_rolling_std(clean), _rolling_std(gappy)[:-1])
+    assert np.isfinite(_rolling_std(gappy)[-1]).all()

@@ -432,10 +432,10 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
         server.stop()
         raise
     scheduler = None
-    if server.cfg.retrain.enabled:  # [retrain] triggers: retrain children run niced, one at a time
+    if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler
 
-        scheduler = RetrainScheduler(home)
+        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)
         scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
@@ -518,15 +518,28 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--only", type=click.Choice(["all", "ingest", "fleet"]), default="all", show_default=True,
-              help="ingest: only the hub's stored events/s and sync rows/s (no model training); fleet: only the "
-                   "rollout to 10/50/200 simulated agents (a 2-epoch model).")
-def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
+@click.option("--only", type=click.Choice(["all", "ingest", "fastpath", "web", "fleet"]), default="all", show_default=True,
+              help="ingest: only the hub's stored events/s and sync rows/s (no model training); fastpath: "
+                   "interpreter and agent sections only, reusing the model an earlier fastpath run trained "
+                   "in --workdir; web: dashboard page load times with 200 devices and 100k anomaly events "
+                   "(writes web-bench.json); fleet: only the rollout to 10/50/200 simulated agents (a 2-epoch model).")
+@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --only web: also save screenshots of a device page and the fleet (docs/img/dashboard.png).")
+def bench(out: Path, broker: str | None, workdir: Path, only: str, screenshot: Path | None) -> None:
     """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
     from cloud_hub.bench import run_bench, run_fleet_bench, run_ingest_bench
 
-    run = {"ingest": run_ingest_bench, "fleet": run_fleet_bench}.get(only, run_bench)
-    run(workdir.resolve(), out.resolve(), broker, console=console)
+    if only == "web":
+        from cloud_hub.web.bench import run_web_bench
+
+        target = out.with_name("web-bench.json") if out.name == "bench-results.json" else out
+        run_web_bench(workdir.resolve(), target.resolve(), screenshot=screenshot, console=console)
+    elif only == "fleet":
+        run_fleet_bench(workdir.resolve(), out.resolve(), broker, console=console)
+    elif only == "ingest":
+        run_ingest_bench(workdir.resolve(), out.resolve(), broker, console=console)
+    else:
+        run_bench(workdir.resolve(), out.resolve(), broker, console=console, only=only)
 
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -56,6 +58,11 @@ class Device(Base):
     # Unguessable MQTT client id in the device's agent.toml: Mosquitto does not bind client ids to accounts,
     # so a device that knew another's id could take over (and drop) that client's session.
     mqtt_client_id: Mapped[str] = mapped_column(String(128), default="")
+    # The agent's durable outbox as of its latest heartbeat: reports not yet acknowledged, their bytes, and
+    # reports dropped because the outbox was full, by kind (anomaly/status/telemetry/sync), since install.
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    outbox_dropped: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class Heartbeat(Base):
@@ -71,13 +78,18 @@ class Heartbeat(Base):
     anomalies: Mapped[int] = mapped_column(Integer)
     rejected: Mapped[int] = mapped_column(Integer)
     queue_depth: Mapped[int] = mapped_column(Integer)
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    outbox_dropped: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class AnomalyEvent(Base):
     __tablename__ = "anomaly_events"
-    __table_args__ = (UniqueConstraint("device_id", "event_id"),)
+    # (device_id, ts): the dashboard's per-device counts and timelines read only this index; lookups by
+    # device alone use it or the unique constraint's index.
+    __table_args__ = (UniqueConstraint("device_id", "event_id"), Index("ix_anomaly_events_device_id_ts", "device_id", "ts"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
     event_id: Mapped[str] = mapped_column(String(64))
     ts: Mapped[float] = mapped_column(Float, index=True)
     detected_at: Mapped[float] = mapped_column(Float)

@@ -14,7 +14,8 @@
    raises none fell into an already open episode (``latency_spikes_reported`` counts the others);
 4. bundle and model sizes, float32 vs int8;
 5. hub ingest (``cloud_hub/ingest/bench.py``): stored anomaly events/s and sync rows/s on SQLite, in
-   process and end to end through the broker (``--only ingest`` runs just this part);
+   process and end to end through the broker, and in process on a local PostgreSQL when one is
+   installed (``--only ingest`` runs just this part);
 6. fleet rollout (``cloud_hub/rollout/bench.py``): seconds from `rollout start` to every one of 10, 50 and
    200 simulated agents healthy (``--only fleet`` runs just this part, on a quickly trained model).
 """
@@ -350,13 +351,26 @@ def _start_broker(workdir: Path, broker_url: str | None) -> RunningBroker:
 
 
 def _ingest(workdir: Path, broker: RunningBroker, console: Console) -> dict[str, Any]:
+    from cloud_hub.db.local_postgres import postgres_bin, start_postgres
     from cloud_hub.ingest.bench import ingest_in_process, ingest_through_broker
 
     with console.status("hub ingest in process (decode → batch → commit → ack)…"):
         in_process = ingest_in_process(workdir, broker)
     with console.status(f"hub ingest end to end through {broker.kind}…"):
         through_broker = ingest_through_broker(workdir, broker)
-    return {"in_process": in_process, "through_broker": through_broker}
+    results = {"in_process": in_process, "through_broker": through_broker}
+    if postgres_bin() is not None:  # a local server with default (durable) settings
+        with console.status("hub ingest in process on PostgreSQL…"):
+            pg = start_postgres(fast=False)
+            try:
+                results["in_process_postgresql"] = ingest_in_process(workdir, broker,
+                                                                     database_url=pg.create_database("bench"))
+            finally:
+                from cloud_hub.db import dispose_engines
+
+                dispose_engines()
+                pg.stop()
+    return results
 
 
 def _ingest_rows(table: Table, ingest: dict[str, Any]) -> None:
@@ -379,7 +393,7 @@ def run_ingest_bench(workdir: Path, out: Path, broker_url: str | None, console: 
     finally:
         broker.stop()
     out.write_text(json.dumps(results, indent=2))
-    table = Table(title="edgesentry bench: hub ingest (SQLite)", show_header=True)
+    table = Table(title="edgesentry bench: hub ingest (SQLite; PostgreSQL where installed)", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     _ingest_rows(table, results["ingest"])

@@ -355,13 +355,13 @@ def test_restart_mid_rollout_resumes_and_late_devices_get_their_groups_model(fle
 
 
 def test_migration_turns_old_whole_fleet_rollouts_into_completed_ones(tmp_path: Path) -> None:
-    """Revision 0006 on a hub that rolled out with the old single-step rollout, and back."""
+    """Revision 0007 on a hub that rolled out with the old single-step rollout, and back."""
     from sqlalchemy import create_engine, text
 
     from cloud_hub.db import migrate
 
     engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    migrate.upgrade(engine, "0005")
+    migrate.upgrade(engine, "0006")
     with engine.begin() as c:
         c.execute(text("INSERT INTO model_versions (version, name, created_at, source, artifacts_dir, training) "
                        "VALUES (1, 'ae-lstm', '2026-01-01', 'x', '', '{}')"))
@@ -380,7 +380,7 @@ def test_migration_turns_old_whole_fleet_rollouts_into_completed_ones(tmp_path: 
             "a": D.SENT, "b": D.SENT, "c": D.ACTIVATED, "d": D.FAILED}
         s.add(db.RolloutDevice(rollout_id=2, device_id="e", state=D.ROLLED_BACK, updated_at=0.0))
         s.commit()
-    migrate.downgrade(engine, "0005")
+    migrate.downgrade(engine, "0006")
     with engine.connect() as c:
         assert dict(c.execute(text("SELECT device_id, state FROM rollout_devices")).all()) == {
             "a": "PENDING", "b": "PENDING", "c": "ACTIVATED", "d": "FAILED", "e": "FAILED"}

@@ -19,6 +19,7 @@ from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.db import queries
 from cloud_hub.home import DEFAULT_HOME, HubHome
+from cloud_hub.retrain_policy import RetrainPolicy
 from shared.decision import DecisionMode
 from shared.inference import Quantization
 from shared.profiles import FirmwareProfile, resolve_profile
@@ -233,11 +234,18 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="The agents' decision threshold on the streaming likelihood (is_anomaly).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Files processed in parallel.")
+@click.option("--retrain-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run the hub's retrain loop along each stream: every N readings train on the readings seen "
+                   "so far (minus flagged ones), export, sign and swap the bundle in (0 = train once).")
+@click.option("--retrain-max-rows", type=click.IntRange(min=2), default=RetrainPolicy.max_rows, show_default=True,
+              help="Each retrain learns from at most the newest N readings.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
-        likelihood_threshold: float, workers: int, settings: tuple[str, ...]) -> None:
+        likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
+        settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
-    stream with the edge agent's replay.  Writes nab_scores.json, NAB results files and report.md."""
+    stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
+    nab_scores.json, NAB results files and report.md."""
     from cloud_hub.evaluation import nab as nab_run
     from cloud_hub.models import Mode, get
 
@@ -253,7 +261,8 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
     defaults = tuple(f"{k}={v}" for k, v in nab_run.TRAINING_SETTINGS.items())
     cfg = _training_config(None, settings=(*defaults, *settings))
     nab_cfg = nab_run.NabConfig(model=model_name, training=cfg, quantization=quantization,
-                                likelihood_threshold=likelihood_threshold, workers=workers)
+                                likelihood_threshold=likelihood_threshold, workers=workers,
+                                retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows))
     try:
         files = nab_run.data_files(nab_dir, limit, list(only) or None)
         if not files:
@@ -358,7 +367,7 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
     if not quantization:
-        quantization = (profile.quantization if profile else "int8",)
+        quantization = (profile.quantization.value if profile else Quantization.INT8.value,)
     elif profile and profile.quantization not in quantization:
         console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
                       f"{profile.quantization}[/]")
@@ -435,7 +444,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler
 
-        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)
+        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)  # one retrain across workers
         scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))

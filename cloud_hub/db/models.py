@@ -108,7 +108,7 @@ class SyncBatch(Base):
     __tablename__ = "sync_batches"
     __table_args__ = (UniqueConstraint("device_id", "batch_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))  # indexed by the unique (device_id, …) constraint
     batch_id: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     start_ts: Mapped[float] = mapped_column(Float)
@@ -154,7 +154,7 @@ class StatusChange(Base):
     __tablename__ = "status_changes"
     __table_args__ = (UniqueConstraint("device_id", "msg_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))  # indexed by the unique (device_id, …) constraint
     msg_id: Mapped[str] = mapped_column(
         String(80)
     )  # the agent's msg_id; "will:<ts>" for the broker's last will

@@ -8,6 +8,7 @@ acknowledged, so if the hub dies the broker redelivers it to the hub's persisten
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -31,6 +32,11 @@ log = logging.getLogger("cloud_hub.ingest")
 
 HUB_CLIENT_ID = "edgesentry-hub"  # default persistent-session id; hub.toml broker.client_id overrides it
 SHARE_GROUP = "hub"  # workers subscribe to $share/hub/edgesentry/+/<channel>: each message goes to one of them
+
+
+# Topics repeat (one per device and channel): parse each once.  Bounded, and invalid topics raise
+# (lru_cache keeps no exceptions), so hostile topic names cannot grow it past maxsize.
+_parse_topic = functools.lru_cache(maxsize=16_384)(p.parse_topic)
 
 
 class ScaleOutError(ValueError):
@@ -126,7 +132,7 @@ class HubServer:
 
     def _intake(self, msg: mqtt.MQTTMessage) -> None:
         """Validate and enqueue one message; raises ProtocolError (counted by the guard) if invalid."""
-        device, channel = p.parse_topic(msg.topic)
+        device, channel = _parse_topic(msg.topic)
         if channel not in HUB_CHANNELS:
             raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
         message = p.decode(channel, msg.payload, device=device)

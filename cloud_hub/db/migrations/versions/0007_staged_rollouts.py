@@ -4,8 +4,8 @@ the announcement each device was last given (device_targets).
 Existing rollouts were whole-fleet announcements: they become completed one-wave rollouts to every device
 (active → completed); their devices' pending/requested become sent.
 
-Revision ID: 0006
-Revises: '0005'
+Revision ID: 0007
+Revises: '0006'
 Create Date: 2026-11-23 14:22:40.226144
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0006'
-down_revision: str | None = '0005'
+revision: str = '0007'
+down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -57,6 +57,11 @@ def test_evaluate_writes_metrics_report_and_plots(tmp_path: Path) -> None:
     ae = json.loads((out / "deep-ae" / "metrics.json").read_text())
     assert ae["mode"] == "unsupervised" and ae["int8"]["tflite_bytes"] > 0
     assert ae["quantization_f1_delta"] == pytest.approx(ae["int8"]["f1"] - ae["f1"])
+    # Unsupervised: the normal-only threshold and one placed with a few labelled attacks, same test rows.
+    semi = ae["semi_supervised"]
+    assert 0 < semi["labelled_attacks"] <= 50 and semi["fp"] + semi["fn"] + semi["tp"] + semi["tn"] == 270
+    assert semi["threshold"] != ae["threshold"] and "semi_supervised" not in rf
+    assert "semi-supervised threshold" in (out / "deep-ae" / "report.md").read_text()
     summary = (out / "summary.md").read_text()
     assert "random-forest" in summary and "deep-ae" in summary and (out / "roc.png").exists()
 

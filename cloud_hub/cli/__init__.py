@@ -12,9 +12,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
 
-from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
 from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_web_args
 from cloud_hub.config import TrainingConfig
@@ -460,12 +458,8 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
         sys.exit(code)
 
 
-@main.group()
-def rollout() -> None:
-    """Roll models out to the fleet."""
-
-
 def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dict[str, object]:
+    """One wave to every device (run by `serve`), then block until the agents run it (`retrain`)."""
     from cloud_hub import rollout as ro
 
     try:
@@ -490,34 +484,6 @@ def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dic
     console.print(f"v{version} active on {len(activated)}/{len(info.devices)} device(s)"
                   + (f"; not yet: {', '.join(missing)}" if missing else ""))
     return {"activated": activated, "missing": missing}
-
-
-@rollout.command("start")
-@click.option("--model", "version", type=int, required=True, help="Model version to roll out.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
-@click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations (0 = don't).")
-@click.pass_context
-def rollout_start(ctx: click.Context, version: int, quantization: str, wait: float) -> None:
-    """Announce a signed bundle to all agents and report which activated it."""
-    home = _home(ctx)
-    result = _rollout(home, version, quantization, wait)
-    if result.get("missing"):
-        sys.exit(3)
-
-
-@rollout.command("status")
-@click.pass_context
-def rollout_status(ctx: click.Context) -> None:
-    """Per-device state of the most recent rollouts."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("rollout", "version", "state", "device", "device state", "detail")
-        for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id.desc()).limit(5)):
-            rows = list(s.scalars(select(db.RolloutDevice).where(db.RolloutDevice.rollout_id == r.id)))
-            for d in rows or [None]:
-                table.add_row(str(r.id), str(r.version), r.state.value, d.device_id if d else "-",
-                              d.state.value if d else "-", d.detail if d else "")
-    console.print(table)
 
 
 @main.command()
@@ -561,22 +527,24 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--only", type=click.Choice(["all", "ingest", "fastpath", "web"]), default="all", show_default=True,
+@click.option("--only", type=click.Choice(["all", "ingest", "fastpath", "web", "fleet"]), default="all", show_default=True,
               help="ingest: only the hub's stored events/s and sync rows/s (no model training); fastpath: "
                    "interpreter and agent sections only, reusing the model an earlier fastpath run trained "
                    "in --workdir; web: dashboard page load times with 200 devices and 100k anomaly events "
-                   "(writes web-bench.json).")
+                   "(writes web-bench.json); fleet: only the rollout to 10/50/200 simulated agents (a 2-epoch model).")
 @click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
               help="With --only web: also save screenshots of a device page and the fleet (docs/img/dashboard.png).")
 def bench(out: Path, broker: str | None, workdir: Path, only: str, screenshot: Path | None) -> None:
     """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
-    from cloud_hub.bench import run_bench, run_ingest_bench
+    from cloud_hub.bench import run_bench, run_fleet_bench, run_ingest_bench
 
     if only == "web":
         from cloud_hub.web.bench import run_web_bench
 
         target = out.with_name("web-bench.json") if out.name == "bench-results.json" else out
         run_web_bench(workdir.resolve(), target.resolve(), screenshot=screenshot, console=console)
+    elif only == "fleet":
+        run_fleet_bench(workdir.resolve(), out.resolve(), broker, console=console)
     elif only == "ingest":
         run_ingest_bench(workdir.resolve(), out.resolve(), broker, console=console)
     else:
@@ -592,6 +560,7 @@ def _register() -> None:
     from cloud_hub.cli.devices import devices
     from cloud_hub.cli.models import models
     from cloud_hub.cli.retrain import retrain
+    from cloud_hub.cli.rollout import rollout
     from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(anomalies)
@@ -600,6 +569,7 @@ def _register() -> None:
     main.add_command(retrain)
     main.add_command(web_user)
     main.add_command(dashboard)
+    main.add_command(rollout)
     main.add_command(broker_config)
     main.add_command(db_group)
 

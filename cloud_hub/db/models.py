@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -36,18 +34,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class RolloutState(enum.StrEnum):
-    ACTIVE = "active"  # announced; agents are fetching/activating
-    SUPERSEDED = "superseded"  # a later rollout replaced it
-
-
-class DeviceRolloutState(enum.StrEnum):
-    PENDING = "pending"
-    REQUESTED = "requested"
-    ACTIVATED = "activated"
-    FAILED = "failed"
 
 
 class Device(Base):
@@ -156,28 +142,6 @@ class Bundle(Base):
     agreement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     profile: Mapped[str] = mapped_column(String(64), default="")  # firmware profile it was exported for, if any
-
-
-class Rollout(Base):
-    __tablename__ = "rollouts"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id"))
-    version: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    state: Mapped[RolloutState] = mapped_column(
-        Enum(RolloutState, native_enum=False), default=RolloutState.ACTIVE
-    )
-
-
-class RolloutDevice(Base):
-    __tablename__ = "rollout_devices"
-    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
-    device_id: Mapped[str] = mapped_column(String(64))
-    state: Mapped[DeviceRolloutState] = mapped_column(Enum(DeviceRolloutState, native_enum=False))
-    updated_at: Mapped[float] = mapped_column(Float)
-    detail: Mapped[str] = mapped_column(String(500), default="")
 
 
 # ------------------------------------------------------------------------------------- ingest (hub)

@@ -24,6 +24,7 @@ from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
 from cloud_hub.ingest.leader import Leadership
 from cloud_hub.ingest.rollout_hooks import serve_model_request
+from cloud_hub.rollout.engine import RolloutEngine
 from shared import protocol as p
 from shared.mqtt import MessageGuard, connect, make_client
 
@@ -90,6 +91,9 @@ class HubServer:
         # hook in here; they must not block (alerts only enqueue).
         self.on_stored: list[Callable[[list[Inbound], float], None]] = []
         self.observer_errors = 0
+        # The one owner of rollout state runs beside ingest, on the leader only; statuses wake it at once
+        # (see cloud_hub/rollout/engine.py).
+        self.rollouts = RolloutEngine(home, self.client, self.sessions, self.cfg.rollout, self.leader.is_leader)
 
     def start(self) -> None:
         """Returns once subscribed: from then on the broker keeps everything for this session."""
@@ -98,11 +102,13 @@ class HubServer:
         if not self._subscribed.wait(15):
             raise ConnectionError(f"{self.cfg.broker.url} did not confirm the hub's subscriptions")
         self.leader.start()
+        self.rollouts.start()
         log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.client_id)
 
     def stop(self) -> None:
         """Store and acknowledge what was received, then disconnect (the session keeps queueing)."""
         self._closing = True
+        self.rollouts.stop()
         self.leader.stop()
         self.batcher.stop()
         self._worker.join(timeout=60)
@@ -186,6 +192,9 @@ class HubServer:
         self.stored["duplicate"] += sum(result.duplicates.values())
         if result.acked:
             self.acks_sent += publish_acks(self.client, result.acked)
+        statuses = {it.device for it in storable if it.channel == p.Channel.STATUS}
+        if statuses:
+            self.rollouts.wake(statuses)
         for it in batch:
             if it.channel == p.Channel.MODEL_REQUEST:
                 self._model_request(it)

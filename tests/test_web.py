@@ -111,6 +111,7 @@ def test_device_page_shows_timeline_attribution_and_history(client: TestClient) 
     r = client.get("/devices/gw-001")
     assert r.status_code == 200
     assert '<svg class="chart"' in r.text and 'class="threshold"' in r.text and 'class="mark' in r.text
+    assert '<polyline points="' in r.text and 'class="score"' in r.text  # the telemetry score line
     assert 'class="bars"' in r.text  # attribution per anomaly
     history = r.text.split('id="model-history"')[1]
     assert "rolled_back" in history and "probation: anomaly rate" in history
@@ -243,6 +244,10 @@ def test_metrics_follow_live_ingest(tmp_path: Path, mosquitto: RunningBroker) ->
                                    detected_at=1.7e9, score=3.0, threshold=1.0, model_version=1)
             client.publish(p.device_topic("gw-m", p.Channel.ANOMALY), p.encode(event), qos=1).wait_for_publish(10)
         client.publish(p.device_topic("gw-m", p.Channel.ANOMALY), b"{not json", qos=1).wait_for_publish(10)
+        tele = p.Telemetry(v=p.PROTOCOL_VERSION, device="gw-m", ts=1.7e9, interval_s=10.0, scored=200,
+                           score_mean=0.01, score_max=0.04, readings_scored_total=200, msg_id="tele-1")
+        for _ in range(2):  # a redelivery is stored once
+            client.publish(p.device_topic("gw-m", p.Channel.TELEMETRY), p.encode(tele), qos=1).wait_for_publish(10)
 
         def scrape() -> str:
             with urllib.request.urlopen(web.url + "metrics", timeout=5) as resp:
@@ -254,6 +259,16 @@ def test_metrics_follow_live_ingest(tmp_path: Path, mosquitto: RunningBroker) ->
         assert 'edgesentry_messages_received_total{channel="anomaly"} 3.0' in text
         assert re.search(r'edgesentry_messages_rejected_total\{reason="[a-z_]+"\} 1\.0', text)
         assert 'edgesentry_ingest_latency_seconds_count{channel="anomaly"} 3.0' in text
+        wait_until(lambda: 'edgesentry_messages_received_total{channel="telemetry"} 2.0' in scrape(), 15,
+                   "both telemetry messages received")
+        server.idle.wait(10)
+        from sqlalchemy import select
+
+        from cloud_hub import db
+
+        with home.sessions()() as s:
+            rows = s.execute(select(db.TelemetryRecord.msg_id, db.TelemetryRecord.score_max)).all()
+        assert [tuple(r) for r in rows] == [("tele-1", 0.04)]
     finally:
         client.disconnect()
         client.loop_stop()

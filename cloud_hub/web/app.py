@@ -245,6 +245,8 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             if dev is None:
                 raise HTTPException(404, f"no device {device_id!r}")
             total, points = queries.score_points(s, device_id, since)
+            line = queries.telemetry_line(s, device_id, since)
+            trained_threshold = queries.model_threshold(s, dev.model_version)
             newest = queries.anomalies(s, limit=PAGE_SIZE, device=device_id, since=since)
             history = queries.status_history(s, device_id)
             beats = queries.heartbeats(s, device_id, since, limit=1)
@@ -252,6 +254,8 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             status = queries.device_status(dev, now)
         t0 = min([since, *(pt.ts for pt in points)])
         thresholds: list[tuple[float, float]] = []
+        if not points and line and trained_threshold is not None:
+            thresholds.append((t0, trained_threshold))  # no event to say which was in force: the model's own
         for pt in points:
             if not thresholds or thresholds[-1][1] != pt.threshold:
                 thresholds.append((pt.ts, pt.threshold))
@@ -260,7 +264,7 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
                              f" ({pt.top_feature})", f"a{pt.id}" if pt.id in shown else "",
                              {"true_positive": "tp", "false_positive": "fp"}.get(labels.get(pt.id, ""), ""))
                  for pt in points]
-        chart = charts.score_timeline(t0, now, [], thresholds, marks)
+        chart = charts.score_timeline(t0, now, line, thresholds, marks)
         attributions = {e.id: charts.bars(sorted(e.attribution.items(), key=lambda kv: -kv[1])[:6])
                         for e in newest}
         return render(request, "device.html", dev=dev, status=status, events=newest, total=total,

@@ -3,6 +3,7 @@ and the README screenshot (fast: no training, no broker)."""
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ PROFILES = ("rpi4-64", "rpi3-32", "rpi5-64")
 
 
 def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int = 0, now: float | None = None,
-             span_s: float = 6 * 3600) -> list[str]:
+             span_s: float = 6 * 3600, telemetry_s: float = 60.0) -> list[str]:
     """Insert ``devices`` devices (mostly online, one offline, one rolled back), two model versions with
     int8 bundles, a rollout of v2, status histories and ``anomalies`` events spread over ``span_s``.
     Returns the device ids."""
@@ -111,6 +112,27 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
                 rows = []
         if rows:
             s.execute(insert(db.AnomalyEvent), rows)
+        by_device: dict[str, list[tuple[float, float]]] = {}
+        for name, center, level in bursts:
+            by_device.setdefault(name, []).append((center, level))
+        tele: list[dict[str, Any]] = []
+        for name in names:
+            t = now - span_s
+            while t <= now and telemetry_s > 0:
+                threshold = 0.025 if t < now - span_s / 2 else 0.03
+                base = threshold * (0.35 + 0.1 * math.sin(t / 3600) + rng.uniform(0, 0.25))
+                peak = max((lvl * threshold * math.exp(-(((t - c) / 90) ** 2)) for c, lvl in by_device.get(name, [])),
+                           default=0.0)
+                top = max(base, peak)
+                tele.append({"device_id": name, "msg_id": f"t{len(tele)}", "ts": t, "received_at": t + 0.02,
+                             "interval_s": telemetry_s, "scored": int(telemetry_s * 20), "score_mean": base * 0.6,
+                             "score_max": top})
+                t += telemetry_s
+                if len(tele) == 5000:
+                    s.execute(insert(db.TelemetryRecord), tele)
+                    tele = []
+        if tele:
+            s.execute(insert(db.TelemetryRecord), tele)
         s.commit()
         for anomaly_id, label in ((1, "true_positive"), (2, "false_positive"))[: max(0, min(2, anomalies))]:
             label_anomaly(s, anomaly_id, label, note="sample", by="operator")

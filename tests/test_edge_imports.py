@@ -46,3 +46,17 @@ def test_scoring_a_real_bundle_pulls_in_no_hub_library(trained_home) -> None:  #
         print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})))
     """)
     assert loaded == ""
+
+
+def test_the_resident_agent_leaves_heavy_optional_modules_out() -> None:
+    """What `edge-agent run` imports stays out of numpy.random (~2 MB resident; sync sampling uses the
+    stdlib generator) — the idle-RSS budget in docs/benchmarks.md."""
+    loaded = _run("""
+        import sys
+        from edge_agent.agent import Agent
+        from edge_agent.config import SyncConfig
+        from edge_agent.sync import SyncSelector
+        SyncSelector(SyncConfig(), seed=0)._uniform(8)
+        print(",".join(sorted(m for m in sys.modules if m.startswith("numpy.random"))))
+    """)
+    assert loaded == ""

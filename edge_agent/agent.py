@@ -14,10 +14,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource, agent_profile
 from edge_agent.detector import ActiveModel, EpisodeTracker, PushResult, ScoredWindow, StreamingDetector
+from edge_agent.gateway_source import HWM_META, AckLedger, GatewaySource
 from edge_agent.health import SystemdNotifier, Watchdog
 from edge_agent.model_store import ModelStore
 from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, Kind, Outbox, Sender
@@ -26,7 +28,7 @@ from edge_agent.sources import CsvReplay
 from edge_agent.sync import SyncSelector
 from edge_agent.update import Updater, verified_announcement
 from shared import __version__
-from shared.mqtt import MessageGuard, connect, make_client, topic_channel
+from shared.mqtt import MessageGuard, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -59,6 +61,14 @@ TOP_FEATURES = 3
 OUTBOX_KIND = {Channel.ANOMALY: Kind.ANOMALY, Channel.STATUS: Kind.STATUS, Channel.TELEMETRY: Kind.TELEMETRY,
                Channel.SYNC: Kind.SYNC}
 STOP_DRAIN_S = 5.0
+# Gateway readings are acknowledged by a commit (sync rows + high-water mark in one outbox transaction)
+# once COMMIT_MESSAGES messages are processed or the oldest processed one waited COMMIT_S seconds.
+# COMMIT_MESSAGES stays below Mosquitto's default max_inflight_messages (20) so the broker never stalls.
+COMMIT_MESSAGES = 16
+COMMIT_S = 0.5
+# Anomaly event ids are derived from what was detected, so a window scored again after a crash (readings
+# processed but not yet committed are redelivered) yields the same id and is stored once.
+EVENT_NAMESPACE = uuid.UUID("9c7d7f3e-5b7a-4f35-9d61-2f1b8a6e0c41")
 GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is 0.005)
 
 
@@ -96,15 +106,18 @@ class Agent:
         self._tele_max = 0.0
         self._hb_seq = 0
         self._threads: list[threading.Thread] = []
-        self._extra_clients: list[mqtt.Client] = []
         self.sources: list[CsvReplay] = []
+        self.gateways: list[GatewaySource] = []
+        self.ledger = AckLedger()
+        self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush (gateway sources)
 
         self.outbox = Outbox(cfg.state_dir / FILENAME, cfg.outbox.max_bytes or DEFAULT_MAX_BYTES,
                              synchronous=cfg.outbox.synchronous.upper())
         # A stable id and a persistent session: the broker keeps our subscriptions (and queues what the
         # hub sends, e.g. acknowledgements and model chunks) across our restarts.
         self.client = make_client(cfg.broker, f"edge-{self.device}", persistent=True)
-        self.sender = Sender(self.outbox, self.client, cfg.outbox, self.stop_event)
+        self.sender = Sender(self.outbox, self.client, cfg.outbox, self.stop_event,
+                             cfg.sync.bandwidth_bytes_s if cfg.sync.enabled else 0.0)
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)
         self.client.will_set(self._topic(Channel.STATUS), encode(offline), qos=1, retain=True)
         self.client.on_connect = self.guard.callback(self._on_connect, "connect")
@@ -143,12 +156,14 @@ class Agent:
     def _start_extra_source(self, src: MqttSource) -> None:
         assert src.broker is not None
         topic = src.topic or self._topic(Channel.READINGS)
-        # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts.
-        c = make_client(src.broker, f"edge-src-{self.device}", persistent=True)
-        c.on_connect = self.guard.callback(lambda cl, *_: cl.subscribe([(topic, 1), (npy_topic(topic), 1)]), "connect")
-        c.on_message = self.guard.on_message(lambda msg: self._handle_readings(msg.topic, msg.payload))
-        connect(c, src.broker)
-        self._extra_clients.append(c)
+        hwm = self.outbox.meta(HWM_META)
+        # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts;
+        # manual acks after the commit: nothing acknowledged lives only in memory.
+        source = GatewaySource(src.broker, f"edge-src-{self.device}", topic, self.guard,
+                               lambda t, p: self._decode_block(t, p, t == npy_topic(topic)), self.queue.put,
+                               self.ledger, float(hwm) if hwm else -float("inf"))
+        source.start()
+        self.gateways.append(source)
 
     def stop(self) -> None:
         """Put the last reports in the outbox, publish what is unsent (bounded), disconnect.
@@ -156,19 +171,20 @@ class Agent:
         Whatever the hub has not acknowledged stays in the outbox and is sent again after the next start.
         """
         # Gateway-broker sources first: what arrives from now on stays queued in their persistent session for
-        # the next run instead of being acknowledged here after the scorer has stopped.
-        for c in self._extra_clients:
-            c.disconnect()
-            c.loop_stop()
+        # the next run; what was received and not acknowledged is redelivered to it.
+        for source in self.gateways:
+            source.stop()
         self.stop_event.set()
         self.queue.close()
         for t in self._threads:
             t.join(timeout=10)
+        if self.gateways:
+            self._commit_readings(force=True)  # what was scored is kept; the next run skips it
+        elif self.cfg.sync.enabled:
+            self._flush_sync()
         if self.client.is_connected():
             self._heartbeat()
         self._telemetry()
-        if self.cfg.sync.enabled:
-            self._flush_sync()
         self._send(Channel.STATUS, self._status(AgentState.OFFLINE))
         self.sender.drain(STOP_DRAIN_S)
         self.client.disconnect()
@@ -226,12 +242,13 @@ class Agent:
 
     def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
         """JSON (per reading or columnar) or .npy → one numpy block on the scoring queue."""
-        if topic in self._npy_topics:
+        self.queue.put(self._decode_block(topic, payload, topic in self._npy_topics))
+
+    def _decode_block(self, _topic: str, payload: bytes | bytearray, npy: bool) -> ReadingsBlock:
+        if npy:
             model = self.detector.model
-            block = decode_readings_npy(payload, model.preprocessing.features if model else None)
-        else:
-            block = decode_readings(payload)
-        self.queue.put(block)
+            return decode_readings_npy(payload, model.preprocessing.features if model else None)
+        return decode_readings(payload)
 
     def _handle_announcement(self, topic: str, payload: bytes | bytearray) -> None:
         """Follow a signed announcement; unsigned or badly signed ones raise ``bad_signature``.
@@ -257,28 +274,60 @@ class Agent:
     def _publish_status(self) -> None:
         self._send(Channel.STATUS, self._status(AgentState.ONLINE))
 
-    def _send(self, channel: Channel, message: AnomalyEvent | Status | SyncBatch | Telemetry) -> None:
+    def _send(self, channel: Channel, *messages: AnomalyEvent | Status | SyncBatch | Telemetry,
+              meta: dict[str, str] | None = None) -> None:
         """The one way durable reports leave the agent (anomaly, status, telemetry, sync).
 
-        Each message carries its durable id (``event_id`` / ``batch_id`` / ``msg_id``); it is written to
-        the on-disk outbox (local disk only, never the network) and the sender thread delivers it.
+        Each message carries its durable id (``event_id`` / ``batch_id`` / ``msg_id``); the messages and
+        ``meta`` are written to the on-disk outbox in one transaction (local disk only, never the
+        network) and the sender thread delivers them.
         """
-        durable_id = (message.event_id if isinstance(message, AnomalyEvent)
-                      else message.batch_id if isinstance(message, SyncBatch) else message.msg_id)
-        payload = encode(message)
-        if isinstance(message, Status):
-            self.outbox.set_meta("last_status", payload.decode())
-        self.outbox.put(durable_id, OUTBOX_KIND[channel], self._topic(channel), payload,
-                        retain=channel == Channel.STATUS)
+        entries = []
+        for message in messages:
+            durable_id = (message.event_id if isinstance(message, AnomalyEvent)
+                          else message.batch_id if isinstance(message, SyncBatch) else message.msg_id)
+            payload = encode(message)
+            if isinstance(message, Status):
+                meta = {**(meta or {}), "last_status": payload.decode()}
+            entries.append((durable_id, OUTBOX_KIND[channel], self._topic(channel), payload,
+                            channel == Channel.STATUS))
+        self.outbox.put_many(entries, meta)
 
     # ------------------------------------------------------------------ scoring
 
     def _score_loop(self) -> None:
         while not self.stop_event.is_set() or len(self.queue):
             self.watchdog.ping()  # systemd restarts the agent when scoring hangs
-            batch = self.queue.get(max_items=1024, timeout=0.5)
+            batch = self.queue.get(max_items=1024, timeout=COMMIT_S)
             if batch:
                 self._process(batch)
+            if self.gateways:
+                self._commit_readings()
+
+    def _commit_readings(self, force: bool = False) -> None:
+        """Acknowledge processed gateway messages once what the agent keeps of them is durable.
+
+        Runs on the scorer thread, the only writer of sync rows while gateway sources exist (the sync
+        interval's flush included), so the high-water mark (the newest admitted reading) written in the
+        same outbox transaction as the sync batches covers exactly the rows stored: a restarted agent
+        skips what this run stored and nothing else.  Anomaly events are already in the outbox (``_report``).
+        """
+        now = time.monotonic()
+        settled = self.ledger.settled(self.queue.taken)
+        interval = self.cfg.sync.enabled and now >= self._next_sync
+        if not (force or interval or (settled and (len(settled) >= COMMIT_MESSAGES
+                                                   or now - settled[0].received >= COMMIT_S))):
+            return
+        if interval:
+            self._next_sync = now + self.cfg.sync.interval_s
+        hwm = self.detector.last_ts
+        meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) else None
+        batches = (self.sync.take(self.device, self.model_version, reservoir=interval or force)
+                   if self.cfg.sync.enabled else [])
+        self._queue_sync(batches, meta)
+        for p in settled:
+            p.source.ack(p.mid, p.qos, p.generation)
+        self.ledger.remove(settled)
 
     def _process(self, blocks: list[ReadingsBlock]) -> None:
         for block in blocks:
@@ -314,7 +363,7 @@ class Agent:
         shares = attribution(s.contributions, names, TOP_FEATURES)
         event = AnomalyEvent(
             v=PROTOCOL_VERSION,
-            event_id=uuid.uuid4().hex,
+            event_id=uuid.uuid5(EVENT_NAMESPACE, f"{self.device}/{s.model_version}/{s.ts!r}").hex,
             device=self.device,
             ts=s.ts,
             detected_at=time.time(),
@@ -346,7 +395,7 @@ class Agent:
             if now >= next_tele:
                 next_tele = now + self.cfg.telemetry_s
                 self._telemetry()
-            if self.cfg.sync.enabled and now >= next_sync:
+            if self.cfg.sync.enabled and not self.gateways and now >= next_sync:  # else: the scorer's commit
                 next_sync = now + self.cfg.sync.interval_s
                 self._flush_sync()
             self.updater.tick(now)
@@ -391,10 +440,15 @@ class Agent:
         self._send(Channel.TELEMETRY, msg)
 
     def _flush_sync(self) -> None:
-        """Move what the sync policy chose (within its bandwidth cap) into the outbox as sync batches
-        (the outbox holds them while offline and delivers them resumably, one batch_id each)."""
-        for batch in self.sync.take(self.device, self.model_version):
-            self._send(Channel.SYNC, batch)
+        """End of a sync interval: what the policy chose, the reservoir sample included, into the outbox as
+        sync batches (the outbox holds them while offline and delivers them resumably within the
+        bandwidth cap, one batch_id each)."""
+        self._queue_sync(self.sync.take(self.device, self.model_version))
+
+    def _queue_sync(self, batches: list[SyncBatch], meta: dict[str, str] | None = None) -> None:
+        if batches or meta:
+            self._send(Channel.SYNC, *batches, meta=meta)
+        for batch in batches:
             self.counters.sync_rows_sent += len(batch.flags)
             # The fault and chaos tests count what reached the outbox from this line (tests/faults.py).
             log.info("sync batch %s: %d rows queued", batch.batch_id, len(batch.flags))

@@ -127,27 +127,51 @@ class Outbox:
 
     def put(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool = False) -> bool:
         """Store one report durably; False if it was dropped (full of higher-priority entries or too big)."""
-        size = _size(topic, payload)
-        stored = False
+        return self.put_many([(id, kind, topic, payload, retain)])[0]
+
+    def put_many(self, items: list[tuple[str, Kind, str, bytes, bool]], meta: dict[str, str] | None = None
+                 ) -> list[bool]:
+        """Store reports and meta values in ONE transaction (all or nothing on a crash): the agent's reading
+        commit writes its sync batches together with the high-water mark that says they are stored."""
+        results: list[bool] = []
         with self._lock:
-            if size <= self.max_bytes and self._make_room(size, kind.priority):
-                try:
-                    self._db.execute(
-                        "INSERT INTO entries (id, kind, priority, topic, payload, retain, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (id, kind.value, kind.priority, topic, payload, int(retain), time.time()),
-                    )
-                    self._bytes += size
-                    stored = True
-                except sqlite3.IntegrityError:
-                    log.warning("outbox already holds id %s; not stored twice", id)
-                    return True
-            if not stored:
-                self._count_drop(kind.value, 1)
-                log.warning("outbox full (%d bytes): dropped a new %s report", self._bytes, kind.value)
-        for listener in self._listeners:
-            listener()
-        return stored
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for id_, kind, topic, payload, retain in items:
+                    results.append(self._insert(id_, kind, topic, payload, retain))
+                for key, value in (meta or {}).items():
+                    self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._bytes = int(self._db.execute(
+                    f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
+                ).fetchone()[0])
+                raise
+        if items:
+            for listener in self._listeners:
+                listener()
+        return results
+
+    def _insert(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool) -> bool:
+        """Caller holds the lock inside a transaction."""
+        size = _size(topic, payload)
+        if size <= self.max_bytes and self._make_room(size, kind.priority):
+            try:
+                self._db.execute(
+                    "INSERT INTO entries (id, kind, priority, topic, payload, retain, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (id, kind.value, kind.priority, topic, payload, int(retain), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                log.warning("outbox already holds id %s; not stored twice", id)
+                return True
+            self._bytes += size
+            return True
+        self._count_drop(kind.value, 1)
+        log.warning("outbox full (%d bytes): dropped a new %s report", self._bytes, kind.value)
+        return False
 
     def _make_room(self, size: int, priority: int) -> bool:
         """Caller holds the lock. Delete lower-or-equal priority entries, oldest first, until ``size`` fits."""
@@ -294,13 +318,15 @@ class TokenBucket:
 class Sender:
     """The one thread that publishes due outbox entries while connected, within the rate caps.
 
+    Sync batches also spend a separate token bucket of ``sync_bytes_per_s`` (the sync bandwidth cap).
     QoS-1 PUBACKs (paho's ``on_publish``) only free in-flight slots (flow control); entries are deleted
     when the hub acknowledges them (``confirm = "hub"``), or on PUBACK with ``confirm = "broker"``.
     Un-acknowledged entries are published again after ``ack_timeout_s`` (doubling per attempt up to
     ``ack_timeout_max_s``), and all of them on reconnect.
     """
 
-    def __init__(self, outbox: Outbox, client: mqtt.Client, cfg: OutboxConfig, stop: threading.Event) -> None:
+    def __init__(self, outbox: Outbox, client: mqtt.Client, cfg: OutboxConfig, stop: threading.Event,
+                 sync_bytes_per_s: float = 0.0) -> None:
         self.outbox = outbox
         self.client = client
         self.cfg = cfg
@@ -311,6 +337,9 @@ class Sender:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
         self._msgs = TokenBucket(cfg.max_messages_per_s)
         self._bytes = TokenBucket(cfg.max_bytes_per_s)
+        # The sync bandwidth cap ([sync] bandwidth_bytes_s) is spent here, on what is actually published:
+        # sync batches wait in the outbox (durable, bounded, resumable), never in memory.
+        self._sync = TokenBucket(sync_bytes_per_s) if sync_bytes_per_s > 0 else None
         self.published = 0
         outbox.on_change(self._wake.set)
 
@@ -361,7 +390,9 @@ class Sender:
         never = threading.Event()
         while self.connected.is_set() and time.monotonic() < deadline:
             self._pump(never)
-            if not self.outbox.due(-math.inf, 1) and self.inflight == 0:
+            unsent = self.outbox.due(-math.inf, 1)  # highest priority first
+            held = bool(unsent) and unsent[0].kind == Kind.SYNC and self._sync is not None  # by the sync cap
+            if (not unsent or held) and self.inflight == 0:
                 return
             self._wake.wait(0.05)
             self._wake.clear()
@@ -379,6 +410,8 @@ class Sender:
             sent: list[int] = []
             try:
                 for e in entries:
+                    if e.kind == Kind.SYNC and self._sync is not None and self._sync.wait_s(len(e.payload)) > 0:
+                        return  # sync is due last: nothing else is waiting; the run loop polls again
                     wait = max(self._msgs.wait_s(1), self._bytes.wait_s(len(e.payload)))
                     if wait > 0:
                         if stop.wait(wait):
@@ -389,6 +422,8 @@ class Sender:
                         return
                     self._msgs.take(1)
                     self._bytes.take(len(e.payload))
+                    if e.kind == Kind.SYNC and self._sync is not None:
+                        self._sync.take(len(e.payload))
                     sent.append(e.seq)
                     with self._lock:
                         self._inflight[info.mid] = e.seq

@@ -21,16 +21,22 @@ class ReadingQueue:
         self._capacity = capacity
         self._cond = threading.Condition()
         self._closed = False
+        self.taken = 0  # readings handed to the consumer since creation
+        self._put = 0
 
-    def put(self, block: ReadingsBlock) -> None:
-        if not len(block):
-            return
+    def put(self, block: ReadingsBlock) -> int:
+        """Queue ``block``; returns the readings put since creation, this block included (its position:
+        it has been handed out once ``taken`` reaches that number)."""
         with self._cond:
+            if not len(block):
+                return self._put
             while self._rows >= self._capacity and not self._closed:
                 self._cond.wait()
             self._items.append(block)
             self._rows += len(block)
+            self._put += len(block)
             self._cond.notify_all()
+            return self._put
 
     def get(self, max_items: int, timeout: float) -> list[ReadingsBlock]:
         """Blocks of up to ``max_items`` readings in all; empty after ``timeout`` s with nothing queued."""
@@ -54,6 +60,7 @@ class ReadingQueue:
             taken = max_items - room
             if taken:
                 self._rows -= taken
+                self.taken += taken
                 self._cond.notify_all()
             return [ReadingsBlock.concat(group) for group in out]
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class CsvReplay(threading.Thread):
     """Feeds a CSV file to the agent at ``rate_hz`` readings per second (0 = as fast as accepted)."""
 
-    def __init__(self, cfg: CsvSource, sink: Callable[[ReadingsBlock], None], stop: threading.Event) -> None:
+    def __init__(self, cfg: CsvSource, sink: Callable[[ReadingsBlock], object], stop: threading.Event) -> None:
         super().__init__(name="csv-replay", daemon=True)
         self.cfg = cfg
         self.sink = sink

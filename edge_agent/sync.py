@@ -7,8 +7,11 @@ hub can rebuild training windows from them):
 2. hard examples: windows whose score lies within ``hard_margin`` of the threshold (priority 1),
 3. a uniform reservoir sample of ``sample_windows`` normal windows per interval (priority 2).
 
-Each :meth:`SyncSelector.take` spends a token bucket of ``bandwidth_bytes_s`` on the pending rows,
-highest priority and oldest first; what does not fit waits (bounded by ``max_buffered_rows``; the
+:meth:`SyncSelector.take` turns the pending rows into batches, highest priority and oldest first; the
+agent puts them in the durable outbox at once (it acknowledges gateway readings only after that), and
+the outbox sender spends the bandwidth cap ``bandwidth_bytes_s`` on them: rows held back by the cap wait
+on disk, bounded by the outbox budget (sync first to go, counted), never in memory.  In memory are only
+the rows between two commits and the interval's reservoir (bounded by ``max_buffered_rows``; the
 lowest priority, oldest rows go first, counted in ``dropped``).  Every batch holds at most
 MAX_SYNC_ROWS rows and has its own ``batch_id``, so delivery through the outbox is resumable.
 """
@@ -18,10 +21,8 @@ from __future__ import annotations
 import enum
 import random
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,7 @@ class Segment:
 class SyncSelector:
     """Fed by the scorer thread (:meth:`offer`), drained by housekeeping (:meth:`take`)."""
 
-    def __init__(self, cfg: SyncConfig, seed: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: SyncConfig, seed: int | None = None) -> None:
         self.cfg = cfg
         self._lock = threading.Lock()
         self._pending: list[Segment] = []
@@ -69,13 +70,7 @@ class SyncSelector:
         # The stdlib generator, not numpy.random: importing that costs the resident agent ~2 MB.
         self._rng = random.Random(seed)
         self._selected_to = -np.inf  # newest ts already chosen as flagged/hard (windows overlap)
-        self._clock = clock
-        self._last = clock()
-        self._tokens = self._burst()
         self.dropped: Counter[str] = Counter()  # rows dropped, by priority name
-
-    def _burst(self) -> float:
-        return 2 * self.cfg.bandwidth_bytes_s * self.cfg.interval_s
 
     @property
     def pending_rows(self) -> int:
@@ -180,27 +175,21 @@ class SyncSelector:
 
     # ------------------------------------------------------------------ sending
 
-    def take(self, device: str, model_version: int | None) -> list[SyncBatch]:
-        """Batches to send now, within the bandwidth cap; the reservoir of this interval joins the queue."""
+    def take(self, device: str, model_version: int | None, *, reservoir: bool = True) -> list[SyncBatch]:
+        """Every pending row as batches, highest priority first.  ``reservoir``: the interval is over, its
+        sample joins (False for the agent's reading commits between intervals)."""
         with self._lock:
-            self._add_reservoir()
-            now = self._clock()
-            if self.cfg.bandwidth_bytes_s:
-                self._tokens = min(self._burst(), self._tokens + (now - self._last) * self.cfg.bandwidth_bytes_s)
-            self._last = now
+            if reservoir:
+                self._add_reservoir()
             order = sorted(range(len(self._pending)), key=lambda i: (self._pending[i].priority, i))
             queue = [self._pending[i] for i in order]
             out: list[SyncBatch] = []
             while queue:
-                batch, used, size = self._batch(queue, device, model_version)
-                if self.cfg.bandwidth_bytes_s:
-                    if self._tokens < min(size, self._burst()):
-                        break
-                    self._tokens -= size  # may go below zero for a batch larger than the burst: repaid later
+                batch, used = self._batch(queue, device, model_version)
                 out.append(batch)
                 queue = _consume(queue, used)
             self._pending = queue
-            self._rows = sum(len(s) for s in queue)
+            self._rows = 0
             return out
 
     def _add_reservoir(self) -> None:
@@ -209,7 +198,7 @@ class SyncSelector:
         self._reservoir, self._seen = [], 0
         self._bound()
 
-    def _batch(self, queue: list[Segment], device: str, model_version: int | None) -> tuple[SyncBatch, int, int]:
+    def _batch(self, queue: list[Segment], device: str, model_version: int | None) -> tuple[SyncBatch, int]:
         """One message from the head of ``queue`` (same features, <= MAX_SYNC_ROWS, under the size limit)."""
         features = queue[0].features
         limit = min(MAX_SYNC_ROWS, max(1, (MAX_MESSAGE_BYTES // 2) // (8 * (len(features) + 1))))
@@ -231,13 +220,13 @@ class SyncSelector:
             batch = SyncBatch(v=PROTOCOL_VERSION, device=device, batch_id=uuid.uuid4().hex, features=list(features),
                               rows=rows, flags=flags, model_version=model_version, packed=packed)
             try:
-                size = len(encode(batch))
+                encode(batch)
             except ValueError:
                 if limit == 1:
                     raise
                 limit = max(1, limit // 2)
                 continue
-            return batch, n, size
+            return batch, n
 
 
 def _cover(ends: np.ndarray, w: int, n: int) -> np.ndarray:

@@ -90,14 +90,15 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
-def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool) -> mqtt.Client:
+def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool, manual_ack: bool = False) -> mqtt.Client:
     """A paho v2 client (MQTT 3.1.1) with unlimited in-flight queueing.
 
     ``persistent=True`` is for long-running services (``cloud-hub serve``, ``edge-agent run``): a stable
     client id (``cfg.client_id``, else ``client_id_prefix`` itself) and clean_session=False, so the broker
     queues QoS-1 messages for it while it is down.  ``persistent=False`` is for short-lived clients (CLI
     commands, demo helpers, bench publishers): a random id and a clean session, so nothing stays queued
-    on the broker for a client that never comes back.
+    on the broker for a client that never comes back.  ``manual_ack=True``: paho does not PUBACK a
+    received QoS-1 message; the caller does (``client.ack(mid, qos)``) once what it needs is durable.
     """
     NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
     if persistent:
@@ -105,7 +106,8 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool) -
     else:
         client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent,
+        manual_ack=manual_ack,
     )
     client.on_socket_open = _no_delay
     client.max_inflight_messages_set(100)

@@ -4,6 +4,8 @@ and synced (its log), what the hub stored (its database)."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,13 @@ from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.data import npy_load
+from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
 from edge_agent.model_store import ModelStore
 from edge_agent.update import provision
 from shared import bundle as bundle_fmt
+from shared.mqtt import BrokerConfig, connect, make_client
+from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
 from shared.signing import parse_public_key
 from tests.conftest import simulated_series, write_csv
 
@@ -45,6 +50,42 @@ def hub_toml_fast_reconnect(home: HubHome, reconnect_max_s: int = 2) -> None:
     text = home.config_path.read_text()
     home.config_path.write_text(re.sub(r'(\[broker\]\n(?:.*\n)*?url = ".*"\n)',
                                        rf"\g<1>reconnect_max_s = {reconnect_max_s}\n", text, count=1))
+
+
+class Sensor(threading.Thread):
+    """Publishes ``rate`` readings/s in messages of 20 to a (gateway) broker, QoS 1, persistent session, with
+    a spike (SPIKE added to feature 2) every ``every`` readings; ``limit`` readings in all (0 = until stopped)."""
+
+    def __init__(self, url: str, device: str, rate: float, every: int, limit: int = 0) -> None:
+        super().__init__(daemon=True, name="sensor")
+        cfg = BrokerConfig(url=url, client_id=f"sensor-{device}", reconnect_max_s=2)
+        self.client = make_client(cfg, "sensor", persistent=True)
+        connect(self.client, cfg)
+        self.device, self.rate, self.every, self.limit = device, rate, every, limit
+        self.sim = DeviceSimulator(device, 5, period_s=20.0, rate_hz=20.0)
+        self.t = time.time() - 7200  # 20 Hz sample clock, faster than the wall clock
+        self.sent = 0
+        self.stamps: list[float] = []  # every reading the gateway broker accepted (PUBACK), in order
+        self.stop = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set() and not (self.limit and self.sent >= self.limit):
+            readings: list[Reading] = []
+            for _ in range(20):
+                self.t += 0.05
+                values = self.sim.reading(self.t)
+                if (self.sent + len(readings)) % self.every == self.every // 2:
+                    values = {f: (v + SPIKE if f == FEATURES[2] and v is not None else v) for f, v in values.items()}
+                readings.append(Reading(ts=self.t, values=values))
+            msg = Readings(v=PROTOCOL_VERSION, readings=readings)
+            self.client.publish(device_topic(self.device, Channel.READINGS), encode(msg), qos=1).wait_for_publish(30)
+            self.stamps += [r.ts for r in readings]
+            self.sent += len(readings)
+            # Pace to the rate: wait for the wall clock to catch up with what was sent (or the stop signal).
+            self.stop.wait(max(0.0, start + self.sent / self.rate - time.monotonic()))
+        self.done.set()
 
 
 @dataclass

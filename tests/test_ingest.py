@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker
+from cloud_hub.cli import main as cli_main
+from cloud_hub.cli.common import console
 from cloud_hub.home import HubHome
 from cloud_hub.ingest import HubServer
 from cloud_hub.ingest.acks import ack_messages
@@ -229,7 +232,7 @@ def test_ack_messages_are_bounded() -> None:
 
 
 def test_telemetry_is_acked_heartbeats_and_last_wills_are_not(tmp_path: Path, mosquitto: RunningBroker,
-                                                                peer: Peer) -> None:
+                                                                peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
     home = _home(tmp_path, mosquitto)
     server = HubServer(home)
     server.start()
@@ -237,7 +240,8 @@ def test_telemetry_is_acked_heartbeats_and_last_wills_are_not(tmp_path: Path, mo
         tele = p.Telemetry(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9, interval_s=10.0, scored=5, score_mean=0.1,
                            score_max=0.3, readings_scored_total=1234, msg_id="tele-1")
         hb = p.Heartbeat(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9, seq=1, uptime_s=1.0, model_version=1,
-                         readings_received=1234, readings_scored=1234, anomalies=0, rejected=0, queue_depth=0)
+                         readings_received=1234, readings_scored=1234, anomalies=0, rejected=0, queue_depth=0,
+                         outbox_depth=7, outbox_bytes=40960, outbox_dropped={"telemetry": 3, "sync": 12})
         will = p.Status(v=p.PROTOCOL_VERSION, device=DEVICE, ts=1.7e9 + 5, state=p.AgentState.OFFLINE)
         peer.send(p.Channel.HEARTBEAT, hb)
         peer.send(p.Channel.TELEMETRY, tele)
@@ -251,5 +255,15 @@ def test_telemetry_is_acked_heartbeats_and_last_wills_are_not(tmp_path: Path, mo
         with home.sessions()() as s:
             dev = s.get(db.Device, DEVICE)
             assert dev is not None and dev.readings_scored == 1234 and not dev.online
+            # The agent's outbox figures (issue 7: every drop counted by kind) are kept and shown.
+            assert (dev.outbox_depth, dev.outbox_bytes, dev.outbox_dropped) == (7, 40960, {"telemetry": 3, "sync": 12})
+            beat = s.scalars(select(db.Heartbeat)).one()
+            assert (beat.outbox_depth, beat.outbox_bytes, beat.outbox_dropped["sync"]) == (7, 40960, 12)
     finally:
         server.stop()
+    monkeypatch.setattr(console, "width", 250)  # one line per table row
+    for args in (["devices", "list"], ["devices", "show", DEVICE]):
+        out = CliRunner().invoke(cli_main, ["--home", str(home.path), *args])
+        assert out.exit_code == 0, out.output
+        assert "7 (40 kB)" in out.output, out.output
+        assert ("sync 12, telemetry 3" if "show" in args else "15 dropped") in out.output, out.output

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -120,12 +121,14 @@ class _Subscriber:
 
     def __init__(self, broker: RunningBroker) -> None:
         self.got: list[tuple[str, bytes, bool]] = []
+        self.times: list[float] = []
         self.lock = threading.Lock()
         self.client = make_client(BrokerConfig(url=broker.url), "test-sub", persistent=False)
 
         def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
             with self.lock:
                 self.got.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+                self.times.append(time.monotonic())
 
         self.client.on_message = on_message
         connect(self.client, BrokerConfig(url=broker.url))
@@ -139,11 +142,12 @@ class _Subscriber:
             return len(self.got)
 
 
-def _sender(tmp_path: Path, broker: RunningBroker, cfg: OutboxConfig) -> tuple[Outbox, Sender, threading.Event]:
+def _sender(tmp_path: Path, broker: RunningBroker, cfg: OutboxConfig,
+            sync_bytes_per_s: float = 0.0) -> tuple[Outbox, Sender, threading.Event]:
     box = Outbox(tmp_path / FILENAME)
     client = make_client(BrokerConfig(url=broker.url), "test-agent", persistent=True)
     stop = threading.Event()
-    sender = Sender(box, client, cfg, stop)
+    sender = Sender(box, client, cfg, stop, sync_bytes_per_s)
     client.on_connect = lambda *_: sender.on_connect()
     client.on_disconnect = lambda *_: sender.on_disconnect()
     client.on_publish = lambda _c, _u, mid, *_: sender.on_publish(mid)
@@ -177,6 +181,33 @@ def test_sender_confirm_broker_deletes_on_puback(tmp_path: Path, mosquitto: Runn
         wait_until(lambda: len(box) == 0, 20, "PUBACKs deleting every entry")
         wait_until(lambda: sub.count() == 50, 10, "the subscriber seeing 50 messages")
         assert sender.published == 50
+    finally:
+        stop.set()
+
+
+def test_sender_spends_the_sync_bandwidth_cap_on_sync_batches_only(tmp_path: Path, mosquitto: RunningBroker) -> None:
+    """Sync batches held back by the cap wait in the outbox (durable), an anomaly put meanwhile is not held
+    back, and what reaches the broker stays within the cap (plus one second's burst)."""
+    cap, size, n = 4000.0, 1000, 12
+    sub = _Subscriber(mosquitto)
+    box, _sender_, stop = _sender(tmp_path, mosquitto, OutboxConfig(confirm="broker"), sync_bytes_per_s=cap)
+    sync_topic = "edgesentry/gw-1/sync"
+    try:
+        t0 = time.monotonic()
+        for i in range(n):
+            box.put(f"s{i}", Kind.SYNC, sync_topic, bytes([65 + i]) * size)
+        wait_until(lambda: sub.count() >= 2, 10, "the first second's burst")
+        assert len(box) > 0  # the rest waits on disk
+        box.put("a", Kind.ANOMALY, TOPIC, b"spike")
+        wait_until(lambda: any(t == TOPIC for t, _, _ in sub.got), 3, "the anomaly, past the held-back sync")
+        assert sum(t == sync_topic for t, _, _ in sub.got) < n
+        wait_until(lambda: sub.count() == n + 1, 30, "every sync batch within the cap")
+        with sub.lock:
+            arrivals = [(t, p, at) for (t, p, _), at in zip(sub.got, sub.times, strict=True) if t == sync_topic]
+        assert [p[0] for _, p, _ in arrivals] == [65 + i for i in range(n)]  # in order, each once
+        for k, (_, _, at) in enumerate(arrivals):  # bytes sent by each arrival <= cap x elapsed + burst
+            assert (k + 1) * size <= cap * (at - t0) + cap + size, (k, at - t0)
+        assert arrivals[-1][2] - t0 >= (n * size - cap) / cap * 0.9
     finally:
         stop.set()
 

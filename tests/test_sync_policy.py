@@ -120,30 +120,28 @@ def test_reservoir_is_uniform_over_the_interval() -> None:
     assert abs(np.mean(picks) - 1000) < 150
 
 
-def test_bandwidth_cap_holds_rows_back_flagged_first() -> None:
-    now = [0.0]
-    cap = 2000.0
-    cfg = SyncConfig(policy=SyncPolicy.SMART, bandwidth_bytes_s=cap, interval_s=1.0, sample_windows=50)
-    sel = SyncSelector(cfg, seed=0, clock=lambda: now[0])
+def test_commits_take_chosen_rows_flagged_first_and_keep_the_reservoir_for_the_interval() -> None:
+    """The agent's reading commits (``reservoir=False``) move every chosen row to the outbox at once; the
+    reservoir sample waits for the end of the interval.  (The bandwidth cap is the outbox sender's:
+    tests/test_outbox.py::test_sender_spends_the_sync_bandwidth_cap_on_sync_batches_only.)"""
+    cfg = SyncConfig(policy=SyncPolicy.SMART, interval_s=1.0, sample_windows=5, hard_margin=0.2)
+    sel = SyncSelector(cfg, seed=0)
     scores = np.random.default_rng(2).uniform(0, 0.5, 3000)
     scores[200:205] = 5.0
-    for p in _pushes(scores, block=100):
+    scores[1000] = 0.9  # hard
+    pushes = _pushes(scores, block=100)
+    for p in pushes[:20]:
         sel.offer(p)
-    sent: list[SyncBatch] = []
-    sizes = []
-    first = sel.take("gw", 1)
-    assert first, "the initial burst allows a first batch"
-    sent += first
-    sizes += [len(encode(b)) for b in first]
-    for _ in range(60):
-        now[0] += 1.0
-        got = sel.take("gw", 1)
-        sent += got
-        sizes += [len(encode(b)) for b in got]
-    assert sum(sizes) <= cap * now[0] + 2 * cap * cfg.interval_s + max(sizes)
-    table, flags = _decoded(sent[:1])
-    assert flags.sum() == 5  # the flagged windows went out first
-    assert sel.pending_rows == 0  # the cap delays, it does not lose
+    committed = sel.take("gw", 1, reservoir=False)
+    table, flags = _decoded(committed)
+    assert flags.sum() == 5 and flags[: W + 4].sum() == 5  # the flagged windows come first
+    assert set(range(1000, 1000 + W)) <= set(table[:, 1].astype(int).tolist())  # the hard example
+    assert sel.pending_rows == 5 * W  # the interval's sample stays in memory until the interval ends
+    for p in pushes[20:]:
+        sel.offer(p)
+    assert sel.take("gw", 1, reservoir=False) == []
+    sample, sample_flags = _decoded(sel.take("gw", 1))
+    assert len(sample) == 5 * W and sample_flags.sum() == 0 and sel.pending_rows == 0
 
 
 def test_buffer_bound_drops_lowest_priority_first_and_counts() -> None:

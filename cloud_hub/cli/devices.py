@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
@@ -30,6 +31,24 @@ def _access(d: db.Device) -> str:
 
 def _tags(d: db.Device) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((d.tags or {}).items()))
+
+
+def _bytes(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.0f} kB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
+
+
+def _outbox(depth: int, nbytes: int, dropped: dict[str, int] | None = None) -> str:
+    """The agent's outbox as its heartbeat reported it: reports waiting for the hub's acknowledgement
+    (and, for the device list, how many it dropped in all because it was full)."""
+    lost = sum((dropped or {}).values())
+    return f"{depth} ({_bytes(nbytes)})" + (f", {lost} dropped" if lost else "")
+
+
+def _drops(dropped: dict[str, int] | None) -> str:
+    """Reports the agent dropped because its outbox was full, by kind (lowest priority first)."""
+    order = ("sync", "telemetry", "status", "anomaly")
+    items = sorted((dropped or {}).items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    return ", ".join(f"{k} {n}" for k, n in items if n) or "0"
 
 
 def reload_broker(pid: int | None, broker_dir: Path) -> None:
@@ -58,14 +77,16 @@ def devices(ctx: click.Context) -> None:
 @devices.command("list")
 @click.pass_context
 def list_cmd(ctx: click.Context) -> None:
-    """Every device: access, online, last seen, model, profile, group, tags (`show` has the rest)."""
+    """Every device: access, online, last seen, model, outbox (waiting reports, drops), profile, group, tags."""
     home = home_of(ctx)
-    table = Table("device", "access", "online", "last seen", "model", "profile", "group", "tags")
+    table = Table(Column("device", no_wrap=True), "access", "online", "last seen", "model", "outbox",
+                  "profile", Column("group", no_wrap=True), "tags", box=box.SIMPLE_HEAD)
     with home.sessions()() as s:
         rows = queries.devices(s)
     for d in rows:
         model = f"v{d.model_version} {d.model_state}" if d.model_version else d.model_state
         table.add_row(d.device_id, _access(d), "yes" if d.online else "no", _ago(d.last_seen), model,
+                      _outbox(d.outbox_depth, d.outbox_bytes, d.outbox_dropped),
                       d.profile or "-", d.group or "-", _tags(d) or "-")
     console.print(table)
 
@@ -86,7 +107,9 @@ def show(ctx: click.Context, name: str) -> None:
         ("device", d.device_id), ("access", _access(d)), ("online", "yes" if d.online else "no"),
         ("last seen", _ago(d.last_seen)), ("model", f"v{d.model_version}" if d.model_version else "-"),
         ("model state", d.model_state), ("agent", d.agent_version or "-"), ("runtime", d.runtime or "-"),
-        ("readings scored", str(d.readings_scored)), ("profile", d.profile or "-"), ("group", d.group or "-"),
+        ("readings scored", str(d.readings_scored)),
+        ("outbox", f"{_outbox(d.outbox_depth, d.outbox_bytes)} reports waiting for the hub's acknowledgement"),
+        ("outbox drops", _drops(d.outbox_dropped)), ("profile", d.profile or "-"), ("group", d.group or "-"),
         ("tags", _tags(d) or "-"), ("provisioned", _ago(d.provisioned_at or 0.0)),
         ("revoked", _ago(d.revoked_at) if d.revoked_at else "-"), ("last error", d.last_error or "-"),
     ):
@@ -94,11 +117,11 @@ def show(ctx: click.Context, name: str) -> None:
     console.print(info)
     if detail.heartbeats:
         beats = Table("received", "seq", "model", "received readings", "scored", "anomalies", "rejected", "queue",
-                      title="recent heartbeats")
+                      "outbox", "dropped", title="recent heartbeats")
         for h in detail.heartbeats:
             beats.add_row(_ago(h.received_at), str(h.seq), f"v{h.model_version}" if h.model_version else "-",
                           str(h.readings_received), str(h.readings_scored), str(h.anomalies), str(h.rejected),
-                          str(h.queue_depth))
+                          str(h.queue_depth), _outbox(h.outbox_depth, h.outbox_bytes), _drops(h.outbox_dropped))
         console.print(beats)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Enum,
     Float,
     ForeignKey,
@@ -70,6 +71,11 @@ class Device(Base):
     # Unguessable MQTT client id in the device's agent.toml: Mosquitto does not bind client ids to accounts,
     # so a device that knew another's id could take over (and drop) that client's session.
     mqtt_client_id: Mapped[str] = mapped_column(String(128), default="")
+    # The agent's durable outbox as of its latest heartbeat: reports not yet acknowledged, their bytes, and
+    # reports dropped because the outbox was full, by kind (anomaly/status/telemetry/sync), since install.
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    outbox_dropped: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class Heartbeat(Base):
@@ -85,6 +91,9 @@ class Heartbeat(Base):
     anomalies: Mapped[int] = mapped_column(Integer)
     rejected: Mapped[int] = mapped_column(Integer)
     queue_depth: Mapped[int] = mapped_column(Integer)
+    outbox_depth: Mapped[int] = mapped_column(Integer, default=0)
+    outbox_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    outbox_dropped: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class AnomalyEvent(Base):

@@ -156,7 +156,8 @@ def _heartbeat_row(it: Inbound) -> dict[str, Any]:
     return {"device_id": it.device, "ts": m.ts, "received_at": it.received_at, "seq": m.seq,
             "model_version": m.model_version, "readings_received": m.readings_received,
             "readings_scored": m.readings_scored, "anomalies": m.anomalies, "rejected": m.rejected,
-            "queue_depth": m.queue_depth}
+            "queue_depth": m.queue_depth, "outbox_depth": m.outbox_depth, "outbox_bytes": m.outbox_bytes,
+            "outbox_dropped": dict(m.outbox_dropped)}
 
 
 def _apply_heartbeat(s: Session, device: str, m: p.Heartbeat) -> None:
@@ -165,6 +166,7 @@ def _apply_heartbeat(s: Session, device: str, m: p.Heartbeat) -> None:
     dev.online = True
     dev.model_version = m.model_version
     dev.readings_scored = m.readings_scored
+    dev.outbox_depth, dev.outbox_bytes, dev.outbox_dropped = m.outbox_depth, m.outbox_bytes, dict(m.outbox_dropped)
 
 
 def _apply_telemetry(s: Session, device: str, m: p.Telemetry) -> None:

@@ -60,3 +60,19 @@ def test_the_resident_agent_leaves_heavy_optional_modules_out() -> None:
         print(",".join(sorted(m for m in sys.modules if m.startswith("numpy.random"))))
     """)
     assert loaded == ""
+
+
+def test_the_running_agent_verifies_bundles_without_the_crypto_library(trained_home) -> None:  # type: ignore[no-untyped-def]
+    """`edge-agent run` checks signatures in a helper process: the bundle verifies, and `cryptography`
+    (~6.5 MB resident) never loads into the agent."""
+    home, exported = trained_home
+    loaded = _run(f"""
+        import sys
+        from pathlib import Path
+        from shared import bundle, signing
+        signing.verify_in_helper_process(True)
+        b = bundle.load_dir(Path({str(exported.bundle_dir)!r}), [signing.parse_public_key({home.public_key()!r})])
+        assert b.manifest.version >= 1
+        print(",".join(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography")))
+    """)
+    assert loaded == ""

@@ -88,7 +88,9 @@ class SyncSelector:
         flags = np.zeros(n, dtype=np.int8)
         scored = pushed.scored
         if scored is not None and len(scored):
-            flags[n - len(scored) :] = scored.anomalous
+            # A stuck channel alarms once per episode, but every stuck window stays out of retraining.
+            flagged = scored.anomalous if scored.stuck is None else scored.anomalous | scored.stuck.any(axis=1)
+            flags[n - len(scored) :] = flagged
         with self._lock:
             if self.cfg.policy == SyncPolicy.FULL or not pushed.window:
                 # smart without a model: nothing to choose on, and the hub needs data for a first model;
@@ -107,7 +109,7 @@ class SyncSelector:
         if scored is None or not len(scored):
             return  # the model's first window is not complete yet
         ends = np.arange(n - len(scored), n)
-        flagged = np.asarray(scored.anomalous, dtype=bool)
+        flagged = flags[n - len(scored) :].astype(bool)  # the decision's flags and every stuck window
         ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
         thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
         hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))

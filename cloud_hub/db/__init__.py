@@ -14,12 +14,8 @@ from cloud_hub.db.models import (
     Base,
     Bundle,
     Device,
-    DeviceRolloutState,
     Heartbeat,
     ModelVersion,
-    Rollout,
-    RolloutDevice,
-    RolloutState,
     StatusChange,
     SyncBatch,
     utcnow,
@@ -32,6 +28,14 @@ from cloud_hub.db.registry import (
     RetrainDecision,
     RetrainOutcome,
     RetrainTrigger,
+)
+from cloud_hub.db.rollouts import (
+    DeviceRolloutState,
+    DeviceTarget,
+    Rollout,
+    RolloutCommand,
+    RolloutDevice,
+    RolloutState,
 )
 from cloud_hub.db.workers import HubWorker
 
@@ -50,9 +54,11 @@ __all__ = [
     "Bundle",
     "Device",
     "DeviceRolloutState",
+    "DeviceTarget",
     "Heartbeat",
     "ModelVersion",
     "Rollout",
+    "RolloutCommand",
     "RolloutDevice",
     "RolloutState",
     "StatusChange",

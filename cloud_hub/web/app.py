@@ -244,26 +244,27 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             dev = s.get(db.Device, device_id)
             if dev is None:
                 raise HTTPException(404, f"no device {device_id!r}")
-            events = queries.device_anomalies(s, device_id, since)
+            total, points = queries.score_points(s, device_id, since)
+            newest = queries.anomalies(s, limit=PAGE_SIZE, device=device_id, since=since)
             history = queries.status_history(s, device_id)
-            beats = queries.heartbeats(s, device_id, since)
-            labels = queries.current_labels(s, [e.id for e in events])
+            beats = queries.heartbeats(s, device_id, since, limit=1)
+            labels = queries.current_labels(s, [p.id for p in points] + [e.id for e in newest])
             status = queries.device_status(dev, now)
-        t0 = min([since, *(e.ts for e in events)])
+        t0 = min([since, *(pt.ts for pt in points)])
         thresholds: list[tuple[float, float]] = []
-        for e in events:
-            if not thresholds or thresholds[-1][1] != e.threshold:
-                thresholds.append((e.ts, e.threshold))
-        marks = [charts.Mark(e.ts, e.score, f"{time.strftime('%H:%M:%S', time.gmtime(e.ts))} score {e.score:.3g}"
-                             f" ({', '.join(e.top_features[:3])})", f"a{e.id}",
-                             {"true_positive": "tp", "false_positive": "fp"}.get(labels.get(e.id, ""), ""))
-                 for e in events]
+        for pt in points:
+            if not thresholds or thresholds[-1][1] != pt.threshold:
+                thresholds.append((pt.ts, pt.threshold))
+        shown = {e.id for e in newest}
+        marks = [charts.Mark(pt.ts, pt.score, f"{time.strftime('%H:%M:%S', time.gmtime(pt.ts))} score {pt.score:.3g}"
+                             f" ({pt.top_feature})", f"a{pt.id}" if pt.id in shown else "",
+                             {"true_positive": "tp", "false_positive": "fp"}.get(labels.get(pt.id, ""), ""))
+                 for pt in points]
         chart = charts.score_timeline(t0, now, [], thresholds, marks)
-        newest = list(reversed(events))[:PAGE_SIZE]
         attributions = {e.id: charts.bars(sorted(e.attribution.items(), key=lambda kv: -kv[1])[:6])
                         for e in newest}
-        return render(request, "device.html", dev=dev, status=status, events=newest, total=len(events),
-                      chart=chart, history=history, beats=beats[-1:] if beats else [], hours=hours,
+        return render(request, "device.html", dev=dev, status=status, events=newest, total=total,
+                      chart=chart, history=history, beats=beats, hours=hours,
                       attributions=attributions, labels=labels)
 
     async def anomalies(request: Request) -> Response:

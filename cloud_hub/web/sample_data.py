@@ -90,15 +90,19 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
         s.execute(insert(db.StatusChange), status_rows)
         s.execute(insert(db.RolloutDevice), rollout_rows)
         rows = []
+        # Anomalies come in bursts (an injected spike, drift or stuck sensor raises several events in a row).
+        # The first two devices always have some (tests open their pages); low ids are noisier.
+        bursts = [(names[i] if i < 2 else names[int(rng.random() ** 2 * devices)], now - rng.uniform(0, span_s),
+                   rng.uniform(1.1, 5.0)) for i in range(max(1, anomalies // 8))]
         for n in range(anomalies):
-            name = names[int(rng.random() ** 2 * devices)]  # a few devices are noisier
-            ts = now - rng.uniform(0, span_s)
+            name, center, level = bursts[n % len(bursts)]
+            ts = min(now, max(now - span_s, center + rng.gauss(0, 40)))
             threshold = 0.025 if ts < now - span_s / 2 else 0.03
             feats = rng.sample(list(FEATURES), k=min(3, len(FEATURES)))
             weights = sorted((rng.random() for _ in feats), reverse=True)
             total = sum(weights) * rng.uniform(1.0, 1.3)
             rows.append({"device_id": name, "event_id": f"e{n}", "ts": ts, "detected_at": ts + 0.01,
-                         "received_at": ts + 0.02, "score": threshold * rng.uniform(1.05, 6.0),
+                         "received_at": ts + 0.02, "score": threshold * level * rng.uniform(0.95, 1.25),
                          "threshold": threshold, "model_version": 1 if ts < now - span_s / 2 else 2,
                          "top_features": feats, "attribution": {f: w / total for f, w in zip(feats, weights, strict=True)},
                          "likelihood": rng.uniform(0.9, 1.0)})

@@ -167,3 +167,26 @@ def test_a_helper_that_cannot_run_verifies_nothing(key, helper_process, monkeypa
 def test_malformed_trusted_keys_are_refused(text: str) -> None:
     with pytest.raises(signing.SignatureError, match="not a base64 Ed25519 public key"):
         signing.parse_public_key(text)
+
+
+def test_the_helper_checks_a_signature_once(key, helper_process, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A retained announcement arrives on every reconnect: what the helper accepted is remembered;
+    anything else (other data, other signature) is checked again."""
+    calls: list[bytes] = []
+    real = signing._verify_in_helper
+
+    def counting(raw: bytes, signature: bytes, data: bytes) -> None:
+        calls.append(data)
+        real(raw, signature, data)
+
+    monkeypatch.setattr(signing, "_verify_in_helper", counting)
+    trusted = [signing.parse_public_key(signing.public_key_b64(key))]
+    kid = signing.key_id(key.public_key())
+    for _ in range(3):
+        signing.verify(trusted, kid, signing.sign(key, b"announcement"), b"announcement")
+    assert calls == [b"announcement"]
+    with pytest.raises(signing.SignatureError):
+        signing.verify(trusted, kid, signing.sign(key, b"announcement"), b"tampered")
+    with pytest.raises(signing.SignatureError):
+        signing.verify(trusted, kid, signing.sign(key, b"tampered"), b"tampered!")
+    assert calls == [b"announcement", b"tampered", b"tampered!"]

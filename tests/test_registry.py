@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from cloud_hub import db, training
 from cloud_hub.cli import main
@@ -97,3 +98,10 @@ def test_models_cli(registry_home: HubHome) -> None:
     assert out.exit_code == 0 and "v2 is the champion of north" in out.output, out.output
     out = runner.invoke(main, [*h, "models", "list", "--json"])
     assert json.loads(out.output.splitlines()[0])["champion_of"] == ["north"]
+    out = runner.invoke(main, [*h, "models", "promote", "1", "--rollout"])  # fleet default, staged rollout
+    assert out.exit_code == 0 and "v1 is the champion of (fleet)" in out.output, out.output
+    with registry_home.sessions()() as s:
+        d = s.scalars(select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc())).first()
+        assert d is not None and d.rollout_id is not None
+        rollout = s.get(db.Rollout, d.rollout_id)
+        assert rollout is not None and rollout.version == 1 and rollout.phases == [25, 100]

@@ -14,7 +14,10 @@
    raises none fell into an already open episode (``latency_spikes_reported`` counts the others);
 4. bundle and model sizes, float32 vs int8;
 5. hub ingest (``cloud_hub/ingest/bench.py``): stored anomaly events/s and sync rows/s on SQLite, in
-   process and end to end through the broker (``--only ingest`` runs just this part).
+   process and end to end through the broker, and in process on a local PostgreSQL when one is
+   installed (``--only ingest`` runs just this part);
+6. fleet rollout (``cloud_hub/rollout/bench.py``): seconds from `rollout start` to every one of 10, 50 and
+   200 simulated agents healthy (``--only fleet`` runs just this part, on a quickly trained model).
 """
 
 from __future__ import annotations
@@ -348,13 +351,26 @@ def _start_broker(workdir: Path, broker_url: str | None) -> RunningBroker:
 
 
 def _ingest(workdir: Path, broker: RunningBroker, console: Console) -> dict[str, Any]:
+    from cloud_hub.db.local_postgres import postgres_bin, start_postgres
     from cloud_hub.ingest.bench import ingest_in_process, ingest_through_broker
 
     with console.status("hub ingest in process (decode → batch → commit → ack)…"):
         in_process = ingest_in_process(workdir, broker)
     with console.status(f"hub ingest end to end through {broker.kind}…"):
         through_broker = ingest_through_broker(workdir, broker)
-    return {"in_process": in_process, "through_broker": through_broker}
+    results = {"in_process": in_process, "through_broker": through_broker}
+    if postgres_bin() is not None:  # a local server with default (durable) settings
+        with console.status("hub ingest in process on PostgreSQL…"):
+            pg = start_postgres(fast=False)
+            try:
+                results["in_process_postgresql"] = ingest_in_process(workdir, broker,
+                                                                     database_url=pg.create_database("bench"))
+            finally:
+                from cloud_hub.db import dispose_engines
+
+                dispose_engines()
+                pg.stop()
+    return results
 
 
 def _ingest_rows(table: Table, ingest: dict[str, Any]) -> None:
@@ -377,10 +393,62 @@ def run_ingest_bench(workdir: Path, out: Path, broker_url: str | None, console: 
     finally:
         broker.stop()
     out.write_text(json.dumps(results, indent=2))
-    table = Table(title="edgesentry bench: hub ingest (SQLite)", show_header=True)
+    table = Table(title="edgesentry bench: hub ingest (SQLite; PostgreSQL where installed)", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
     _ingest_rows(table, results["ingest"])
+    _fleet_rows(table, results["fleet"])
+    console.print(table)
+    console.print(f"written to {out}")
+    return results
+
+
+def _fleet(workdir: Path, broker: RunningBroker, bundle_dir: Path, console: Console) -> dict[str, Any]:
+    from cloud_hub.rollout.bench import fleet_rollout
+
+    results = {}
+    for n in (10, 50, 200):
+        with console.status(f"fleet rollout to {n} simulated agents through {broker.kind}…"):
+            results[str(n)] = fleet_rollout(workdir, broker, bundle_dir, n)
+    return results
+
+
+def _fleet_rows(table: Table, fleet: dict[str, Any]) -> None:
+    for n, figures in fleet.items():
+        table.add_row(f"fleet rollout {n} agents: seconds to all healthy", str(figures["seconds_to_all_healthy"]))
+
+
+def run_fleet_bench(workdir: Path, out: Path, broker_url: str | None, console: Console | None = None
+                    ) -> dict[str, Any]:
+    """Only the fleet rollout figures, on a model trained for 2 epochs: ``cloud-hub bench --only fleet``."""
+    from cloud_hub import training
+    from cloud_hub.data import TrainingData
+    from cloud_hub.export import Quantization, export
+
+    console = console or Console()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    home = HubHome(workdir / "hub")
+    home.init()
+    sim = DeviceSimulator("d0", 1, 45.0, 20.0)
+    rows = np.asarray([[np.nan if v is None else v for v in sim.reading(1.7e9 + k / 20).values()] for k in range(2400)])
+    with console.status("training a small model for the bundle…"):
+        version = training.train(home, TrainingData(FEATURES, [rows], "bench-sim", 2400),
+                                 replace(home.config().training, epochs=2)).version
+        bundle_dir = export(home, version, Quantization.INT8).bundle_dir
+    broker = _start_broker(workdir, broker_url)
+    try:
+        results = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
+                               "cpus": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 1)},
+                   "fleet": _fleet(workdir, broker, bundle_dir, console)}
+    finally:
+        broker.stop()
+    out.write_text(json.dumps(results, indent=2))
+    table = Table(title=f"edgesentry bench: fleet rollout through {broker.kind}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    _fleet_rows(table, results["fleet"])
     console.print(table)
     console.print(f"written to {out}")
     return results
@@ -422,6 +490,8 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
             results["agent_e2e_int8"] = _agent_e2e(workdir, broker, home, exports["int8"].bundle_dir)
         if only != "fastpath":
             results["ingest"] = _ingest(workdir, broker, console)
+        if only != "fastpath":
+            results["fleet"] = _fleet(workdir, broker, exports["int8"].bundle_dir, console)
     finally:
         broker.stop()
 
@@ -437,6 +507,8 @@ def run_bench(workdir: Path, out: Path, broker_url: str | None, console: Console
         table.add_row(f"agent e2e {k}", str(v))
     if "ingest" in results:
         _ingest_rows(table, results["ingest"])
+    if "fleet" in results:
+        _fleet_rows(table, results["fleet"])
     console.print(table)
     console.print(f"written to {out}")
     return results

@@ -146,6 +146,21 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """How ``cloud-hub serve`` drives staged rollouts (``cloud_hub/rollout``)."""
+
+    tick_s: float = doc("Seconds between rollout ticks (timeouts, gates, operator commands); agents' status "
+                        "reports also wake the engine at once.", default=1.0)
+    min_gate_readings: int = doc("Readings the wave's devices must have scored under each model before the "
+                                 "anomaly-rate gate judges them (fewer: the gate waits until the wave's wait "
+                                 "ends, then passes with a note).", default=200)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tick_s <= 60 or self.min_gate_readings < 1:
+            raise ValueError("need 0 < tick_s <= 60 and min_gate_readings >= 1")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     broker: BrokerConfig = doc("MQTT broker the fleet uses.", default_factory=BrokerConfig)
     database_url: str = doc("SQLAlchemy URL; empty = SQLite file hub.db in the hub home.", default="")
@@ -154,6 +169,7 @@ class HubConfig:
     log_level: str = doc("Logging level.", default="INFO")
     ingest: IngestConfig = doc("Batched, idempotent storage of agent reports.", default_factory=IngestConfig)
     fleet: FleetConfig = doc("Device provisioning and broker files.", default_factory=FleetConfig)
+    rollout: RolloutConfig = doc("Staged rollouts: engine tick and gate data.", default_factory=RolloutConfig)
     retrain: RetrainConfig = doc("Retrain triggers in `serve`, challenger vs champion judgement, rollout of a "
                                  "promoted challenger.", default_factory=RetrainConfig)
     web: WebConfig = doc("Dashboard and Prometheus metrics.", default_factory=WebConfig)
@@ -180,4 +196,4 @@ beta = 0.5
 """
 
 __all__ = ["AlertConfig", "AlertKind", "Severity", "WebConfig", "FleetConfig", "HubConfig", "IngestConfig",
-           "RetrainConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]
+           "RetrainConfig", "RolloutConfig", "TrainingConfig", "load_hub_config", "DEFAULT_TOML"]

@@ -115,8 +115,25 @@ def in_spans(ts: np.ndarray, spans: list[Span]) -> np.ndarray:
 
 
 def near_flags(flags: np.ndarray, window: int) -> np.ndarray:
-    """Rows within ``window`` rows of a row the agent flagged."""
-    return np.convolve(flags.astype(np.int64), np.ones(2 * window + 1, dtype=np.int64), mode="same") > 0
+    """(n,) bool: rows within ``window`` rows of a row the agent flagged — kept out of retraining, so a
+    model does not learn the anomalies it is meant to catch (one rule for serve's retrain and NAB's).
+    Any length (a convolution in "same" mode would return 2·window + 1 values for shorter inputs)."""
+    f = np.asarray(flags).astype(bool)
+    c = np.concatenate([[0], np.cumsum(f)])
+    i = np.arange(len(f))
+    return np.asarray(c[np.minimum(i + window + 1, len(f))] - c[np.maximum(i - window, 0)] > 0)
+
+
+def unflagged_segments(values: np.ndarray, bad: np.ndarray) -> list[np.ndarray]:
+    """The contiguous runs of ``values`` (one time-contiguous segment) whose rows are not ``bad``."""
+    out, start = [], None
+    for i, b in enumerate([*np.asarray(bad).tolist(), True]):
+        if not b and start is None:
+            start = i
+        elif b and start is not None:
+            out.append(values[start:i])
+            start = None
+    return out
 
 
 def from_synced(session: Session, features: list[str] | None = None, since: float | None = None,
@@ -145,16 +162,7 @@ def from_synced(session: Session, features: list[str] | None = None, since: floa
         rows += len(r.ts)
         excluded += int(bad.sum())
         for s in split_on_gaps(r.ts):
-            seg_vals = r.values[s]
-            seg_bad = bad[s]
-            # split further around excluded stretches
-            start = None
-            for i, b in enumerate([*seg_bad.tolist(), True]):
-                if not b and start is None:
-                    start = i
-                elif b and start is not None:
-                    segments.append(seg_vals[start:i])
-                    start = None
+            segments.extend(unflagged_segments(r.values[s], bad[s]))
     starts = [float(r.ts[0]) for r in per_device.values()]
     ends = [float(r.ts[-1]) for r in per_device.values()]
     return TrainingData(features, [s for s in segments if len(s)], "synced", rows, excluded,

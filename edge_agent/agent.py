@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -54,6 +55,9 @@ from shared.protocol import (
 from shared.readings import ReadingsBlock, decode_readings, decode_readings_npy
 from shared.scoring import attribution
 from shared.signing import parse_public_key
+
+if TYPE_CHECKING:
+    from edge_agent.metrics import AgentMetrics
 
 log = logging.getLogger("edge_agent")
 
@@ -110,6 +114,11 @@ class Agent:
         self.gateways: list[GatewaySource] = []
         self.ledger = AckLedger()
         self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush (gateway sources)
+        self.metrics: AgentMetrics | None = None
+        if cfg.metrics.listen:  # imported only when on: prometheus-client costs memory
+            from edge_agent.metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(self, cfg.metrics.listen)
 
         self.outbox = Outbox(cfg.state_dir / FILENAME, cfg.outbox.max_bytes or DEFAULT_MAX_BYTES,
                              synchronous=cfg.outbox.synchronous.upper())
@@ -138,6 +147,8 @@ class Agent:
 
     def start(self) -> None:
         self.updater.boot()
+        if self.metrics is not None:
+            self.metrics.start()
         start_mqtt(self.client, self.cfg.broker)
         for target, name in ((self._score_loop, "scorer"), (self._housekeeping, "housekeeping"),
                              (self.sender.run, "outbox-sender")):
@@ -189,6 +200,8 @@ class Agent:
         self.sender.drain(STOP_DRAIN_S)
         self.client.disconnect()
         self.client.loop_stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.outbox.close()
 
     @property
@@ -334,7 +347,10 @@ class Agent:
             try:
                 t0 = time.perf_counter()
                 pushed = self.detector.push_block(block)
-                self.updater.observe(pushed.scored, time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                self.updater.observe(pushed.scored, elapsed)
+                if self.metrics is not None and pushed.scored is not None and len(pushed.scored):
+                    self.metrics.observe_scoring(elapsed)
             except ValueError as exc:  # e.g. more distinct features than the buffer holds
                 self.rejects.reject("readings", ProtocolError(RejectReason.SCHEMA, str(exc)))
                 continue
@@ -378,8 +394,9 @@ class Agent:
         )
         self.counters.anomalies += 1
         self._send(Channel.ANOMALY, event)  # durable before it is logged: a logged event is never lost
-        log.info("anomaly at %.3f: score %.2f > %.2f, likelihood %.3f (model v%d; %s) id %s", event.ts,
-                 event.score, event.threshold, event.likelihood, event.model_version,
+        why = model.decision.scaled(self.detector.threshold_scale).reason(
+            s.score, s.likelihood, [names[c] for c in s.stuck]) if model else f"score {s.score:.2f}"
+        log.info("anomaly at %.3f: %s (model v%d; %s) id %s", event.ts, why, event.model_version,
                  ", ".join(f"{k} {v:.0%}" for k, v in shares.items()), event.event_id)
 
     # ------------------------------------------------------------------ housekeeping

@@ -156,6 +156,20 @@ class UpdateConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The agent's own Prometheus endpoint (off unless ``listen`` is set; needs prometheus-client)."""
+
+    listen: str = doc("HOST:PORT serving /metrics, e.g. 127.0.0.1:9101 (bind a LAN address only if the "
+                      "scraper is remote); empty = off.", default="")
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            from edge_agent.metrics import parse_listen
+
+            parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """edge-agent configuration file."""
 
@@ -171,6 +185,7 @@ class AgentConfig:
     sync: SyncConfig = doc("Upload of data for retraining.", default_factory=SyncConfig)
     update: UpdateConfig = doc("Staged checks, probation and rollback of new models.", default_factory=UpdateConfig)
     outbox: OutboxConfig = doc("Durable store-and-forward of reports.", default_factory=OutboxConfig)
+    metrics: MetricsConfig = doc("Optional Prometheus /metrics of this agent.", default_factory=MetricsConfig)
     heartbeat_s: float = doc("Seconds between heartbeats.", default=10.0)
     telemetry_s: float = doc("Seconds between telemetry (score statistics) messages.", default=10.0)
     queue_size: int = doc("Readings held for scoring before the MQTT reader waits.", default=100_000)

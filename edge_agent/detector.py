@@ -24,7 +24,7 @@ from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_w
 from shared.protocol import RejectReason
 from shared.readings import ReadingsBlock
 from shared.scoring import ScoringParams, score_outputs
-from shared.stuck import StuckParams, stuck_channels
+from shared.stuck import StuckParams, stuck_channels, stuck_onsets
 
 BUFFER_READINGS = 4096  # readings kept (the longest window any model may use, and recent_readings)
 MAX_BUFFER_FEATURES = 256
@@ -69,7 +69,8 @@ class ActiveModel:
 
 
 def decide(scores: np.ndarray, likelihood: np.ndarray, decision: Decision, stuck: np.ndarray | None) -> np.ndarray:
-    """The agent's anomaly flag per window: the bundle's decision (shared/decision.py) or a stuck channel."""
+    """The agent's anomaly flag per window: the bundle's decision (shared/decision.py) or a channel that
+    became stuck (``stuck``: onsets, shared/stuck.py)."""
     flags = decision.flags(scores, likelihood)
     return flags if stuck is None else flags | stuck.any(axis=1)
 
@@ -87,6 +88,7 @@ class ScoredWindow:
     likelihood: float = 0.0  # streaming anomaly likelihood in [0, 1] (log-scaled), 0 without params
     likelihood_threshold: float | None = None  # set when the decision is on the likelihood
     anomalous: bool = False  # the decision (see ``decide``)
+    stuck: tuple[int, ...] = ()  # channels the stuck check found frozen in this window
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ScoredBatch:
     anomalous: np.ndarray  # (n,) bool
     model_version: int
     windows: np.ndarray  # (n, w, f) preprocessed model input
+    stuck: np.ndarray | None = None  # (n, f) bool: channels the stuck check found frozen (None: no check)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -116,6 +119,7 @@ class ScoredBatch:
             prediction_error=float(self.prediction_error[i]), contributions=self.contributions[i],
             model_version=self.model_version, window=self.windows[i], likelihood=float(self.likelihood[i]),
             likelihood_threshold=self.likelihood_threshold, anomalous=bool(self.anomalous[i]),
+            stuck=() if self.stuck is None else tuple(np.flatnonzero(self.stuck[i]).tolist()),
         )
 
     @staticmethod
@@ -127,9 +131,11 @@ class ScoredBatch:
         def cat(name: str) -> np.ndarray:
             return np.concatenate([getattr(p, name) for p in parts])
 
+        stuck = None if any(p.stuck is None for p in parts) else cat("stuck")
         return ScoredBatch(cat("ts"), cat("scores"), first.threshold, cat("reconstruction_error"),
                            cat("prediction_error"), cat("contributions"), cat("likelihood"),
-                           first.likelihood_threshold, cat("anomalous"), first.model_version, cat("windows"))
+                           first.likelihood_threshold, cat("anomalous"), first.model_version, cat("windows"),
+                           stuck)
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class StreamingDetector:
     def __init__(self, threshold_scale: float = 1.0, max_batch: int = 64, max_future_s: float | None = None) -> None:
         self.model: ActiveModel | None = None
         self._likelihood: AnomalyLikelihood | None = None
+        self._stuck_last: np.ndarray | None = None  # stuck channels of the last scored window (onsets)
         self.threshold_scale = threshold_scale
         self.max_batch = max_batch
         self.max_future_s = max_future_s
@@ -181,8 +188,18 @@ class StreamingDetector:
         if model is not None:
             with self._lock:
                 self._columns(model.preprocessing.features)
-        # A new model has a new score distribution: its likelihood starts from the bundle's prior.
-        self._likelihood = AnomalyLikelihood(model.likelihood) if model and model.likelihood else None
+        # A new model has a new score distribution: its likelihood starts from the bundle's prior; on the same
+        # features the stream's own state (range seen, recent alarms) carries over (retraining, updates).
+        same_features = previous is not None and model is not None and \
+            previous.preprocessing.features == model.preprocessing.features
+        if not same_features:
+            self._stuck_last = None
+        if model is None or model.likelihood is None:
+            self._likelihood = None
+        elif self._likelihood is not None and same_features:
+            self._likelihood = self._likelihood.continued(model.likelihood)
+        else:
+            self._likelihood = AnomalyLikelihood(model.likelihood)
         return previous
 
     # ------------------------------------------------------------------ buffer
@@ -280,12 +297,13 @@ class StreamingDetector:
                 raw = self._vals[self._end - n_windows - w + 1 : self._end][:, cols]
         if raw is None or model is None:
             return PushResult(k, {}, rows, None, w)
-        scored = self._score(model, raw, rows.ts[len(rows) - n_windows :], likelihood)
+        scored = self._score(model, raw, rows.ts[len(rows) - n_windows :], likelihood, stream=True)
         return PushResult(k, {}, rows, scored, w)
 
     def _score(self, model: ActiveModel, raw: np.ndarray, ts: np.ndarray,
-               likelihood: AnomalyLikelihood | None) -> ScoredBatch:
-        """Score every window of ``raw`` (rows in the model's feature order); ``ts`` per window end."""
+               likelihood: AnomalyLikelihood | None, stream: bool = False) -> ScoredBatch:
+        """Score every window of ``raw`` (rows in the model's feature order); ``ts`` per window end.
+        ``stream``: these windows continue the live stream (stuck onsets carry over between batches)."""
         p = model.preprocessing
         w = p.window
         raw_windows = sliding_windows(raw, w)
@@ -300,13 +318,19 @@ class StreamingDetector:
         lik = likelihood.update(scored.scores, raw[w - 1 :]) if likelihood else np.zeros(n)
         lik_threshold = decision.in_force if decision.on_likelihood else None
         contributions = scored.contributions
+        onsets = None
+        if stuck is not None:
+            onsets = stuck_onsets(stuck, self._stuck_last if stream else None)
+            if stream and len(stuck):
+                self._stuck_last = stuck[-1].copy()
         if stuck is not None:  # a stuck window's attribution is its stuck channel(s)
             contributions = np.where(stuck.any(axis=1, keepdims=True), stuck.astype(np.float64), contributions)
         return ScoredBatch(
             ts=np.asarray(ts, dtype=np.float64), scores=scored.scores, threshold=threshold,
             reconstruction_error=scored.errors.reconstruction, prediction_error=scored.errors.prediction,
             contributions=contributions, likelihood=lik, likelihood_threshold=lik_threshold,
-            anomalous=decide(scored.scores, lik, decision, stuck), model_version=model.version, windows=x,
+            anomalous=decide(scored.scores, lik, decision, onsets), model_version=model.version, windows=x,
+            stuck=stuck,
         )
 
     def push(self, readings: list[tuple[float, dict[str, float | None]]]) -> list[ScoredWindow]:

@@ -42,33 +42,65 @@ def load_bundle(path: Path, trusted_keys: list[str]) -> Bundle:
     return load_dir(path, keys) if path.is_dir() else load_archive(path.read_bytes(), keys)
 
 
+class Replayer:
+    """An agent's detector fed from recorded data, chunk by chunk; ``swap`` installs a new bundle mid-stream
+    exactly as the agent does when an update activates (the ring buffer carries over, and the likelihood
+    continues from the previous model's stream state: see ``StreamingDetector.swap``)."""
+
+    def __init__(self, bundle: Bundle, series: Series, runtime: Runtime = Runtime.AUTO) -> None:
+        self.runtime = runtime
+        self.detector = StreamingDetector()
+        model = self._model(bundle)
+        self.features = model.preprocessing.features
+        missing = [f for f in self.features if f not in series.features]
+        if missing:
+            raise ValueError(f"the data lacks the model's features {missing} (it has {series.features})")
+        self.series = series
+        self.values = series.values[:, [series.features.index(f) for f in self.features]]
+        n = len(self.values)
+        self.score = np.full(n, np.nan)
+        self.likelihood = np.zeros(n)
+        self.anomalous = np.zeros(n, dtype=bool)
+        self.top = [""] * n
+        self.position = 0  # readings pushed so far
+        self._index = {float(t): i for i, t in enumerate(series.timestamps)}
+        self.detector.swap(model)
+
+    def _model(self, bundle: Bundle) -> ActiveModel:
+        return ActiveModel.from_bundle(bundle, self.runtime)
+
+    def swap(self, bundle: Bundle) -> None:
+        model = self._model(bundle)
+        if model.preprocessing.features != self.features:
+            raise ValueError("a swapped-in model must read the same features")
+        self.detector.swap(model)
+
+    def advance(self, until: int) -> None:
+        """Push readings [position, until) in time order."""
+        until = min(until, len(self.values))
+        for start in range(self.position, until, CHUNK):
+            stop = min(start + CHUNK, until)
+            block = ReadingsBlock(self.series.timestamps[start:stop], tuple(self.features), self.values[start:stop])
+            scored = self.detector.push_block(block).scored
+            if scored is None:
+                continue
+            rows = np.array([self._index[t] for t in scored.ts.tolist()], dtype=np.intp)
+            self.score[rows], self.likelihood[rows], self.anomalous[rows] = (scored.scores, scored.likelihood,
+                                                                             scored.anomalous)
+            for i, row in enumerate(rows.tolist()):
+                self.top[row] = next(iter(attribution(scored.contributions[i], self.features, 1)), "")
+        self.position = max(self.position, until)
+
+    def result(self) -> ReplayResult:
+        return ReplayResult(self.series.timestamps, self.values, self.features, self.score, self.likelihood,
+                            self.anomalous, self.top)
+
+
 def replay(bundle: Bundle, series: Series, runtime: Runtime = Runtime.AUTO) -> ReplayResult:
     """Score every reading of ``series`` in time order, as an agent receiving them would."""
-    model = ActiveModel.from_bundle(bundle, runtime)
-    features = model.preprocessing.features
-    missing = [f for f in features if f not in series.features]
-    if missing:
-        raise ValueError(f"the data lacks the model's features {missing} (it has {series.features})")
-    cols = [series.features.index(f) for f in features]
-    values = series.values[:, cols]
-    detector = StreamingDetector()
-    detector.swap(model)
-    n = len(values)
-    score = np.full(n, np.nan)
-    likelihood = np.zeros(n)
-    anomalous = np.zeros(n, dtype=bool)
-    top = [""] * n
-    index = {float(t): i for i, t in enumerate(series.timestamps)}
-    for start in range(0, n, CHUNK):
-        block = ReadingsBlock(series.timestamps[start : start + CHUNK], tuple(features), values[start : start + CHUNK])
-        scored = detector.push_block(block).scored
-        if scored is None:
-            continue
-        rows = np.array([index[t] for t in scored.ts.tolist()], dtype=np.intp)
-        score[rows], likelihood[rows], anomalous[rows] = scored.scores, scored.likelihood, scored.anomalous
-        for i, row in enumerate(rows.tolist()):
-            top[row] = next(iter(attribution(scored.contributions[i], features, 1)), "")
-    return ReplayResult(series.timestamps, values, features, score, likelihood, anomalous, top)
+    r = Replayer(bundle, series, runtime)
+    r.advance(len(series.values))
+    return r.result()
 
 
 def write_csv(result: ReplayResult, path: Path) -> None:

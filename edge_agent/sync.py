@@ -19,6 +19,7 @@ MAX_SYNC_ROWS rows and has its own ``batch_id``, so delivery through the outbox 
 from __future__ import annotations
 
 import enum
+import random
 import threading
 import uuid
 from collections import Counter, deque
@@ -68,7 +69,8 @@ class SyncSelector:
         self._rows = 0
         self._reservoir: list[Segment] = []
         self._seen = 0  # normal windows offered to the reservoir this interval
-        self._rng = np.random.default_rng(seed)
+        # The stdlib generator, not numpy.random: importing that costs the resident agent ~2 MB.
+        self._rng = random.Random(seed)
         self._selected_to = -np.inf  # newest ts already chosen as flagged/hard (windows overlap)
         # ts ranges of rows already chosen (flagged/hard runs, flushed samples): each reading is uploaded
         # once even where a sampled normal window overlaps a flagged one or another sample.
@@ -91,7 +93,9 @@ class SyncSelector:
         flags = np.zeros(n, dtype=np.int8)
         scored = pushed.scored
         if scored is not None and len(scored):
-            flags[n - len(scored) :] = scored.anomalous
+            # A stuck channel alarms once per episode, but every stuck window stays out of retraining.
+            flagged = scored.anomalous if scored.stuck is None else scored.anomalous | scored.stuck.any(axis=1)
+            flags[n - len(scored) :] = flagged
         with self._lock:
             if self.cfg.policy == SyncPolicy.FULL or not pushed.window:
                 # smart without a model: nothing to choose on, and the hub needs data for a first model;
@@ -110,7 +114,7 @@ class SyncSelector:
         if scored is None or not len(scored):
             return  # the model's first window is not complete yet
         ends = np.arange(n - len(scored), n)
-        flagged = np.asarray(scored.anomalous, dtype=bool)
+        flagged = flags[n - len(scored) :].astype(bool)  # the decision's flags and every stuck window
         ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
         thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
         hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))
@@ -122,6 +126,11 @@ class SyncSelector:
         if flagged_rows.any() or hard_rows.any():
             self._selected_to = float(rows.ts[np.flatnonzero(flagged_rows | hard_rows)[-1]])
         self._sample(pushed, ends[~flagged & ~hard], w, flags)
+
+    def _uniform(self, n: int) -> np.ndarray:
+        """``n`` uniform draws in [0, 1): 53 random bits each, drawn in one call."""
+        bits = self._rng.getrandbits(64 * n).to_bytes(8 * n, "little")
+        return (np.frombuffer(bits, np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
     def _add_runs(self, pushed: PushResult, covered: np.ndarray, flags: np.ndarray, priority: Priority) -> None:
         rows = pushed.rows
@@ -143,7 +152,7 @@ class SyncSelector:
         if k == 0 or not len(ends):
             return
         counts = self._seen + np.arange(len(ends))
-        slots = np.where(counts < k, counts, (self._rng.random(len(ends)) * (counts + 1)).astype(np.int64))
+        slots = np.where(counts < k, counts, (self._uniform(len(ends)) * (counts + 1)).astype(np.int64))
         self._seen += len(ends)
         rows = pushed.rows
         for i in np.flatnonzero(slots < k).tolist():

@@ -90,3 +90,12 @@ class Decision:
         if self.mode == DecisionMode.LIKELIHOOD:
             return likelihood >= self.in_force
         return score > self.in_force
+
+    def reason(self, score: float, likelihood: float = 0.0, stuck: list[str] | None = None) -> str:
+        """Why a flagged window was flagged, for logs: a stuck channel is named as such (its score need
+        not exceed anything), otherwise the quantity this decision compared and its threshold."""
+        if stuck:
+            return "stuck channel " + ", ".join(stuck)
+        if self.mode == DecisionMode.LIKELIHOOD:
+            return f"likelihood {likelihood:.3f} >= {self.in_force:.3f} (score {score:.2f})"
+        return f"score {score:.2f} > {self.in_force:.2f}"

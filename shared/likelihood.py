@@ -106,6 +106,21 @@ class AnomalyLikelihood:
         self._evicted = 0
         self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
 
+    def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
+        """The likelihood of a new model (same features) on this stream: the score history starts over
+        from the new model's prior (its scores are on another scale), but what belongs to the stream
+        carries over — the range of readings seen so far (range novelty) and the recent likelihoods
+        (onsets) — so a model swap neither re-alarms on values already seen nor on an excursion
+        already reported."""
+        nxt = AnomalyLikelihood(params)
+        if len(self._lo) and len(nxt._lo) == len(self._lo):
+            nxt._lo, nxt._hi = np.minimum(nxt._lo, self._lo), np.maximum(nxt._hi, self._hi)
+        elif len(self._lo) and not len(nxt._lo):
+            nxt._lo, nxt._hi = self._lo.copy(), self._hi.copy()
+        if params.onset_window:
+            nxt._onset_tail = self._onset_tail[-params.onset_window :].copy()
+        return nxt
+
     def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
         """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty)."""
         readings = None if reading is None else np.asarray(reading, np.float64)[None, :]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from shared.inference import Runtime
+from shared.inference import Quantization, Runtime
 from shared.schema import SchemaError, doc, load
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "firmware_profiles"
@@ -33,8 +33,8 @@ class FirmwareProfile:
     max_model_bytes: int = doc("Largest .tflite file the gateway accepts (export refuses bigger).",
                                default=4 * 1024 * 1024)
     memory_budget_mb: int = doc("Resident memory (RSS) the agent may use with its model loaded.", default=256)
-    quantization: Literal["int8", "float16", "dynamic", "float32"] = doc(
-        "Quantization export ships for this gateway unless -q says otherwise.", default="int8")
+    quantization: Quantization = doc("Quantization export ships for this gateway unless -q says otherwise.",
+                                     default=Quantization.INT8)
     latency_p99_ms: float = doc("Largest p99 latency to score one window alone (batch 1) on this gateway.",
                                 default=20.0)
     outbox_max_bytes: int = doc("Disk the agent's outbox may use for undelivered reports.",

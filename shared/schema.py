@@ -217,8 +217,13 @@ def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]
     return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def dump(obj: Any) -> Any:
     """Dataclass → plain JSON/TOML-able data (enums by value, paths as strings)."""
+    if type(obj) in _PLAIN:  # most values: the hub's Acks carry up to 1000 ids, agents' events many floats
+        return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, enum.Enum):

@@ -79,3 +79,15 @@ def stuck_channels(windows: np.ndarray, params: StuckParams) -> np.ndarray:
     limit = np.asarray(params.min_std) * params.ratio
     with np.errstate(invalid="ignore"):
         return (limit > 0) & (std < limit)
+
+
+def stuck_onsets(stuck: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+    """(b, f): channels that *became* stuck at each window — stuck there but not in the window before
+    (``before``: the previous batch's last row, None = not stuck).  The agent alarms on onsets, one alarm
+    per stuck episode, as the likelihood's onsets give one per excursion; every stuck window is still
+    attributed to its channel."""
+    s = np.asarray(stuck, bool)
+    if not len(s):
+        return s
+    first = np.zeros((1, s.shape[1]), bool) if before is None else np.asarray(before, bool).reshape(1, -1)
+    return s & ~np.vstack([first, s[:-1]])

@@ -66,6 +66,12 @@ def test_edge_flags_come_from_the_decision_or_a_stuck_channel() -> None:
     assert decide(scores, lik, Decision(DecisionMode.SCORE, 2.0), stuck).tolist() == [True, True, False]
 
 
+def test_the_reason_names_a_stuck_channel_or_what_was_compared() -> None:
+    assert Decision(DecisionMode.SCORE, 2.0).reason(0.3, 0.0, ["temp"]) == "stuck channel temp"
+    assert Decision(DecisionMode.SCORE, 2.0, 1.5).reason(3.5) == "score 3.50 > 3.00"
+    assert Decision(DecisionMode.LIKELIHOOD, 0.5).reason(0.3, 0.71) == "likelihood 0.710 >= 0.500 (score 0.30)"
+
+
 def test_cli_choices_come_from_the_enums() -> None:
     from cloud_hub.cli import DECISION_CHOICE, QUANT_CHOICE
     from shared.inference import Quantization

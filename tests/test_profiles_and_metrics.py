@@ -85,6 +85,16 @@ def test_profile_with_unknown_key_is_refused(tmp_path: Path) -> None:
         load_profile(bad)
 
 
+def test_profile_quantization_is_the_enum_and_refuses_unknown_modes(tmp_path: Path) -> None:
+    from shared.inference import Quantization
+
+    assert isinstance(resolve_profile("rpi4-64").quantization, Quantization)
+    bad = tmp_path / "p.toml"
+    bad.write_text('name = "x"\ndescription = "d"\narch = "aarch64"\nquantization = "int4"\n')
+    with pytest.raises(SchemaError, match="quantization"):
+        load_profile(bad)
+
+
 def test_event_matching() -> None:
     spans = [("a", 10.0, 12.0), ("a", 30.0, 31.0), ("b", 10.0, 12.0)]
     events = [("a", 13.5), ("a", 20.0), ("b", 9.0), ("b", 11.0), ("c", 11.0)]

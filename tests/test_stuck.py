@@ -57,8 +57,25 @@ def test_bundle_carries_the_check_and_replay_reports_the_channel(trained_home) -
     values[400:600, 3] = values[400, 3]  # vibration freezes for 10 s
     r = replay(bundle, Series(ts, list(FEATURES), values))
     inside = slice(400 + 15, 600)
-    assert r.anomalous[inside].all()
-    assert {r.top_feature[i] for i in range(inside.start, inside.stop)} == {"vibration"}
+    assert r.anomalous[inside.start]  # the window where the channel became stuck alarms
+    assert {r.top_feature[i] for i in range(inside.start, inside.stop)} == {"vibration"}  # every stuck window
+    # Fed in small pushes, the agent decides the same: the onset state carries between batches.
+    from edge_agent.replay import Replayer
+
+    small = Replayer(bundle, Series(ts, list(FEATURES), values))
+    for end in range(0, len(ts) + 37, 37):
+        small.advance(end)
+    assert np.array_equal(small.result().anomalous, r.anomalous)
+
+
+def test_a_stuck_episode_alarms_once_even_across_pushes() -> None:
+    from shared.stuck import stuck_onsets
+
+    s = np.array([[0, 0], [1, 0], [1, 1], [1, 1], [0, 1], [1, 0]], bool)
+    assert stuck_onsets(s).astype(int).tolist() == [[0, 0], [1, 0], [0, 1], [0, 0], [0, 0], [1, 0]]
+    # Split in two batches: the second knows the first's last window, so nothing re-fires.
+    assert stuck_onsets(s[3:], s[2]).astype(int).tolist() == [[0, 0], [0, 0], [1, 0]]
+    assert stuck_onsets(np.zeros((0, 2), bool)).shape == (0, 2)
 
 
 def test_rolling_std_fast_path_equals_the_nan_aware_path() -> None:

@@ -12,15 +12,14 @@ from typing import Any
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
 
-from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
 from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_web_args
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.db import queries
 from cloud_hub.home import DEFAULT_HOME, HubHome
+from cloud_hub.retrain_policy import RetrainPolicy
 from shared.decision import DecisionMode
 from shared.inference import Quantization
 from shared.profiles import FirmwareProfile, resolve_profile
@@ -235,11 +234,18 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="The agents' decision threshold on the streaming likelihood (is_anomaly).")
 @click.option("--workers", type=int, default=2, show_default=True, help="Files processed in parallel.")
+@click.option("--retrain-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run the hub's retrain loop along each stream: every N readings train on the readings seen "
+                   "so far (minus flagged ones), export, sign and swap the bundle in (0 = train once).")
+@click.option("--retrain-max-rows", type=click.IntRange(min=2), default=RetrainPolicy.max_rows, show_default=True,
+              help="Each retrain learns from at most the newest N readings.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
-        likelihood_threshold: float, workers: int, settings: tuple[str, ...]) -> None:
+        likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
+        settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
-    stream with the edge agent's replay.  Writes nab_scores.json, NAB results files and report.md."""
+    stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
+    nab_scores.json, NAB results files and report.md."""
     from cloud_hub.evaluation import nab as nab_run
     from cloud_hub.models import Mode, get
 
@@ -255,7 +261,8 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
     defaults = tuple(f"{k}={v}" for k, v in nab_run.TRAINING_SETTINGS.items())
     cfg = _training_config(None, settings=(*defaults, *settings))
     nab_cfg = nab_run.NabConfig(model=model_name, training=cfg, quantization=quantization,
-                                likelihood_threshold=likelihood_threshold, workers=workers)
+                                likelihood_threshold=likelihood_threshold, workers=workers,
+                                retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows))
     try:
         files = nab_run.data_files(nab_dir, limit, list(only) or None)
         if not files:
@@ -360,7 +367,7 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
     except SchemaError as exc:
         raise click.ClickException(str(exc)) from None
     if not quantization:
-        quantization = (profile.quantization if profile else "int8",)
+        quantization = (profile.quantization.value if profile else Quantization.INT8.value,)
     elif profile and profile.quantization not in quantization:
         console.print(f"[yellow]-q {', '.join(quantization)} given: overrides profile {profile.name}'s "
                       f"{profile.quantization}[/]")
@@ -437,7 +444,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler
 
-        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)
+        scheduler = RetrainScheduler(home, is_leader=server.leader.is_leader)  # one retrain across workers
         scheduler.start()
     supervisor = NetworkSupervisor()
     supervisor.watch(server.client, "hub", server.cfg.broker.disconnect_limit(HUB_MAX_DISCONNECTED_S))
@@ -451,12 +458,8 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
         sys.exit(code)
 
 
-@main.group()
-def rollout() -> None:
-    """Roll models out to the fleet."""
-
-
 def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dict[str, object]:
+    """One wave to every device (run by `serve`), then block until the agents run it (`retrain`)."""
     from cloud_hub import rollout as ro
 
     try:
@@ -481,34 +484,6 @@ def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dic
     console.print(f"v{version} active on {len(activated)}/{len(info.devices)} device(s)"
                   + (f"; not yet: {', '.join(missing)}" if missing else ""))
     return {"activated": activated, "missing": missing}
-
-
-@rollout.command("start")
-@click.option("--model", "version", type=int, required=True, help="Model version to roll out.")
-@click.option("--quantization", "-q", type=QUANT_CHOICE, default="int8", show_default=True)
-@click.option("--wait", type=float, default=120, show_default=True, help="Seconds to wait for activations (0 = don't).")
-@click.pass_context
-def rollout_start(ctx: click.Context, version: int, quantization: str, wait: float) -> None:
-    """Announce a signed bundle to all agents and report which activated it."""
-    home = _home(ctx)
-    result = _rollout(home, version, quantization, wait)
-    if result.get("missing"):
-        sys.exit(3)
-
-
-@rollout.command("status")
-@click.pass_context
-def rollout_status(ctx: click.Context) -> None:
-    """Per-device state of the most recent rollouts."""
-    home = _home(ctx)
-    with home.sessions()() as s:
-        table = Table("rollout", "version", "state", "device", "device state", "detail")
-        for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id.desc()).limit(5)):
-            rows = list(s.scalars(select(db.RolloutDevice).where(db.RolloutDevice.rollout_id == r.id)))
-            for d in rows or [None]:
-                table.add_row(str(r.id), str(r.version), r.state.value, d.device_id if d else "-",
-                              d.state.value if d else "-", d.detail if d else "")
-    console.print(table)
 
 
 @main.command()
@@ -552,15 +527,25 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench-results.json"), show_default=True)
 @click.option("--broker", help="Broker URL to measure through (default: start Mosquitto, else amqtt).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".bench"), show_default=True)
-@click.option("--only", type=click.Choice(["all", "ingest", "fastpath"]), default="all", show_default=True,
+@click.option("--only", type=click.Choice(["all", "ingest", "fastpath", "web", "fleet"]), default="all", show_default=True,
               help="ingest: only the hub's stored events/s and sync rows/s (no model training); fastpath: "
                    "interpreter and agent sections only, reusing the model an earlier fastpath run trained "
-                   "in --workdir.")
-def bench(out: Path, broker: str | None, workdir: Path, only: str) -> None:
+                   "in --workdir; web: dashboard page load times with 200 devices and 100k anomaly events "
+                   "(writes web-bench.json); fleet: only the rollout to 10/50/200 simulated agents (a 2-epoch model).")
+@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --only web: also save screenshots of a device page and the fleet (docs/img/dashboard.png).")
+def bench(out: Path, broker: str | None, workdir: Path, only: str, screenshot: Path | None) -> None:
     """Interpreter windows/s, agent readings/s and latency through a broker, bundle sizes, hub ingest rates."""
-    from cloud_hub.bench import run_bench, run_ingest_bench
+    from cloud_hub.bench import run_bench, run_fleet_bench, run_ingest_bench
 
-    if only == "ingest":
+    if only == "web":
+        from cloud_hub.web.bench import run_web_bench
+
+        target = out.with_name("web-bench.json") if out.name == "bench-results.json" else out
+        run_web_bench(workdir.resolve(), target.resolve(), screenshot=screenshot, console=console)
+    elif only == "fleet":
+        run_fleet_bench(workdir.resolve(), out.resolve(), broker, console=console)
+    elif only == "ingest":
         run_ingest_bench(workdir.resolve(), out.resolve(), broker, console=console)
     else:
         run_bench(workdir.resolve(), out.resolve(), broker, console=console, only=only)
@@ -575,6 +560,7 @@ def _register() -> None:
     from cloud_hub.cli.devices import devices
     from cloud_hub.cli.models import models
     from cloud_hub.cli.retrain import retrain
+    from cloud_hub.cli.rollout import rollout
     from cloud_hub.cli.web import dashboard, web_user
 
     main.add_command(anomalies)
@@ -583,6 +569,7 @@ def _register() -> None:
     main.add_command(retrain)
     main.add_command(web_user)
     main.add_command(dashboard)
+    main.add_command(rollout)
     main.add_command(broker_config)
     main.add_command(db_group)
 

@@ -14,12 +14,8 @@ from cloud_hub.db.models import (
     Base,
     Bundle,
     Device,
-    DeviceRolloutState,
     Heartbeat,
     ModelVersion,
-    Rollout,
-    RolloutDevice,
-    RolloutState,
     StatusChange,
     SyncBatch,
     utcnow,
@@ -33,10 +29,20 @@ from cloud_hub.db.registry import (
     RetrainOutcome,
     RetrainTrigger,
 )
+from cloud_hub.db.rollouts import (
+    DeviceRolloutState,
+    DeviceTarget,
+    Rollout,
+    RolloutCommand,
+    RolloutDevice,
+    RolloutState,
+)
+from cloud_hub.db.telemetry import TelemetryRecord
 from cloud_hub.db.workers import HubWorker
 
 __all__ = [
     "HubWorker",
+    "TelemetryRecord",
     "RetrainTrigger",
     "RetrainOutcome",
     "RetrainDecision",
@@ -50,9 +56,11 @@ __all__ = [
     "Bundle",
     "Device",
     "DeviceRolloutState",
+    "DeviceTarget",
     "Heartbeat",
     "ModelVersion",
     "Rollout",
+    "RolloutCommand",
     "RolloutDevice",
     "RolloutState",
     "StatusChange",

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -35,18 +34,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class RolloutState(enum.StrEnum):
-    ACTIVE = "active"  # announced; agents are fetching/activating
-    SUPERSEDED = "superseded"  # a later rollout replaced it
-
-
-class DeviceRolloutState(enum.StrEnum):
-    PENDING = "pending"
-    REQUESTED = "requested"
-    ACTIVATED = "activated"
-    FAILED = "failed"
 
 
 class Device(Base):
@@ -98,9 +85,11 @@ class Heartbeat(Base):
 
 class AnomalyEvent(Base):
     __tablename__ = "anomaly_events"
-    __table_args__ = (UniqueConstraint("device_id", "event_id"),)
+    # (device_id, ts): the dashboard's per-device counts and timelines read only this index; lookups by
+    # device alone use it or the unique constraint's index.
+    __table_args__ = (UniqueConstraint("device_id", "event_id"), Index("ix_anomaly_events_device_id_ts", "device_id", "ts"))
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
     event_id: Mapped[str] = mapped_column(String(64))
     ts: Mapped[float] = mapped_column(Float, index=True)
     detected_at: Mapped[float] = mapped_column(Float)
@@ -119,7 +108,7 @@ class SyncBatch(Base):
     __tablename__ = "sync_batches"
     __table_args__ = (UniqueConstraint("device_id", "batch_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))  # indexed by the unique (device_id, …) constraint
     batch_id: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[float] = mapped_column(Float)
     start_ts: Mapped[float] = mapped_column(Float)
@@ -155,28 +144,6 @@ class Bundle(Base):
     profile: Mapped[str] = mapped_column(String(64), default="")  # firmware profile it was exported for, if any
 
 
-class Rollout(Base):
-    __tablename__ = "rollouts"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id"))
-    version: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    state: Mapped[RolloutState] = mapped_column(
-        Enum(RolloutState, native_enum=False), default=RolloutState.ACTIVE
-    )
-
-
-class RolloutDevice(Base):
-    __tablename__ = "rollout_devices"
-    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
-    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
-    device_id: Mapped[str] = mapped_column(String(64))
-    state: Mapped[DeviceRolloutState] = mapped_column(Enum(DeviceRolloutState, native_enum=False))
-    updated_at: Mapped[float] = mapped_column(Float)
-    detail: Mapped[str] = mapped_column(String(500), default="")
-
-
 # ------------------------------------------------------------------------------------- ingest (hub)
 
 
@@ -187,7 +154,7 @@ class StatusChange(Base):
     __tablename__ = "status_changes"
     __table_args__ = (UniqueConstraint("device_id", "msg_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))  # indexed by the unique (device_id, …) constraint
     msg_id: Mapped[str] = mapped_column(
         String(80)
     )  # the agent's msg_id; "will:<ts>" for the broker's last will

@@ -313,7 +313,8 @@ def _summarise(home: HubHome, injected: list[Injected], published: int, duration
         agents_online = int(s.scalar(select(func.count(func.distinct(db.Heartbeat.device_id)))) or 0)
         activated = {
             r.version: sorted(d.device_id for d in s.scalars(select(db.RolloutDevice).where(
-                db.RolloutDevice.rollout_id == r.id, db.RolloutDevice.state == db.DeviceRolloutState.ACTIVATED)))
+                db.RolloutDevice.rollout_id == r.id,
+                db.RolloutDevice.state.in_((db.DeviceRolloutState.ACTIVATED, db.DeviceRolloutState.HEALTHY)))))
             for r in s.scalars(select(db.Rollout))
         }
         synced_rows = int(s.scalar(select(func.sum(db.SyncBatch.rows))) or 0)

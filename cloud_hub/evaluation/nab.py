@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from cloud_hub.evaluation.nab_scoring import (
     window_indices,
 )
 from cloud_hub.evaluation.report import score_timeline, table
+from cloud_hub.retrain_policy import RetrainPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class NabConfig:
     spatial_tolerance: float = 0.05  # a value beyond the range seen so far (by 5 % of it) is an anomaly
     onset_window: int = 400  # one alarm per excursion: report only new highs of the last 400 readings
     workers: int = 2
+    retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class FileResult:
     threshold: float
     agreement_pearson: float
     error: str = ""
+    retrains: int = 0
 
 
 def detector_name(model: str) -> str:
@@ -87,13 +90,15 @@ def _read_raw(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
-    """Train on the probationary rows, export, replay on the edge path; write the raw per-row output."""
-    from cloud_hub import training
+    """Train on the probationary rows, export, replay on the edge path; write the raw per-row output.
+
+    With ``cfg.retrain.every`` > 0 the hub's retrain loop runs along the stream: every N readings a new
+    model is trained on the readings before that point (``RetrainPolicy``), exported, signed and swapped
+    into the replaying agent, as an update would be."""
     from cloud_hub.data import TrainingData
-    from cloud_hub.export import export
     from cloud_hub.home import HubHome
-    from edge_agent.replay import load_bundle
-    from edge_agent.replay import replay as edge_replay
+    from cloud_hub.retrain_policy import retrain
+    from edge_agent.replay import Replayer, load_bundle
     from shared.csvdata import read_series
     from shared.decision import DecisionMode
     from shared.inference import Quantization
@@ -104,25 +109,38 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     n = len(series.values)
     probation = probationary_length(n)
     work = Path(tempfile.mkdtemp(prefix="nab-"))
+    likelihood = {"history": cfg.likelihood_history, "short_window": cfg.likelihood_short_window,
+                  "spatial_tolerance": cfg.spatial_tolerance, "onset_window": cfg.onset_window}
     try:
         home = HubHome(work / "home")
         home.init()
-        data = TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation)
-        result = training.train(home, data, cfg.training, model=cfg.model)
-        exp = export(home, result.version, Quantization(cfg.quantization), DecisionMode.LIKELIHOOD,
-                     cfg.likelihood_threshold, history=cfg.likelihood_history,
-                     short_window=cfg.likelihood_short_window, spatial_tolerance=cfg.spatial_tolerance,
-                     onset_window=cfg.onset_window)
-        bundle = load_bundle(exp.archive, [home.public_key()])
-        r = edge_replay(bundle, series)
+
+        def train_export(data: TrainingData) -> Any:
+            return retrain(home, data, cfg.training, cfg.model, Quantization(cfg.quantization),
+                           DecisionMode.LIKELIHOOD, cfg.likelihood_threshold, **likelihood)
+
+        first = train_export(TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation))
+        keys = [home.public_key()]
+        replayer = Replayer(load_bundle(first.archive, keys), series)
+        retrains = 0
+        for point in cfg.retrain.points(probation, n):
+            replayer.advance(point)
+            data = cfg.retrain.stream_data(["value"], series.values[:point], replayer.anomalous[:point],
+                                           cfg.training.window, f"nab:{name}@{point}")
+            if data.rows < cfg.training.window * 4:
+                continue  # too little unflagged data: keep the running model
+            replayer.swap(load_bundle(train_export(data).archive, keys))
+            retrains += 1
+        replayer.advance(n)
+        r = replayer.result()
         dest = out / "bundles" / (name.replace("/", "__").removesuffix(".csv") + ".tar.gz")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(exp.archive, dest)
+        shutil.copyfile(first.archive, dest)
         raw = out / "raw" / name
         raw.parent.mkdir(parents=True, exist_ok=True)
         np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
-        return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), exp.size, exp.scoring.threshold,
-                          exp.agreement.score_pearson)
+        return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), first.size,
+                          first.scoring.threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

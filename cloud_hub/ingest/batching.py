@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import queue
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,54 +28,70 @@ class Batcher:
     first one or as soon as nothing new arrived for ``idle_s``.
 
     Under load a batch fills from what queued up during the previous commit, so throughput grows with
-    load; when traffic is sparse a message waits at most ``idle_s`` before it is written.
+    load; when traffic is sparse a message waits at most ``idle_s`` before it is written.  A deque under
+    one lock, drained a batch at a time: ``queue.Queue``'s per-item locking was a tenth of ingest's CPU.
     """
-
-    _STOP = object()
 
     def __init__(self, max_items: int, wait_s: float, idle_s: float, maxsize: int) -> None:
         self.max_items = max_items
         self.wait_s = wait_s
         self.idle_s = idle_s
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
-        self._stopping = False
+        self.maxsize = maxsize
+        self._items: deque[Inbound] = deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._stopped = False
 
     def put(self, item: Inbound) -> None:
         """Blocks when the queue is full: the broker keeps what the hub cannot take yet."""
-        self._queue.put(item)
+        with self._lock:
+            while len(self._items) >= self.maxsize and not self._stopped:
+                self._not_full.wait()
+            self._items.append(item)
+            self._not_empty.notify()
 
     def stop(self) -> None:
         """The writer returns the messages queued so far, then ``None``."""
-        self._queue.put(self._STOP)
+        with self._lock:
+            self._stopped = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
 
     def empty(self) -> bool:
-        return self._queue.empty()
+        return not self._items
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
+
+    def _take(self, batch: list[Inbound]) -> None:
+        n = min(self.max_items - len(batch), len(self._items))
+        if n == len(self._items):
+            batch.extend(self._items)
+            self._items.clear()
+        else:
+            pop = self._items.popleft
+            batch.extend(pop() for _ in range(n))
 
     def next(self) -> list[Inbound] | None:
         """The next batch (blocks until there is one); ``None`` once stopped and drained."""
-        if self._stopping:
-            return None
-        first = self._queue.get()
-        if first is self._STOP:
-            return None
-        batch: list[Inbound] = [first]
-        deadline = time.monotonic() + self.wait_s
-        while len(batch) < self.max_items:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+        with self._lock:
+            while not self._items:
+                if self._stopped:
+                    return None
+                self._not_empty.wait()
+            batch: list[Inbound] = []
+            self._take(batch)
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_items and not self._stopped:
+                if self._items:
+                    self._take(batch)
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.idle_s <= 0:
                     break
-                try:
-                    item = self._queue.get(timeout=min(self.idle_s, remaining))
-                except queue.Empty:
-                    break
-            if item is self._STOP:
-                self._stopping = True
-                break
-            batch.append(item)
+                self._not_empty.wait(min(self.idle_s, remaining))
+                if not self._items:
+                    break  # nothing new for idle_s: write what we have
+            self._not_full.notify_all()
         return batch

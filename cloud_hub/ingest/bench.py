@@ -29,9 +29,9 @@ from shared import protocol as p
 from shared.mqtt import BrokerConfig, connect, make_client
 
 
-def _home(path: Path, broker_url: str, client_id: str) -> HubHome:
+def _home(path: Path, broker_url: str, client_id: str, database_url: str = "") -> HubHome:
     home = HubHome(path)
-    home.init(broker_url, force=True)
+    home.init(broker_url, force=True, database_url=database_url)
     text = home.config_path.read_text().replace(f'url = "{broker_url}"\n',
                                                 f'url = "{broker_url}"\nclient_id = "{client_id}"\n')
     home.config_path.write_text(text)
@@ -68,8 +68,10 @@ def _wait_stored(server: HubServer, channel: str, n: int, timeout_s: float) -> f
 
 
 def ingest_in_process(workdir: Path, broker: RunningBroker, events: int = 50_000, devices: int = 10,
-                      sync_batches: int = 400, sync_rows: int = 100) -> dict[str, Any]:
-    home = _home(workdir / "ingest-hub", broker.url, "bench-hub-in-process")
+                      sync_batches: int = 400, sync_rows: int = 100, database_url: str = "") -> dict[str, Any]:
+    """``database_url`` empty: SQLite in the bench's hub home; else that (empty) database, e.g. PostgreSQL."""
+    home = _home(workdir / ("ingest-hub-pg" if database_url else "ingest-hub"), broker.url,
+                 "bench-hub-in-process", database_url)
     server = HubServer(home)
     server.start()
     try:

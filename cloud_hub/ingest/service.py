@@ -8,6 +8,7 @@ acknowledged, so if the hub dies the broker redelivers it to the hub's persisten
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
 from cloud_hub.ingest.leader import Leadership
 from cloud_hub.ingest.rollout_hooks import serve_model_request
+from cloud_hub.rollout.engine import RolloutEngine
 from shared import protocol as p
 from shared.mqtt import MessageGuard, connect, make_client
 
@@ -30,6 +32,11 @@ log = logging.getLogger("cloud_hub.ingest")
 
 HUB_CLIENT_ID = "edgesentry-hub"  # default persistent-session id; hub.toml broker.client_id overrides it
 SHARE_GROUP = "hub"  # workers subscribe to $share/hub/edgesentry/+/<channel>: each message goes to one of them
+
+
+# Topics repeat (one per device and channel): parse each once.  Bounded, and invalid topics raise
+# (lru_cache keeps no exceptions), so hostile topic names cannot grow it past maxsize.
+_parse_topic = functools.lru_cache(maxsize=16_384)(p.parse_topic)
 
 
 class ScaleOutError(ValueError):
@@ -84,6 +91,9 @@ class HubServer:
         # hook in here; they must not block (alerts only enqueue).
         self.on_stored: list[Callable[[list[Inbound], float], None]] = []
         self.observer_errors = 0
+        # The one owner of rollout state runs beside ingest, on the leader only; statuses wake it at once
+        # (see cloud_hub/rollout/engine.py).
+        self.rollouts = RolloutEngine(home, self.client, self.sessions, self.cfg.rollout, self.leader.is_leader)
 
     def start(self) -> None:
         """Returns once subscribed: from then on the broker keeps everything for this session."""
@@ -92,11 +102,13 @@ class HubServer:
         if not self._subscribed.wait(15):
             raise ConnectionError(f"{self.cfg.broker.url} did not confirm the hub's subscriptions")
         self.leader.start()
+        self.rollouts.start()
         log.info("hub serving on %s (session %s)", self.cfg.broker.url, self.client_id)
 
     def stop(self) -> None:
         """Store and acknowledge what was received, then disconnect (the session keeps queueing)."""
         self._closing = True
+        self.rollouts.stop()
         self.leader.stop()
         self.batcher.stop()
         self._worker.join(timeout=60)
@@ -120,7 +132,7 @@ class HubServer:
 
     def _intake(self, msg: mqtt.MQTTMessage) -> None:
         """Validate and enqueue one message; raises ProtocolError (counted by the guard) if invalid."""
-        device, channel = p.parse_topic(msg.topic)
+        device, channel = _parse_topic(msg.topic)
         if channel not in HUB_CHANNELS:
             raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
         message = p.decode(channel, msg.payload, device=device)
@@ -180,6 +192,9 @@ class HubServer:
         self.stored["duplicate"] += sum(result.duplicates.values())
         if result.acked:
             self.acks_sent += publish_acks(self.client, result.acked)
+        statuses = {it.device for it in storable if it.channel == p.Channel.STATUS}
+        if statuses:
+            self.rollouts.wake(statuses)
         for it in batch:
             if it.channel == p.Channel.MODEL_REQUEST:
                 self._model_request(it)

@@ -41,6 +41,8 @@ class RetrainConfig:
     anomaly_rate_min_per_hour: float = doc("The recent rate must also exceed this (events per hour), so one "
                                            "event after a quiet hour does not trigger.", default=5.0)
     since_s: float = doc("Train on readings synced in the last N seconds (0 = everything).", default=0.0)
+    max_rows: int = doc("Train on at most the newest N readings left after exclusions (0 = all), as "
+                        "`cloud-hub nab --retrain-max-rows` does (RetrainPolicy.newest).", default=0)
     holdout_fraction: float = doc("Most recent fraction of the synced time range held out to evaluate "
                                   "challenger and champion (never trained on).", default=0.2)
     margin: float = doc("Promote only if the challenger's evaluation cost is lower than the champion's by at "
@@ -65,7 +67,7 @@ class RetrainConfig:
         if min(self.check_interval_s, self.drift_lookback_s, self.anomaly_rate_window_s) <= 0:
             raise ValueError("retrain intervals and windows must be > 0")
         if min(self.min_interval_s, self.every_hours, self.new_windows, self.drift_threshold,
-               self.anomaly_rate_factor, self.since_s, self.epochs, self.label_span_windows) < 0:
+               self.anomaly_rate_factor, self.since_s, self.epochs, self.label_span_windows, self.max_rows) < 0:
             raise ValueError("retrain settings must not be negative")
         if not self.phases or self.phases[-1] != 100 or self.phases != sorted(set(self.phases)) \
                 or self.phases[0] <= 0:
@@ -94,13 +96,15 @@ class Trigger:
 def due(cfg: RetrainConfig, x: TriggerInputs) -> Trigger | None:
     """The first trigger that fires (schedule, new data, data drift, anomaly rate), or None; nothing fires
     within ``min_interval_s`` of the last retrain."""
+    from cloud_hub.retrain_policy import RetrainPolicy  # imports cloud_hub.config, which imports this module
+
     since_last = math.inf if x.last_retrain_at is None else x.now - x.last_retrain_at
     if since_last < cfg.min_interval_s:
         return None
     detail = {"since_last_s": since_last if math.isfinite(since_last) else -1.0, **x.details}
     if cfg.every_hours and since_last >= cfg.every_hours * 3600:
         return Trigger(RetrainTrigger.SCHEDULE, {**detail, "every_hours": cfg.every_hours})
-    if cfg.new_windows and x.new_windows >= cfg.new_windows:
+    if RetrainPolicy(every=cfg.new_windows).due(x.new_windows):  # the rule `cloud-hub nab --retrain-every` uses
         return Trigger(RetrainTrigger.NEW_DATA, {**detail, "new_windows": float(x.new_windows),
                                                  "threshold": float(cfg.new_windows)})
     if cfg.drift_threshold and math.isfinite(x.drift) and x.drift >= cfg.drift_threshold:

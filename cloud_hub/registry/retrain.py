@@ -27,6 +27,7 @@ from cloud_hub.models import EpochCallback, ModelError
 from cloud_hub.registry import champion as reg_champion
 from cloud_hub.registry import evaluate, lineage
 from cloud_hub.registry.policy import RetrainConfig, judge
+from cloud_hub.retrain_policy import RetrainPolicy
 from shared.preprocessing import PreprocessParams
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, si
         data = from_synced(s, features, since, tcfg.window, devices, until=cut,
                            normal_spans=spans.by_device(db.LabelKind.FALSE_POSITIVE),
                            excluded_spans=spans.by_device(db.LabelKind.TRUE_POSITIVE))
+    if policy.max_rows:
+        data = RetrainPolicy(max_rows=policy.max_rows).newest(data)
     data.source = f"synced:{req.group or 'fleet'}"
     es = evaluate.EvalSet(features, rows, cut, spans, tcfg.window)
     log.info("retrain %s: %d readings before the held-out cut, %d excluded, %d FP / %d TP labelled events",

@@ -18,7 +18,7 @@ class Mark:
     ts: float
     score: float
     label: str  # tooltip
-    anchor: str  # id of the row it links to
+    anchor: str  # id of the row it links to ("" = no row on the page)
     kind: str = ""  # "tp" | "fp" | "" → CSS class
 
 
@@ -71,7 +71,9 @@ def score_timeline(t0: float, t1: float, line: Sequence[tuple[float, float]],
                    f'<text x="{PAD_L - 4}" y="{yy + 4:.1f}" class="ylab">{text}</text>')
     for i in range(5):
         ts = t0 + span * i / 4
-        out.append(f'<text x="{x(ts):.1f}" y="{H - 8}" class="xlab">{_fmt_time(ts, span)}</text>')
+        anchor = {0: "start", 4: "end"}.get(i, "middle")
+        out.append(f'<text x="{x(ts):.1f}" y="{H - 8}" class="xlab" text-anchor="{anchor}">'
+                   f'{_fmt_time(ts, span)}</text>')
     if line:
         pts = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in line if math.isfinite(v))
         out.append(f'<polyline points="{pts}" class="score"/>')
@@ -82,8 +84,9 @@ def score_timeline(t0: float, t1: float, line: Sequence[tuple[float, float]],
             steps.append(f"{x(max(t, t0)):.1f},{y(v):.1f} {x(end):.1f},{y(v):.1f}")
         out.append(f'<polyline points="{" ".join(steps)}" class="threshold"><title>threshold</title></polyline>')
     for m in marks:
-        out.append(f'<a href="#{escape(m.anchor)}"><circle cx="{x(m.ts):.1f}" cy="{y(m.score):.1f}" r="4" '
-                   f'class="mark {escape(m.kind)}"><title>{escape(m.label)}</title></circle></a>')
+        circle = (f'<circle cx="{x(m.ts):.1f}" cy="{y(m.score):.1f}" r="4" class="mark {escape(m.kind)}">'
+                  f'<title>{escape(m.label)}</title></circle>')
+        out.append(f'<a href="#{escape(m.anchor)}">{circle}</a>' if m.anchor else circle)
     out.append("</svg>")
     return Markup("".join(out))
 

@@ -131,7 +131,7 @@ class _HubCollector(Collector):
             rollout_states = s.execute(
                 select(db.RolloutDevice.rollout_id, db.Rollout.version, db.RolloutDevice.state, func.count())
                 .join(db.Rollout, db.Rollout.id == db.RolloutDevice.rollout_id)
-                .where(db.Rollout.state == db.RolloutState.ACTIVE)
+                .where(db.Rollout.state.in_((db.RolloutState.RUNNING, db.RolloutState.PAUSED)))
                 .group_by(db.RolloutDevice.rollout_id, db.Rollout.version, db.RolloutDevice.state)).all()
             versions = int(s.scalar(select(func.count()).select_from(db.ModelVersion)) or 0)
             retrains = s.execute(select(db.RetrainDecision.trigger, db.RetrainDecision.outcome, func.count())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
+import sqlalchemy as sa  # noqa: F401 - most revisions use it
 from alembic import op
 ${imports if imports else ""}
 revision: str = ${repr(up_revision)}

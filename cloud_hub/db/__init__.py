@@ -37,10 +37,12 @@ from cloud_hub.db.rollouts import (
     RolloutDevice,
     RolloutState,
 )
+from cloud_hub.db.telemetry import TelemetryRecord
 from cloud_hub.db.workers import HubWorker
 
 __all__ = [
     "HubWorker",
+    "TelemetryRecord",
     "RetrainTrigger",
     "RetrainOutcome",
     "RetrainDecision",

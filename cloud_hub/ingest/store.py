@@ -56,6 +56,12 @@ def write(s: Session, items: Sequence[Inbound]) -> StoreResult:
     _insert_keyed(s, dialect, db.AnomalyEvent, "event_id", by_channel.get(p.Channel.ANOMALY, []), _anomaly_row,
                   result)
     _insert_keyed(s, dialect, db.SyncBatch, "batch_id", by_channel.get(p.Channel.SYNC, []), _sync_row, result)
+    telemetry = by_channel.get(p.Channel.TELEMETRY, [])
+    if telemetry:
+        rows = {(it.device, _telemetry_id(it.message)): _telemetry_row(it) for it in telemetry}
+        new = _insert_many(s, db.TelemetryRecord, list(rows.values()))
+        result.stored[p.Channel.TELEMETRY.value] += new
+        result.duplicates[p.Channel.TELEMETRY.value] += len(telemetry) - new
     heartbeats = by_channel.get(p.Channel.HEARTBEAT, [])
     if heartbeats:
         s.execute(insert(_table(db.Heartbeat)), [_heartbeat_row(it) for it in heartbeats])
@@ -68,7 +74,6 @@ def write(s: Session, items: Sequence[Inbound]) -> StoreResult:
             _status(s, dialect, it, result)
         elif it.channel == p.Channel.TELEMETRY:
             _apply_telemetry(s, it.device, it.message)
-            result.stored[p.Channel.TELEMETRY.value] += 1
             if it.message.msg_id:
                 result.ack(it.device, it.message.msg_id)
     return result
@@ -146,6 +151,16 @@ def _sync_row(it: Inbound) -> dict[str, Any]:
             "start_ts": float(data[:, 0].min()), "end_ts": float(data[:, 0].max()), "rows": len(data),
             "features": _json(m.features), "data": npy_bytes(data), "flags": npy_bytes(flags),
             "model_version": m.model_version}
+
+
+def _telemetry_id(m: p.Telemetry) -> str:
+    return m.msg_id or f"t:{m.ts!r}"
+
+
+def _telemetry_row(it: Inbound) -> dict[str, Any]:
+    m: p.Telemetry = it.message
+    return {"device_id": it.device, "msg_id": _telemetry_id(m), "ts": m.ts, "received_at": it.received_at,
+            "interval_s": m.interval_s, "scored": m.scored, "score_mean": m.score_mean, "score_max": m.score_max}
 
 
 def _heartbeat_row(it: Inbound) -> dict[str, Any]:

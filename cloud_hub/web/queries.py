@@ -127,6 +127,35 @@ def score_points(s: Session, device: str, since: float, buckets: int = 600, limi
     return len(rows), points
 
 
+def telemetry_line(s: Session, device: str, since: float, buckets: int = 600, limit: int = 50_000
+                   ) -> list[tuple[float, float]]:
+    """The device's interval score maxima since ``since`` (telemetry), at most one point per time bucket
+    (the bucket's maximum), oldest first."""
+    stmt = (select(db.TelemetryRecord.ts, db.TelemetryRecord.score_max)
+            .where(db.TelemetryRecord.device_id == device, db.TelemetryRecord.ts >= since)
+            .order_by(db.TelemetryRecord.ts.desc()).limit(limit))
+    rows = s.execute(stmt).all()
+    if not rows:
+        return []
+    t0, t1 = rows[-1][0], rows[0][0]
+    width = max((t1 - t0) / buckets, 1e-9)
+    best: dict[int, tuple[float, float]] = {}
+    for ts, value in rows:
+        b = int((ts - t0) / width)
+        if b not in best or value > best[b][1]:
+            best[b] = (ts, value)
+    return sorted(best.values())
+
+
+def model_threshold(s: Session, version: int | None) -> float | None:
+    """The threshold a model version was trained with (before any per-device threshold_scale)."""
+    if version is None:
+        return None
+    mv = s.get(db.ModelVersion, version)
+    value = (mv.training or {}).get("threshold") if mv is not None else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def status_history(s: Session, device: str, limit: int = 50) -> list[db.StatusChange]:
     """The device's model history: every status change, newest first."""
     stmt = (select(db.StatusChange).where(db.StatusChange.device_id == device)
@@ -138,22 +167,6 @@ def heartbeats(s: Session, device: str, since: float, limit: int = 2000) -> list
     stmt = (select(db.Heartbeat).where(db.Heartbeat.device_id == device, db.Heartbeat.ts >= since)
             .order_by(db.Heartbeat.ts.desc()).limit(limit))
     return sorted(s.scalars(stmt), key=lambda h: h.ts)
-
-
-def rollouts(s: Session, limit: int = 50) -> list[tuple[db.Rollout, dict[str, int]]]:
-    """Newest rollouts with their per-device state counts."""
-    out = []
-    for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id.desc()).limit(limit)):
-        counts = dict(s.execute(select(db.RolloutDevice.state, func.count())
-                                .where(db.RolloutDevice.rollout_id == r.id)
-                                .group_by(db.RolloutDevice.state)).all())
-        out.append((r, {str(getattr(k, "value", k)): int(v) for k, v in counts.items()}))
-    return out
-
-
-def rollout_devices(s: Session, rollout_id: int) -> list[db.RolloutDevice]:
-    return list(s.scalars(select(db.RolloutDevice).where(db.RolloutDevice.rollout_id == rollout_id)
-                          .order_by(db.RolloutDevice.device_id)))
 
 
 def current_labels(s: Session, ids: list[int]) -> dict[int, str]:

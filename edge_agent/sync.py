@@ -22,7 +22,7 @@ import enum
 import random
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,8 @@ from edge_agent.config import SyncConfig, SyncPolicy
 from edge_agent.detector import PushResult
 from shared.protocol import MAX_MESSAGE_BYTES, MAX_SYNC_ROWS, PROTOCOL_VERSION, SyncBatch, encode, pack_rows
 from shared.readings import with_nulls
+
+EMITTED_RANGES = 4096  # chosen row ranges remembered to keep samples from repeating rows
 
 
 class Priority(enum.IntEnum):
@@ -70,6 +72,9 @@ class SyncSelector:
         # The stdlib generator, not numpy.random: importing that costs the resident agent ~2 MB.
         self._rng = random.Random(seed)
         self._selected_to = -np.inf  # newest ts already chosen as flagged/hard (windows overlap)
+        # ts ranges of rows already chosen (flagged/hard runs, flushed samples): each reading is uploaded
+        # once even where a sampled normal window overlaps a flagged one or another sample.
+        self._emitted: deque[tuple[float, float]] = deque(maxlen=EMITTED_RANGES)
         self.dropped: Counter[str] = Counter()  # rows dropped, by priority name
 
     @property
@@ -113,7 +118,7 @@ class SyncSelector:
         ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
         thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
         hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))
-        fresh = rows.ts > self._selected_to  # rows an earlier, overlapping window already took
+        fresh = (rows.ts > self._selected_to) & ~self._taken(rows.ts)  # rows an earlier window already took
         flagged_rows = _cover(ends[flagged], w, n) & fresh
         hard_rows = _cover(ends[hard], w, n) & fresh & ~flagged_rows
         for covered, priority in ((flagged_rows, Priority.FLAGGED), (hard_rows, Priority.HARD)):
@@ -132,6 +137,14 @@ class SyncSelector:
         edges = np.flatnonzero(np.diff(np.concatenate([[0], covered.view(np.int8), [0]])))
         for a, b in zip(edges[::2], edges[1::2], strict=True):
             self._add(Segment(priority, rows.features, rows.ts[a:b], rows.values[a:b], flags[a:b]))
+            self._emitted.append((float(rows.ts[a]), float(rows.ts[b - 1])))
+
+    def _taken(self, ts: np.ndarray) -> np.ndarray:
+        """Which of ``ts`` lie in a range of rows already chosen."""
+        if not self._emitted or not len(ts):
+            return np.zeros(len(ts), dtype=bool)
+        ranges = np.asarray(self._emitted)
+        return np.asarray(((ts[:, None] >= ranges[:, 0]) & (ts[:, None] <= ranges[:, 1])).any(axis=1))
 
     def _sample(self, pushed: PushResult, ends: np.ndarray, w: int, flags: np.ndarray) -> None:
         """Algorithm R over the interval's normal windows; Python work only for the few replacements."""
@@ -196,7 +209,11 @@ class SyncSelector:
 
     def _add_reservoir(self) -> None:
         for seg in sorted(self._reservoir, key=lambda s: float(s.ts[0])):
-            self._add(seg)
+            keep = ~self._taken(seg.ts)  # rows a flagged/hard run or an overlapping sample already holds
+            if keep.any():
+                seg = Segment(seg.priority, seg.features, seg.ts[keep], seg.values[keep], seg.flags[keep])
+                self._add(seg)
+                self._emitted.append((float(seg.ts[0]), float(seg.ts[-1])))
         self._reservoir, self._seen = [], 0
         self._bound()
 

@@ -68,7 +68,7 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
         for i, name in enumerate(names):
             wave = 0 if i < first else 1 if i < second else 2
             offline = i == devices - 1 and devices > 2
-            rolled_back = i == 1 and devices > 2
+            rolled_back = i == first and devices > 2  # the first device of the second wave
             d_state = (db.DeviceRolloutState.HEALTHY if wave == 0 else db.DeviceRolloutState.QUEUED if wave == 2
                        else db.DeviceRolloutState.ROLLED_BACK if rolled_back else db.DeviceRolloutState.ACTIVATED)
             version = 2 if d_state in (db.DeviceRolloutState.HEALTHY, db.DeviceRolloutState.ACTIVATED) else 1

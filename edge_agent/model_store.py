@@ -16,13 +16,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from shared import bundle as bundle_fmt
 from shared.protocol import ModelAnnouncement, ModelChunk
+from shared.signing import TrustedKey
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Assembly:
 
 
 class ModelStore:
-    def __init__(self, state_dir: Path, trusted: list[Ed25519PublicKey]) -> None:
+    def __init__(self, state_dir: Path, trusted: Sequence[TrustedKey]) -> None:
         self.root = state_dir
         self.models = state_dir / "models"
         self.models.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,10 @@ MAX_SYNC_ROWS rows and has its own ``batch_id``, so delivery through the outbox 
 from __future__ import annotations
 
 import enum
+import random
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,8 @@ from edge_agent.config import SyncConfig, SyncPolicy
 from edge_agent.detector import PushResult
 from shared.protocol import MAX_MESSAGE_BYTES, MAX_SYNC_ROWS, PROTOCOL_VERSION, SyncBatch, encode, pack_rows
 from shared.readings import with_nulls
+
+EMITTED_RANGES = 4096  # chosen row ranges remembered to keep samples from repeating rows
 
 
 class Priority(enum.IntEnum):
@@ -66,8 +69,12 @@ class SyncSelector:
         self._rows = 0
         self._reservoir: list[Segment] = []
         self._seen = 0  # normal windows offered to the reservoir this interval
-        self._rng = np.random.default_rng(seed)
+        # The stdlib generator, not numpy.random: importing that costs the resident agent ~2 MB.
+        self._rng = random.Random(seed)
         self._selected_to = -np.inf  # newest ts already chosen as flagged/hard (windows overlap)
+        # ts ranges of rows already chosen (flagged/hard runs, flushed samples): each reading is uploaded
+        # once even where a sampled normal window overlaps a flagged one or another sample.
+        self._emitted: deque[tuple[float, float]] = deque(maxlen=EMITTED_RANGES)
         self.dropped: Counter[str] = Counter()  # rows dropped, by priority name
 
     @property
@@ -111,7 +118,7 @@ class SyncSelector:
         ref = scored.likelihood if scored.likelihood_threshold is not None else scored.scores
         thr = scored.likelihood_threshold if scored.likelihood_threshold is not None else scored.threshold
         hard = ~flagged & (np.abs(ref - thr) <= self.cfg.hard_margin * abs(thr))
-        fresh = rows.ts > self._selected_to  # rows an earlier, overlapping window already took
+        fresh = (rows.ts > self._selected_to) & ~self._taken(rows.ts)  # rows an earlier window already took
         flagged_rows = _cover(ends[flagged], w, n) & fresh
         hard_rows = _cover(ends[hard], w, n) & fresh & ~flagged_rows
         for covered, priority in ((flagged_rows, Priority.FLAGGED), (hard_rows, Priority.HARD)):
@@ -120,11 +127,24 @@ class SyncSelector:
             self._selected_to = float(rows.ts[np.flatnonzero(flagged_rows | hard_rows)[-1]])
         self._sample(pushed, ends[~flagged & ~hard], w, flags)
 
+    def _uniform(self, n: int) -> np.ndarray:
+        """``n`` uniform draws in [0, 1): 53 random bits each, drawn in one call."""
+        bits = self._rng.getrandbits(64 * n).to_bytes(8 * n, "little")
+        return (np.frombuffer(bits, np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
     def _add_runs(self, pushed: PushResult, covered: np.ndarray, flags: np.ndarray, priority: Priority) -> None:
         rows = pushed.rows
         edges = np.flatnonzero(np.diff(np.concatenate([[0], covered.view(np.int8), [0]])))
         for a, b in zip(edges[::2], edges[1::2], strict=True):
             self._add(Segment(priority, rows.features, rows.ts[a:b], rows.values[a:b], flags[a:b]))
+            self._emitted.append((float(rows.ts[a]), float(rows.ts[b - 1])))
+
+    def _taken(self, ts: np.ndarray) -> np.ndarray:
+        """Which of ``ts`` lie in a range of rows already chosen."""
+        if not self._emitted or not len(ts):
+            return np.zeros(len(ts), dtype=bool)
+        ranges = np.asarray(self._emitted)
+        return np.asarray(((ts[:, None] >= ranges[:, 0]) & (ts[:, None] <= ranges[:, 1])).any(axis=1))
 
     def _sample(self, pushed: PushResult, ends: np.ndarray, w: int, flags: np.ndarray) -> None:
         """Algorithm R over the interval's normal windows; Python work only for the few replacements."""
@@ -132,7 +152,7 @@ class SyncSelector:
         if k == 0 or not len(ends):
             return
         counts = self._seen + np.arange(len(ends))
-        slots = np.where(counts < k, counts, (self._rng.random(len(ends)) * (counts + 1)).astype(np.int64))
+        slots = np.where(counts < k, counts, (self._uniform(len(ends)) * (counts + 1)).astype(np.int64))
         self._seen += len(ends)
         rows = pushed.rows
         for i in np.flatnonzero(slots < k).tolist():
@@ -189,7 +209,11 @@ class SyncSelector:
 
     def _add_reservoir(self) -> None:
         for seg in sorted(self._reservoir, key=lambda s: float(s.ts[0])):
-            self._add(seg)
+            keep = ~self._taken(seg.ts)  # rows a flagged/hard run or an overlapping sample already holds
+            if keep.any():
+                seg = Segment(seg.priority, seg.features, seg.ts[keep], seg.values[keep], seg.flags[keep])
+                self._add(seg)
+                self._emitted.append((float(seg.ts[0]), float(seg.ts[-1])))
         self._reservoir, self._seen = [], 0
         self._bound()
 

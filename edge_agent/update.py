@@ -23,12 +23,11 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.config import AgentConfig, UpdateConfig
 from edge_agent.detector import ActiveModel, ScoredBatch, StreamingDetector
@@ -46,7 +45,7 @@ from shared.protocol import (
     decode,
 )
 from shared.readings import ReadingsBlock
-from shared.signing import SignatureError, verify_announcement
+from shared.signing import SignatureError, TrustedKey, verify_announcement
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +226,7 @@ def budget_error(bundle: Bundle, profile: FirmwareProfile | None) -> str | None:
 
 # ---------------------------------------------------------------------------------------- the machine
 
-def verified_announcement(trusted: list[Ed25519PublicKey], payload: bytes | bytearray) -> ModelAnnouncement:
+def verified_announcement(trusted: Sequence[TrustedKey], payload: bytes | bytearray) -> ModelAnnouncement:
     """Decode a model announcement and check the hub's signature; ProtocolError otherwise."""
     ann: ModelAnnouncement = decode(Channel.MODEL, payload)
     try:

@@ -17,19 +17,22 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from shared import signing
 from shared.likelihood import LikelihoodParams
 from shared.preprocessing import PreprocessParams
 from shared.schema import SchemaError, doc, dump, load
 from shared.scoring import ScoringParams
+from shared.signing import TrustedKey
 from shared.stuck import StuckParams
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 BUNDLE_FORMAT = "edgesentry-bundle/1"
 MANIFEST = "manifest.json"
@@ -210,7 +213,7 @@ def read_dir(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
 
 
-def verify(all_files: dict[str, bytes], trusted: list[Ed25519PublicKey]) -> Bundle:
+def verify(all_files: dict[str, bytes], trusted: Sequence[TrustedKey]) -> Bundle:
     """Check signature, manifest and hashes; return the bundle or raise :class:`BundleError`."""
     for required in (MANIFEST, SIGNATURE):
         if required not in all_files:
@@ -242,9 +245,9 @@ def verify(all_files: dict[str, bytes], trusted: list[Ed25519PublicKey]) -> Bund
     return Bundle(manifest=manifest, files=dict(all_files))
 
 
-def load_archive(archive: bytes, trusted: list[Ed25519PublicKey], max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+def load_archive(archive: bytes, trusted: Sequence[TrustedKey], max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
     return verify(unpack(archive, max_bytes), trusted)
 
 
-def load_dir(path: Path, trusted: list[Ed25519PublicKey]) -> Bundle:
+def load_dir(path: Path, trusted: Sequence[TrustedKey]) -> Bundle:
     return verify(read_dir(path), trusted)

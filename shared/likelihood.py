@@ -131,11 +131,52 @@ class AnomalyLikelihood:
         scores = np.asarray(scores, np.float64).reshape(-1)
         if not len(scores):
             return np.zeros(0)
-        out = self._onsets(self._likelihoods(scores))
+        lik = self._likelihoods(scores) if len(scores) > 1 else np.array([self._likelihood_one(float(scores[0]))])
+        out = self._onsets(lik)
         if readings is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(np.asarray(readings, np.float64).reshape(len(scores), -1))
             out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
         return out
+
+    def _likelihood_one(self, score: float) -> float:
+        """``_likelihoods`` for one score in Python floats: the same operations in the same order, so the
+        same bits (tests/test_likelihood.py), at a fraction of the cost of ~30 numpy calls on 1-element
+        arrays (single readings arriving one at a time: the latency path)."""
+        p = self.params
+        k, h, w = p.short_window, p.history, p.prior_weight
+        v = math.log1p(max(score, 0.0)) if math.isfinite(score) else 50.0
+        recent = self._recent.tolist()
+        vals = [*([0.0] * max(0, k - 1 - len(recent))), *recent, v][-k:]
+        acc = vals[0]
+        for x in vals[1:]:
+            acc = acc + x
+        avg = acc / min(len(recent) + 1, k)
+        self._recent = np.array([*recent, v][-k:])
+        # _learn for one step: the sums before it, then add avg (and evict the oldest past `history`).
+        hist_len = len(self._history)
+        sum_before, sq_before = self._sum, self._sq
+        old = self._history[0] if hist_len + 1 > h else 0.0
+        s, q = sum_before + avg + -old, sq_before + avg * avg + -(old * old)
+        if hist_len + 1 > h:
+            self._evicted += 1
+        self._history.append(avg)
+        while len(self._history) > h:
+            self._history.popleft()
+        if hist_len + 1 > h and self._evicted % h == 0:  # once per turnover: exact re-sum, no drift
+            kept = list(self._history)
+            s, q = math.fsum(kept), math.fsum(x * x for x in kept)
+        self._sum, self._sq = s, q
+        total = hist_len + w
+        if total == 0:
+            mean, std = p.prior_mean, p.prior_std
+        else:
+            mean = (sum_before + w * p.prior_mean) / total
+            second = (sq_before + w * (p.prior_std**2 + p.prior_mean**2)) / total
+            std = math.sqrt(max(second - mean * mean, 1e-12))
+        z = (avg - mean) / max(std, p.prior_std * 0.1)
+        lik = 1.0 - 0.5 * math.erfc(z / math.sqrt(2))
+        scaled = math.log(1.0000000001 - lik) / _LOG_FLOOR
+        return 1.0 if not scaled < 1.0 else scaled  # np.fmin(1.0, x): 1.0 for NaN too
 
     def _likelihoods(self, scores: np.ndarray) -> np.ndarray:
         p = self.params

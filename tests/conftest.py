@@ -43,6 +43,16 @@ def hub_server(tmp_path: Path, mosquitto: RunningBroker):  # type: ignore[no-unt
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _release_database_engines() -> Iterator[None]:
+    """Each process caches one engine per database URL; give the test's connections back afterwards so a
+    long session does not collect open SQLite files (not imported here: edge tests must not load it)."""
+    yield
+    db = sys.modules.get("cloud_hub.db")
+    if db is not None:
+        db.dispose_engines()
+
+
 @pytest.fixture(scope="session")
 def postgres_server():  # type: ignore[no-untyped-def]
     """One real PostgreSQL for the session (initdb in a temp dir, 127.0.0.1, ephemeral port, run as an

@@ -124,3 +124,69 @@ def test_agent_store_writes_nothing_for_a_refused_bundle(key, tmp_path) -> None:
     assert not store.has(3) and list((tmp_path / "models").iterdir()) == []
     store.install(b.pack(_files(key)))
     assert store.has(3) and store.load(3).model_bytes == MODEL
+
+
+@pytest.fixture
+def helper_process():  # type: ignore[no-untyped-def]
+    """Verification as `edge-agent run` does it: in the shared.ed25519_check helper process."""
+    signing.verify_in_helper_process(True)
+    yield
+    signing.verify_in_helper_process(False)
+
+
+@pytest.mark.parametrize("in_helper", [False, True])
+def test_parsed_keys_verify_in_process_and_in_the_helper_alike(key, request, in_helper: bool) -> None:  # type: ignore[no-untyped-def]
+    if in_helper:
+        request.getfixturevalue("helper_process")
+    trusted = [signing.parse_public_key(signing.public_key_b64(key))]
+    assert signing.key_id(trusted[0]) == signing.key_id(key.public_key())
+    files = _files(key)
+    assert b.load_archive(b.pack(files), trusted).manifest.version == 3
+    tampered = dict(files)
+    manifest = json.loads(files[b.MANIFEST])
+    manifest["scoring"]["threshold"] = 1e9
+    tampered[b.MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, tampered, trusted)
+    forged = _files(signing.generate_private_key())
+    sig = json.loads(forged[b.SIGNATURE])
+    sig["key_id"] = signing.key_id(key.public_key())
+    forged[b.SIGNATURE] = json.dumps(sig).encode()
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, forged, trusted)
+
+
+def test_a_helper_that_cannot_run_verifies_nothing(key, helper_process, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No verdict from the helper (here: it does not exist) is never taken for a valid signature."""
+    monkeypatch.setattr(signing, "HELPER_MODULE", "shared.no_such_helper")
+    trusted = [signing.parse_public_key(signing.public_key_b64(key))]
+    with pytest.raises(signing.SignatureCheckUnavailable, match="could not run"):
+        signing.verify(trusted, signing.key_id(key.public_key()), signing.sign(key, b"x"), b"x")
+    _expect(b.BundleErrorCode.BAD_SIGNATURE, _files(key), trusted)
+
+
+@pytest.mark.parametrize("text", ["not base64!", "AAAA", ""])
+def test_malformed_trusted_keys_are_refused(text: str) -> None:
+    with pytest.raises(signing.SignatureError, match="not a base64 Ed25519 public key"):
+        signing.parse_public_key(text)
+
+
+def test_the_helper_checks_a_signature_once(key, helper_process, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A retained announcement arrives on every reconnect: what the helper accepted is remembered;
+    anything else (other data, other signature) is checked again."""
+    calls: list[bytes] = []
+    real = signing._verify_in_helper
+
+    def counting(raw: bytes, signature: bytes, data: bytes) -> None:
+        calls.append(data)
+        real(raw, signature, data)
+
+    monkeypatch.setattr(signing, "_verify_in_helper", counting)
+    trusted = [signing.parse_public_key(signing.public_key_b64(key))]
+    kid = signing.key_id(key.public_key())
+    for _ in range(3):
+        signing.verify(trusted, kid, signing.sign(key, b"announcement"), b"announcement")
+    assert calls == [b"announcement"]
+    with pytest.raises(signing.SignatureError):
+        signing.verify(trusted, kid, signing.sign(key, b"announcement"), b"tampered")
+    with pytest.raises(signing.SignatureError):
+        signing.verify(trusted, kid, signing.sign(key, b"tampered"), b"tampered!")
+    assert calls == [b"announcement", b"tampered", b"tampered!"]

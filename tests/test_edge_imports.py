@@ -46,3 +46,33 @@ def test_scoring_a_real_bundle_pulls_in_no_hub_library(trained_home) -> None:  #
         print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})))
     """)
     assert loaded == ""
+
+
+def test_the_resident_agent_leaves_heavy_optional_modules_out() -> None:
+    """What `edge-agent run` imports stays out of numpy.random (~2 MB resident; sync sampling uses the
+    stdlib generator) — the idle-RSS budget in docs/benchmarks.md."""
+    loaded = _run("""
+        import sys
+        from edge_agent.agent import Agent
+        from edge_agent.config import SyncConfig
+        from edge_agent.sync import SyncSelector
+        SyncSelector(SyncConfig(), seed=0)._uniform(8)
+        print(",".join(sorted(m for m in sys.modules if m.startswith("numpy.random"))))
+    """)
+    assert loaded == ""
+
+
+def test_the_running_agent_verifies_bundles_without_the_crypto_library(trained_home) -> None:  # type: ignore[no-untyped-def]
+    """`edge-agent run` checks signatures in a helper process: the bundle verifies, and `cryptography`
+    (~6.5 MB resident) never loads into the agent."""
+    home, exported = trained_home
+    loaded = _run(f"""
+        import sys
+        from pathlib import Path
+        from shared import bundle, signing
+        signing.verify_in_helper_process(True)
+        b = bundle.load_dir(Path({str(exported.bundle_dir)!r}), [signing.parse_public_key({home.public_key()!r})])
+        assert b.manifest.version >= 1
+        print(",".join(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography")))
+    """)
+    assert loaded == ""

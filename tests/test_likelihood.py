@@ -173,3 +173,22 @@ def test_vectorised_update_equals_the_scalar_definition_in_any_chunking(params: 
         got = np.concatenate([lik.update(scores[i : i + size], readings[i : i + size]) for i in range(0, n, size)])
         assert np.array_equal(got, want), size
         assert lik._sum == ref.sum and lik._sq == ref.sq and list(lik._history) == list(ref.history)
+
+
+@pytest.mark.parametrize("history,prior_weight,short_window", [(16, 100, 8), (7, 0, 3), (50, 5, 1)])
+def test_single_score_path_has_the_bits_of_the_batch_path(history: int, prior_weight: int, short_window: int) -> None:
+    """One score at a time takes a pure-Python path (the latency path); across evictions, the exact
+    re-sum at each history turnover, an empty history without prior weight, and NaN / inf / negative
+    scores, it gives the same bits as the vectorised batch path and leaves the same state."""
+    params = fit_prior(normal_scores(200), history=history, prior_weight=prior_weight, short_window=short_window)
+    rng = np.random.default_rng(9)
+    s = np.concatenate([normal_scores(300, 5), [np.nan, np.inf, -np.inf, -3.0, 0.0, 40.0], rng.gamma(2.0, 1.0, 200)])
+    whole = AnomalyLikelihood(params).update(s)
+    single = AnomalyLikelihood(params)
+    got = [single.update(np.array([v]))[0] for v in s]
+    assert np.array_equal(whole, got)
+    mixed = AnomalyLikelihood(params)
+    cuts = [0, 1, 2, 40, 41, 97, 98, 300, 301, 302, len(s)]
+    parts = np.concatenate([mixed.update(s[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
+    assert np.array_equal(whole, parts)
+    assert (single._sum, single._sq, list(single._history)) == (mixed._sum, mixed._sq, list(mixed._history))

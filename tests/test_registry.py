@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from cloud_hub import db, training
 from cloud_hub.cli import main
@@ -97,3 +98,29 @@ def test_models_cli(registry_home: HubHome) -> None:
     assert out.exit_code == 0 and "v2 is the champion of north" in out.output, out.output
     out = runner.invoke(main, [*h, "models", "list", "--json"])
     assert json.loads(out.output.splitlines()[0])["champion_of"] == ["north"]
+    out = runner.invoke(main, [*h, "models", "promote", "1", "--rollout"])  # fleet default, staged rollout
+    assert out.exit_code == 0 and "v1 is the champion of (fleet)" in out.output, out.output
+    with registry_home.sessions()() as s:
+        d = s.scalars(select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc())).first()
+        assert d is not None and d.rollout_id is not None
+        rollout = s.get(db.Rollout, d.rollout_id)
+        assert rollout is not None and rollout.version == 1 and rollout.phases == [25, 100]
+
+
+def test_label_lifted_threshold_survives_export(tmp_path: Path) -> None:
+    """evaluate.with_threshold scales the validation-quantile margin too, so the exported bundle (which
+    re-learns its threshold on the int8 model's own scores) keeps the label calibration's lift."""
+    from cloud_hub.models import load_detector
+    from cloud_hub.registry import evaluate
+
+    home = HubHome(tmp_path / "hub")
+    home.init()
+    ts, values = simulated_series(40)
+    cfg = replace(home.config().training, epochs=1, window=16, hidden=16, latent=4, lstm_units=8)
+    trained = training.train(home, from_csv(write_csv(tmp_path / "n.csv", ts, values)), cfg)
+    before = export(home, trained.version, Quantization.INT8).scoring.threshold
+    det = load_detector(trained.artifacts)
+    evaluate.with_threshold(det, det.threshold * 2)
+    det.save(trained.artifacts)
+    after = export(home, trained.version, Quantization.INT8).scoring.threshold
+    assert after == pytest.approx(2 * before, rel=1e-3)

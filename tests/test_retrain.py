@@ -102,7 +102,9 @@ def test_challenger_promoted_then_kept_and_every_decision_stored(tmp_path: Path,
         assert v2.lineage.data["end_ts"] <= n["holdout_cut"]  # never trained on the held-out slice
         assert [b.quantization for b in v2.bundles] == ["int8"]
         rollout = s.get(db.Rollout, d.rollout_id)
-        assert rollout is not None and rollout.version == 2
+        assert rollout is not None and rollout.version == 2 and rollout.selector == {"group": "north"}
+        assert sorted(x.device_id for x in s.scalars(select(db.RolloutDevice).where(
+            db.RolloutDevice.rollout_id == rollout.id))) == ["n1", "n2"]  # only the group's devices
 
     home.update_config({"retrain": {"margin": 0.5}})  # an unchanged fleet: the next challenger must not win
     out = runner.invoke(main, [*h, "retrain", "--group", "north", "--no-rollout"])

@@ -94,7 +94,7 @@ def test_smart_sync_end_to_end_within_the_cap_and_resumed_after_sigkill(tmp_path
         agent, log = start_agent(tmp_path, DEVICE, src_home.public_key(), mosquitto.url, extra, "reconnect_max_s = 2")
         wait_until(lambda: SUBSCRIBED in log.read_text(), 60, "the agent's reading subscription")
         t0 = time.monotonic()
-        sensor = Sensor(mosquitto.url, DEVICE, RATE, EVERY, limit=TOTAL)
+        sensor = Sensor(mosquitto.url, DEVICE, RATE, EVERY, limit=TOTAL, seed=1)  # the model's own device
         sensor.start()
 
         # SIGKILL once the cap holds sync batches back in the outbox (queued, not yet on the wire).

@@ -80,11 +80,12 @@ def test_login_is_throttled_after_repeated_failures(home: HubHome) -> None:
 def test_every_post_route_refuses_a_form_without_csrf_token(client: TestClient) -> None:
     app = client.app
     posts = [r for r in app.routes if isinstance(r, Route) and "POST" in (r.methods or set())]  # type: ignore[attr-defined]
-    assert {r.path for r in posts} >= {"/login", "/logout", "/anomalies/{anomaly_id:int}/label"}
+    assert {r.path for r in posts} >= {"/login", "/logout", "/anomalies/{anomaly_id:int}/label",
+                                       "/rollouts/{rollout_id:int}/command"}
     for route in posts:
         path = route.path.replace("{anomaly_id:int}", "1").replace("{rollout_id:int}", "1")
         for data in ({}, {"csrf_token": "forged"}):
-            r = client.post(path, data={**data, "label": "true_positive", "username": "alice",
+            r = client.post(path, data={**data, "label": "true_positive", "command": "pause", "username": "alice",
                                         "password": PASSWORD}, follow_redirects=False)
             assert r.status_code == 403, (path, data, r.status_code)
     assert client.get("/fleet").status_code == 200  # still logged in: logout without a token did nothing
@@ -133,8 +134,10 @@ def test_anomalies_page_filters_and_pages(client: TestClient) -> None:
 
 def test_rollouts_and_models_pages(client: TestClient) -> None:
     r = client.get("/rollouts")
-    assert "#1" in r.text and "5 activated" in r.text and "1 failed" in r.text
-    assert "rolled back" in client.get("/rollouts/1").text
+    assert "#1" in r.text and "1 healthy" in r.text and "1 rolled_back" in r.text and "3 queued" in r.text
+    assert "10%" in r.text and "failures ≤ 25.0%" in r.text  # waves and gates
+    detail = client.get("/rollouts/1").text
+    assert "Wave 1" in detail and "Wave 3" in detail and "probation: anomaly rate" in detail
     assert client.get("/rollouts/99").status_code == 404
     m = client.get("/models")
     assert "v2" in m.text and "int8" in m.text and "ae-lstm" in m.text
@@ -159,6 +162,32 @@ def test_label_from_the_page_is_the_cli_label(client: TestClient, home: HubHome)
     assert client.post("/anomalies/999999/label", data={"csrf_token": csrf, "label": "true_positive"}).status_code == 404
     assert client.post(f"/anomalies/{target}/label", data={"csrf_token": csrf, "label": "maybe"}).status_code == 400
     assert client.get("/anomalies?label=maybe").status_code == 400
+
+
+def test_rollout_pause_resume_abort_from_the_page(client: TestClient, home: HubHome) -> None:
+    """The buttons write the same operator command as `cloud-hub rollout pause|resume|abort`; only the
+    commands the rollout's state allows are offered, others are refused with 409."""
+    from cloud_hub import db
+
+    page = client.get("/rollouts/1").text
+    assert 'value="pause"' in page and 'value="abort"' in page and 'value="resume"' not in page
+    csrf = _csrf(page)
+    r = client.post("/rollouts/1/command", data={"csrf_token": csrf, "command": "pause"}, follow_redirects=False)
+    assert r.status_code == 303
+    with home.sessions()() as s:
+        assert s.get(db.Rollout, 1).command == db.RolloutCommand.PAUSE  # type: ignore[union-attr]
+        s.get(db.Rollout, 1).state = db.RolloutState.PAUSED  # what serve's engine does on its next tick  # type: ignore[union-attr]
+        s.get(db.Rollout, 1).command = None  # type: ignore[union-attr]
+        s.commit()
+    page = client.get("/rollouts/1").text
+    assert 'value="resume"' in page and 'value="pause"' not in page
+    assert client.post("/rollouts/1/command", data={"csrf_token": csrf, "command": "pause"}).status_code == 409
+    assert client.post("/rollouts/1/command", data={"csrf_token": csrf, "command": "explode"}).status_code == 400
+    assert client.post("/rollouts/9/command", data={"csrf_token": csrf, "command": "abort"}).status_code == 404
+    assert client.post("/rollouts/1/command", data={"csrf_token": csrf, "command": "abort"},
+                       follow_redirects=False).status_code == 303
+    with home.sessions()() as s:
+        assert s.get(db.Rollout, 1).command == db.RolloutCommand.ABORT  # type: ignore[union-attr]
 
 
 def test_no_auth_only_on_loopback_and_listen_parsing() -> None:
@@ -212,7 +241,7 @@ def test_metrics_from_database_and_token(home: HubHome) -> None:
     assert 'edgesentry_devices{status="online"} 5.0' in text
     assert 'edgesentry_devices{status="offline"} 1.0' in text
     assert 'edgesentry_devices_by_model{state="rolled_back",version="1"} 1.0' in text
-    assert 'edgesentry_rollout_devices{rollout="1",state="activated",version="2"} 5.0' in text
+    assert 'edgesentry_rollout_devices{rollout="1",state="queued",version="2"} 3.0' in text
     assert 'edgesentry_retrain_runs_total{outcome="promoted",trigger="new_data"} 1.0' in text
     assert 'edgesentry_anomaly_labels{label="true_positive"} 1.0' in text
     total = sum(float(v) for v in re.findall(r'^edgesentry_anomalies_total\{[^}]*\} (\S+)$', text, re.M))

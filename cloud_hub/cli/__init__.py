@@ -469,34 +469,6 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
         sys.exit(code)
 
 
-def _rollout(home: HubHome, version: int, quantization: str, wait: float) -> dict[str, object]:
-    """One wave to every device (run by `serve`), then block until the agents run it (`retrain`)."""
-    from cloud_hub import rollout as ro
-
-    try:
-        info = ro.start(home, version, quantization)
-    except LookupError:
-        _export(home, version, quantization)
-        info = ro.start(home, version, quantization)
-    console.print(f"rollout {info.rollout_id}: v{version} ({quantization}, {info.size} bytes) announced to "
-                  f"{len(info.devices)} known device(s)")
-    if not wait or not info.devices:
-        return {}
-
-    def on_update(device: str, status: object) -> None:
-        if getattr(status, "model_version", None) == version:
-            console.print(f"  {device}: activated v{version}")
-        elif getattr(status, "failed_version", None) == version and getattr(status, "rollout_id", None) == info.rollout_id:
-            console.print(f"  {device}: [red]refused v{version}: {getattr(status, 'error', '')}[/]")
-
-    latest = ro.wait_for_activation(home, version, set(info.devices), wait, on_update, info.rollout_id)
-    activated = sorted(d for d, st in latest.items() if st.model_version == version)
-    missing = sorted(set(info.devices) - set(activated))
-    console.print(f"v{version} active on {len(activated)}/{len(info.devices)} device(s)"
-                  + (f"; not yet: {', '.join(missing)}" if missing else ""))
-    return {"activated": activated, "missing": missing}
-
-
 @main.command()
 @click.option("--device", help="Only this device.")
 @click.option("--limit", type=int, default=20, show_default=True)
@@ -573,6 +545,7 @@ def _register() -> None:
     from cloud_hub.cli.retrain import retrain
     from cloud_hub.cli.rollout import rollout
     from cloud_hub.cli.web import dashboard, web_user
+    from cloud_hub.cli.workers import workers
 
     main.add_command(anomalies)
     main.add_command(devices)
@@ -583,6 +556,7 @@ def _register() -> None:
     main.add_command(rollout)
     main.add_command(broker_config)
     main.add_command(db_group)
+    main.add_command(workers)
 
 
 _register()

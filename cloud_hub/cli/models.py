@@ -130,9 +130,13 @@ def diff_cmd(ctx: click.Context, a: int, b: int) -> None:
 @click.argument("version", type=int)
 @click.option("--group", default="", help="Device group ('' = the fleet default).")
 @click.option("--reason", default="manual promotion", show_default=True)
+@click.option("--rollout", "roll", is_flag=True,
+              help="Also queue a staged rollout to the group ([retrain] phases and quantization).")
 @click.pass_context
-def promote(ctx: click.Context, version: int, group: str, reason: str) -> None:
+def promote(ctx: click.Context, version: int, group: str, reason: str, roll: bool) -> None:
     """Make VERSION the champion of a group (recorded in `cloud-hub retrain history`)."""
+    from cloud_hub.registry.retrain import roll_out
+
     home = home_of(ctx)
     with home.sessions()() as s:
         try:
@@ -140,5 +144,21 @@ def promote(ctx: click.Context, version: int, group: str, reason: str) -> None:
         except lineage.UnknownVersion as exc:
             raise click.ClickException(str(exc)) from None
     was = f" (was v{d.champion_version})" if d.champion_version else ""
-    console.print(f"v{version} is the champion of {_group(group)}{was}; roll it out with "
-                  f"`cloud-hub rollout start --model {version}" + (f" --group {group}`" if group else "`"))
+    console.print(f"v{version} is the champion of {_group(group)}{was}")
+    if not roll:
+        console.print(f"roll it out with `cloud-hub models promote {version} --rollout` or `cloud-hub rollout start "
+                      f"--model {version}" + (f" --group {group}`" if group else "`"))
+        return
+    cfg = home.config()
+    q = cfg.retrain.quantization or cfg.default_quantization
+    try:
+        rollout_id = roll_out(home, version, group, q, cfg.retrain.phases)
+    except (ValueError, LookupError) as exc:
+        raise click.ClickException(f"promoted, but no rollout started: {exc}") from None
+    with home.sessions()() as s:
+        row = s.get(type(d), d.id)
+        if row is not None:
+            row.rollout_id = rollout_id
+            s.commit()
+    console.print(f"rollout {rollout_id}: v{version} ({q}) to {_group(group)} in waves {cfg.retrain.phases}; "
+                  "`cloud-hub serve` carries it out")

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.cli.common import console, home_of
@@ -19,19 +18,27 @@ from cloud_hub.registry import retrain as reg_retrain
 from shared.inference import Quantization
 
 
-def _roll_out(home: HubHome, quantization: str, wait: float) -> tuple[dict[str, object],
-                                                                     Callable[[int, str], int | None]]:
-    """on_promoted for the retrain loop: export the bundle, start the rollout, optionally wait for it."""
-    outcome: dict[str, object] = {}
+def _roll_out(home: HubHome, quantization: str, phases: list[int], wait: float) -> tuple[
+        dict[str, list[str]], Callable[[int, str], int | None]]:
+    """on_promoted for the retrain loop: a staged rollout to the group, then (``wait`` > 0) block until its
+    devices run the version or refused it; ``outcome["missing"]`` lists the devices that did not."""
+    outcome: dict[str, list[str]] = {}
 
     def start(version: int, group: str) -> int | None:
-        # the rollout entry point `rollout start` uses (moves with the rollout package)
-        from cloud_hub.cli import _rollout
+        from cloud_hub.rollout import views, wait_for_activation
 
-        outcome.update(_rollout(home, version, quantization, wait))
-        with home.sessions()() as s:
-            return s.scalar(select(db.Rollout.id).where(db.Rollout.version == version)
-                            .order_by(db.Rollout.id.desc()).limit(1))
+        with console.status(f"exporting and queuing the rollout of v{version}…"):
+            rollout_id = reg_retrain.roll_out(home, version, group, quantization, phases)
+        devices = {d.device_id for d in views(home, rollout_id)[0].devices}
+        console.print(f"rollout {rollout_id}: v{version} ({quantization}) to {len(devices)} device(s) of "
+                      f"{group or 'the fleet'} in waves {phases}; `cloud-hub serve` carries it out")
+        if wait and devices:
+            latest = wait_for_activation(home, version, devices, wait, rollout_id=rollout_id)
+            activated = sorted(d for d, st in latest.items() if st.model_version == version)
+            outcome["missing"] = sorted(devices - set(activated))
+            console.print(f"v{version} active on {len(activated)}/{len(devices)} device(s)"
+                          + (f"; not yet: {', '.join(outcome['missing'])}" if outcome["missing"] else ""))
+        return rollout_id
 
     return outcome, start
 
@@ -76,7 +83,7 @@ def retrain(ctx: click.Context, group: str, since: float | None, epochs: int | N
     req = reg_retrain.RetrainRequest(group=group, trigger=db.RetrainTrigger(trigger),
                                      trigger_detail=json.loads(trigger_detail), force=force, model=model_name,
                                      since=time.time() - since if since else None)
-    outcome, on_promoted = _roll_out(home, q, wait)
+    outcome, on_promoted = _roll_out(home, q, policy.phases, wait)
     with Progress(TextColumn("[bold]challenger[/] epoch {task.completed}/{task.total}"), BarColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("", total=tcfg.epochs)

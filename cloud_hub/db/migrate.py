@@ -9,6 +9,7 @@ the release before Alembic (tables, no ``alembic_version``) is recognised and st
 from __future__ import annotations
 
 import enum
+import logging
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from sqlalchemy.engine import Engine
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001"  # the schema the release before Alembic created with create_all
 MIGRATION_LOCK = 0x65646765  # PostgreSQL advisory lock key held while migrating ("edge")
+
+# Alembic logs its dialect choice on every run; the CLI prints the revisions it moved between instead.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
 class DatabaseSchemaError(RuntimeError):

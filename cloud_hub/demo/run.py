@@ -208,6 +208,7 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         home = HubHome(workdir / "hub")
         home.init(broker_url)
         cfg_text = home.config_path.read_text().replace("epochs = 30", f"epochs = {phases.epochs}")
+        cfg_text += "\n[retrain]\nphases = [100]  # one wave: the demo waits for every agent\n"
         home.config_path.write_text(cfg_text)
         port = free_local_port(dashboard_port)
         spawn("hub", ["cloud_hub.cli", "--home", str(home.path), "serve", "--http", f"127.0.0.1:{port}", "--no-auth"])

@@ -5,15 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.protocol import Channel
 
 
-@dataclass(frozen=True)
-class Inbound:
-    """One validated message waiting to be stored; ``mid``/``epoch`` let the writer PUBACK it afterwards."""
+class Inbound(NamedTuple):
+    """One validated message waiting to be stored; ``mid``/``epoch`` let the writer PUBACK it afterwards.
+    A named tuple: one is made per message on the MQTT thread (a frozen dataclass costs several times more)."""
 
     channel: Channel
     device: str

@@ -70,8 +70,10 @@ def _wait_stored(server: HubServer, channel: str, n: int, timeout_s: float) -> f
 def ingest_in_process(workdir: Path, broker: RunningBroker, events: int = 50_000, devices: int = 10,
                       sync_batches: int = 400, sync_rows: int = 100, database_url: str = "") -> dict[str, Any]:
     """``database_url`` empty: SQLite in the bench's hub home; else that (empty) database, e.g. PostgreSQL."""
+    # Its own session id per database: the broker keeps a session's subscriptions, so reusing the SQLite
+    # run's id would queue the end-to-end run's events for this one.
     home = _home(workdir / ("ingest-hub-pg" if database_url else "ingest-hub"), broker.url,
-                 "bench-hub-in-process", database_url)
+                 "bench-hub-in-process" + ("-pg" if database_url else ""), database_url)
     server = HubServer(home)
     server.start()
     try:

@@ -187,6 +187,21 @@ def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, si
     return {"challenger": challenger, "numbers": numbers, "verdict": verdict}
 
 
+def roll_out(home: HubHome, version: int, group: str, quantization: str, phases: list[int]) -> int:
+    """Start a staged rollout of ``version`` to ``group``'s devices (every device for the fleet), exporting
+    the bundle first if it does not exist; `serve` carries the waves out.  Returns the rollout id."""
+    from cloud_hub.export import export
+    from cloud_hub.rollout import Selector, start_rollout
+    from shared.inference import Quantization
+
+    selector = Selector(group=group or None)
+    try:
+        return start_rollout(home, version, selector, phases, quantization=quantization)
+    except LookupError:
+        export(home, version, Quantization(quantization))
+        return start_rollout(home, version, selector, phases, quantization=quantization)
+
+
 def history(home: HubHome, group: str | None = None, limit: int = 50) -> list[db.RetrainDecision]:
     """Retrain decisions (and manual promotions), newest first."""
     query = select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc()).limit(limit)

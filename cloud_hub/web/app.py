@@ -25,9 +25,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud_hub import db
 from cloud_hub.home import HubHome
 from cloud_hub.registry import labels as registry_labels
 from cloud_hub.registry import lineage
+from cloud_hub.rollout import api as rollout_api
+from cloud_hub.rollout.states import ROLLOUT_TRANSITIONS
 from cloud_hub.web import auth, charts, queries
 
 HERE = Path(__file__).parent
@@ -35,6 +38,10 @@ MAX_BODY_BYTES = 64 * 1024  # no dashboard request needs more; bounds what a cli
 PAGE_SIZE = 100
 PUBLIC_PATHS = ("/login", "/static/", "/metrics", "/healthz")
 LABELS = ("true_positive", "false_positive")
+# Operator command → the rollout state it asks for (shown only where the transition table allows it).
+ROLLOUT_COMMANDS = {db.RolloutCommand.PAUSE: db.RolloutState.PAUSED, db.RolloutCommand.RESUME: db.RolloutState.RUNNING,
+                    db.RolloutCommand.ABORT: db.RolloutState.ABORTED,
+                    db.RolloutCommand.ROLLBACK: db.RolloutState.ROLLED_BACK}
 
 
 @dataclass
@@ -239,8 +246,6 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
         now = time.time()
         since = now - hours * 3600
         with state.sessions() as s:
-            from cloud_hub import db
-
             dev = s.get(db.Device, device_id)
             if dev is None:
                 raise HTTPException(404, f"no device {device_id!r}")
@@ -309,21 +314,41 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
         back = str(form.get("back", ""))
         return RedirectResponse(back if back.startswith("/") and not back.startswith("//") else "/anomalies", 303)
 
+    def _commands(r: db.Rollout) -> list[str]:
+        """The operator commands this rollout's state can take (the rollout package's transition table)."""
+        return [c.value for c, target in ROLLOUT_COMMANDS.items() if target in ROLLOUT_TRANSITIONS[r.state]]
+
     async def rollouts(request: Request) -> Response:
-        with state.sessions() as s:
-            items = queries.rollouts(s)
-        return render(request, "rollouts.html", rollouts=items)
+        views = rollout_api.views(state.home, limit=50)
+        return render(request, "rollouts.html", views=views, commands={v.rollout.id: _commands(v.rollout)
+                                                                       for v in views})
 
     async def rollout(request: Request) -> Response:
         rid = request.path_params["rollout_id"]
-        with state.sessions() as s:
-            from cloud_hub import db
+        views = rollout_api.views(state.home, rid)
+        if not views:
+            raise HTTPException(404, f"no rollout {rid}")
+        view = views[0]
+        waves: dict[int, list[db.RolloutDevice]] = {}
+        for d in view.devices:
+            waves.setdefault(d.wave, []).append(d)
+        return render(request, "rollout.html", view=view, r=view.rollout, waves=waves,
+                      commands=_commands(view.rollout))
 
-            r = s.get(db.Rollout, rid)
-            if r is None:
-                raise HTTPException(404, f"no rollout {rid}")
-            devices = queries.rollout_devices(s, rid)
-        return render(request, "rollout.html", rollout=r, devices=devices)
+    async def rollout_command(request: Request) -> Response:
+        form = await auth.checked_form(request)
+        rid = request.path_params["rollout_id"]
+        try:
+            command = db.RolloutCommand(str(form.get("command", "")))
+        except ValueError:
+            raise HTTPException(400, f"command must be one of {', '.join(c.value for c in db.RolloutCommand)}") from None
+        with state.sessions() as s:
+            try:  # the same call as `cloud-hub rollout pause|resume|abort|rollback`; serve carries it out
+                rollout_api.request(s, rid, command)
+            except rollout_api.RolloutError as exc:
+                raise HTTPException(404 if "no rollout" in str(exc) else 409, str(exc)) from None
+            s.commit()
+        return RedirectResponse(f"/rollouts/{rid}", 303)
 
     async def models(request: Request) -> Response:
         with state.sessions() as s:
@@ -361,6 +386,7 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
         Route("/anomalies/{anomaly_id:int}/label", label, methods=["POST"]),
         Route("/rollouts", rollouts),
         Route("/rollouts/{rollout_id:int}", rollout),
+        Route("/rollouts/{rollout_id:int}/command", rollout_command, methods=["POST"]),
         Route("/models", models),
         Route("/metrics", metrics_endpoint),
         Route("/healthz", healthz),

@@ -169,22 +169,6 @@ def heartbeats(s: Session, device: str, since: float, limit: int = 2000) -> list
     return sorted(s.scalars(stmt), key=lambda h: h.ts)
 
 
-def rollouts(s: Session, limit: int = 50) -> list[tuple[db.Rollout, dict[str, int]]]:
-    """Newest rollouts with their per-device state counts."""
-    out = []
-    for r in s.scalars(select(db.Rollout).order_by(db.Rollout.id.desc()).limit(limit)):
-        counts = dict(s.execute(select(db.RolloutDevice.state, func.count())
-                                .where(db.RolloutDevice.rollout_id == r.id)
-                                .group_by(db.RolloutDevice.state)).all())
-        out.append((r, {str(getattr(k, "value", k)): int(v) for k, v in counts.items()}))
-    return out
-
-
-def rollout_devices(s: Session, rollout_id: int) -> list[db.RolloutDevice]:
-    return list(s.scalars(select(db.RolloutDevice).where(db.RolloutDevice.rollout_id == rollout_id)
-                          .order_by(db.RolloutDevice.device_id)))
-
-
 def current_labels(s: Session, ids: list[int]) -> dict[int, str]:
     """anomaly id → its current operator label (LabelKind value), for the ids on one page."""
     if not ids:

@@ -54,39 +54,50 @@ def populate(home: HubHome, devices: int = 6, anomalies: int = 60, *, seed: int 
                                  outcome=db.RetrainOutcome.PROMOTED, champion_version=1, challenger_version=2,
                                  margin=0.02, numbers={"improvement": 0.07}, rollout_id=1,
                                  detail="challenger F1 0.91 vs champion 0.84 on the held-out slice"))
-        rollout = db.Rollout(bundle_id=2, version=2, started_at=datetime.fromtimestamp(now - span_s / 2, UTC))
+        started = now - span_s / 2
+        # A staged rollout of v2 in its second wave: 10% healthy, 50% in flight (one rolled back), rest queued.
+        rollout = db.Rollout(bundle_id=2, version=2, started_at=datetime.fromtimestamp(started, UTC),
+                             phases=[10, 50, 100], wave=1, wave_started_at=started + 900, max_failure=0.25,
+                             max_anomaly_increase=0.02, wait_s=900, updated_at=now)
         s.add(rollout)
         s.flush()
         device_rows: list[dict[str, Any]] = []
         status_rows: list[dict[str, Any]] = []
         rollout_rows: list[dict[str, Any]] = []
+        first, second = max(1, math.ceil(0.1 * devices)), math.ceil(0.5 * devices)
         for i, name in enumerate(names):
+            wave = 0 if i < first else 1 if i < second else 2
             offline = i == devices - 1 and devices > 2
-            rolled_back = i == 1 and devices > 2
-            version = 1 if rolled_back else 2
+            rolled_back = i == first and devices > 2  # the first device of the second wave
+            d_state = (db.DeviceRolloutState.HEALTHY if wave == 0 else db.DeviceRolloutState.QUEUED if wave == 2
+                       else db.DeviceRolloutState.ROLLED_BACK if rolled_back else db.DeviceRolloutState.ACTIVATED)
+            version = 2 if d_state in (db.DeviceRolloutState.HEALTHY, db.DeviceRolloutState.ACTIVATED) else 1
+            model_state = {db.DeviceRolloutState.ACTIVATED: "active", db.DeviceRolloutState.ROLLED_BACK: "rolled_back"
+                           }.get(d_state, "committed")
             last_seen = now - (3600 if offline else rng.uniform(0, 20))
+            error = "probation: anomaly rate 0.31 > 0.05" if rolled_back else ""
             device_rows.append({
                 "device_id": name, "first_seen": now - span_s - 7200, "last_seen": last_seen, "online": not offline,
-                "model_version": version, "model_state": "rolled_back" if rolled_back else "committed",
+                "model_version": version, "model_state": model_state,
                 "agent_version": "0.1.0", "runtime": "litert", "readings_scored": rng.randint(10_000, 900_000),
                 "profile": PROFILES[i % len(PROFILES)], "group": GROUPS[i % len(GROUPS)],
-                "tags": {"line": str(i % 4)}, "last_error": "probation: anomaly rate 0.31 > 0.05" if rolled_back else "",
+                "tags": {"line": str(i % 4)}, "last_error": error,
             })
-            t = now - span_s - 3600
-            for state, v in (("committed", 1), ("downloading", 2), ("verifying", 2),
-                             ("rolled_back" if rolled_back else "committed", 1 if rolled_back else 2)):
-                t += 60 if v == 2 else 0
-                if state == "downloading":
-                    t = now - span_s / 2 + rng.uniform(1, 30)
+            history = [("committed", 1, now - span_s - 3600)]
+            if wave < 2:
+                t = started + wave * 900 + rng.uniform(1, 30)
+                history += [("downloading", 2, t), ("verifying", 2, t + 2), ("active", 2, t + 5)]
+                if d_state != db.DeviceRolloutState.ACTIVATED:
+                    history.append((model_state, version, t + 600))
+            for st, v, t in history:
                 status_rows.append({"device_id": name, "msg_id": f"{name}-{len(status_rows)}", "ts": t,
-                                    "received_at": t, "state": "online", "model_state": state, "model_version": v,
-                                    "failed_version": 2 if state == "rolled_back" else None,
-                                    "rollout_id": rollout.id if v == 2 or state == "rolled_back" else None,
-                                    "error": "probation: anomaly rate 0.31 > 0.05" if state == "rolled_back" else ""})
-            rollout_rows.append({"rollout_id": rollout.id, "device_id": name, "updated_at": now - span_s / 2 + 60,
-                                 "state": db.DeviceRolloutState.FAILED if rolled_back
-                                 else db.DeviceRolloutState.ACTIVATED,
-                                 "detail": "rolled back" if rolled_back else ""})
+                                    "received_at": t, "state": "online", "model_state": st, "model_version": v,
+                                    "failed_version": 2 if st == "rolled_back" else None,
+                                    "rollout_id": rollout.id if t >= started else None,
+                                    "error": error if st == "rolled_back" else ""})
+            rollout_rows.append({"rollout_id": rollout.id, "device_id": name, "wave": wave, "state": d_state,
+                                 "previous_version": 1, "sent_at": started + wave * 900 if wave < 2 else None,
+                                 "updated_at": now - rng.uniform(0, 600), "detail": error})
         s.execute(insert(db.Device), device_rows)
         s.execute(insert(db.StatusChange), status_rows)
         s.execute(insert(db.RolloutDevice), rollout_rows)

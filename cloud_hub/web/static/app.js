@@ -11,3 +11,7 @@
 document.querySelectorAll("select.autosubmit").forEach(function (el) {
   el.addEventListener("change", function () { el.form.submit(); });
 });
+// Abort and roll back ask first.
+document.querySelectorAll("button[data-confirm]").forEach(function (b) {
+  b.addEventListener("click", function (e) { if (!confirm(b.dataset.confirm)) e.preventDefault(); });
+});

@@ -89,14 +89,25 @@ def interpolate_gaps(windows: FloatArray, fallback: FloatArray | None = None) ->
     missing = np.isnan(x)
     if not missing.any():
         return x
-    steps = np.arange(x.shape[1])
-    for b, f in zip(*np.nonzero(missing.any(axis=1)), strict=True):
-        col = x[b, :, f]
-        ok = ~missing[b, :, f]
-        if ok.any():
-            x[b, :, f] = np.interp(steps, steps[ok], col[ok])
-        else:
-            x[b, :, f] = 0.0 if fallback is None else fallback[f]
+    # Every (window, channel) with a gap at once, with np.interp's arithmetic: between the valid neighbours
+    # p < t < q, slope · (t − p) + y[p] with slope = (y[q] − y[p]) / (q − p); the ends hold the nearest value.
+    b_idx, f_idx = np.nonzero(missing.any(axis=1))
+    cols = x[b_idx, :, f_idx]  # (m, w)
+    ok = ~missing[b_idx, :, f_idx]
+    w = cols.shape[1]
+    steps = np.arange(w)
+    prev = np.maximum.accumulate(np.where(ok, steps, -1), axis=1)
+    nxt = np.minimum.accumulate(np.where(ok, steps, w)[:, ::-1], axis=1)[:, ::-1]
+    p, q = np.clip(prev, 0, w - 1), np.clip(nxt, 0, w - 1)
+    rows = np.arange(len(cols))[:, None]
+    yp, yq = cols[rows, p], cols[rows, q]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inner = (yq - yp) / (q - p) * (steps - p) + yp
+    filled = np.where(ok, cols, np.where(prev < 0, yq, np.where(nxt >= w, yp, inner)))
+    empty = ~ok.any(axis=1)
+    if empty.any():
+        filled[empty] = 0.0 if fallback is None else np.asarray(fallback, np.float64)[f_idx[empty], None]
+    x[b_idx, :, f_idx] = filled
     return x
 
 

@@ -45,8 +45,14 @@ class StuckParams:
 def _rolling_std(windows: np.ndarray) -> np.ndarray:
     """(b, k, f) → (b, f) standard deviation over k, NaN-aware; NaN where under half the values exist."""
     present = np.isfinite(windows)
-    if present.all():  # the common case: numpy's std is the same two-pass mean / mean-square formula
+    full = present.all(axis=(1, 2))
+    if full.all():  # the common case: numpy's std is the same two-pass mean / mean-square formula
         return np.asarray(windows.std(axis=1))
+    if full.any():  # complete windows the fast way, the few with gaps below (same values either way)
+        out = np.empty((len(windows), windows.shape[2]))
+        out[full] = windows[full].std(axis=1)
+        out[~full] = _rolling_std(windows[~full])
+        return out
     n = present.sum(axis=1)
     x = np.where(present, windows, 0.0)
     mean = x.sum(axis=1) / np.maximum(n, 1)

@@ -20,6 +20,7 @@ from cloud_hub.db.rollouts import RolloutCommand
 from cloud_hub.db.rollouts import RolloutState as R
 from cloud_hub.home import HubHome
 from cloud_hub.rollout import (
+    GateAction,
     Gates,
     RolloutError,
     Selector,
@@ -385,3 +386,51 @@ def test_migration_turns_old_whole_fleet_rollouts_into_completed_ones(tmp_path: 
         assert dict(c.execute(text("SELECT device_id, state FROM rollout_devices")).all()) == {
             "a": "PENDING", "b": "PENDING", "c": "ACTIVATED", "d": "FAILED", "e": "FAILED"}
         assert [r[0] for r in c.execute(text("SELECT state FROM rollouts ORDER BY id"))] == ["SUPERSEDED", "ACTIVE"]
+
+
+@pytest.mark.integration
+def test_operator_commands_timeouts_and_a_pausing_gate(hub_server: HubServer, trained_home) -> None:  # type: ignore[no-untyped-def]
+    """Simulated agents (the bench's: real MQTT, signature and hash checks, no interpreter) on real Mosquitto:
+    a device that cannot verify the announcement times out, the gate pauses the rollout, `resume` overrides
+    it and the next wave completes; `rollback` then sends every device back (no previous model: cleared)."""
+    from cloud_hub.rollout.bench import SimAgent, _signed_copy
+    from shared.signing import generate_private_key, public_key_b64
+
+    home = hub_server.home
+    _, exported = trained_home
+    _signed_copy(home, exported.bundle_dir, 1)
+    cfg = home.config().broker
+    agents = [SimAgent("sim-1", cfg, public_key_b64(generate_private_key())),  # trusts another hub: ignores us
+              SimAgent("sim-2", cfg, home.public_key())]
+    try:
+        for a in agents:
+            assert a.subscribed.wait(15)
+            a.status(ModelState.NONE)
+        wait_until(lambda: all(current is not None for current in (fleet_dev(home, "sim-1"), fleet_dev(home, "sim-2"))),
+                   15, "simulated agents known to the hub")
+        rid = start_rollout(home, 1, Selector(), "50,100",
+                            Gates(wait_s=2, max_failure=0.0, on_failure=GateAction.PAUSE))
+        wait_until(lambda: _rollout(home, rid)[0] == R.PAUSED, 30, "the gate paused the rollout")
+        assert _rollout(home, rid)[1] == {"sim-1": D.TIMED_OUT, "sim-2": D.QUEUED}
+        assert agents[0].rejected >= 1  # it did get the announcement, and refused its signature
+        request(home, rid, RolloutCommand.RESUME)
+        wait_until(lambda: _rollout(home, rid)[0] == R.COMPLETED, 30, "resumed rollout completed")
+        assert _rollout(home, rid)[1] == {"sim-1": D.TIMED_OUT, "sim-2": D.HEALTHY}
+        assert agents[1].version == 1 and current_model_for(home, "sim-2") == 1
+        with pytest.raises(RolloutError):
+            request(home, rid, RolloutCommand.PAUSE)  # completed: only rollback is left
+        request(home, rid, RolloutCommand.ROLLBACK)
+        wait_until(lambda: _rollout(home, rid)[0] == R.ROLLED_BACK, 30, "rollback carried out")
+        assert _rollout(home, rid)[1] == {"sim-1": D.ROLLED_BACK, "sim-2": D.ROLLED_BACK}
+        with home.sessions()() as s:
+            told = s.get(db.DeviceTarget, "sim-2")
+            assert told is not None and told.version is None  # no previous model: its announcement is cleared
+        assert current_model_for(home, "sim-2") is None
+    finally:
+        for a in agents:
+            a.close()
+
+
+def fleet_dev(home: HubHome, device: str) -> db.Device | None:
+    with home.sessions()() as s:
+        return s.get(db.Device, device)

@@ -89,3 +89,18 @@ def test_rolling_std_fast_path_equals_the_nan_aware_path() -> None:
     gappy[-1, 3, 2] = np.nan
     assert np.array_equal(_rolling_std(clean), _rolling_std(gappy)[:-1])
     assert np.isfinite(_rolling_std(gappy)[-1]).all()
+
+
+def test_rolling_std_of_a_mixed_batch_equals_the_nan_aware_formula_per_window() -> None:
+    from shared.stuck import _rolling_std
+
+    rng = np.random.default_rng(6)
+    w = rng.normal(20.0, 3.0, size=(300, 16, 4))
+    w[rng.random(w.shape) < 0.02] = np.nan
+    w[7, :10, 0] = np.nan  # under half present: NaN
+    present = np.isfinite(w)
+    n = present.sum(axis=1)
+    mean = np.where(present, w, 0.0).sum(axis=1) / np.maximum(n, 1)
+    var = np.where(present, (w - mean[:, None, :]) ** 2, 0.0).sum(axis=1) / np.maximum(n, 1)
+    want = np.where(n * 2 >= w.shape[1], np.sqrt(var), np.nan)
+    assert np.array_equal(_rolling_std(w), want, equal_nan=True) and np.isnan(want[7, 0])

@@ -260,7 +260,8 @@ def _keeps_scoring_with(fleet: Fleet, device: str, version: int) -> None:
 @pytest.mark.integration
 def test_bad_bundles_are_refused_before_the_swap(fleet: Fleet, trained_home) -> None:  # type: ignore[no-untyped-def]
     """NaN outputs, a model too slow for the profile, one that flags everything: each refused at the
-    staged check on the recent windows, v1 scoring throughout, the hub told why."""
+    staged check on the recent windows; a model over the profile's model bytes or memory budget: refused
+    on load. v1 scoring throughout, the hub told why."""
     m = load(bundle_fmt.Manifest, json.loads(bundle_fmt.read_dir(fleet.src)[bundle_fmt.MANIFEST]))
     _bundle(fleet.home, fleet.src, 2, model=_nan_model(WINDOW, m.preprocessing.n_features, m.scoring.heads))
     _bundle(fleet.home, fleet.src, 3)  # a sound model; the gateway's profile is what it cannot meet
@@ -268,8 +269,13 @@ def test_bad_bundles_are_refused_before_the_swap(fleet: Fleet, trained_home) -> 
     profile = fleet.tmp / "tiny.toml"
     profile.write_text('name = "tiny"\ndescription = "a gateway with a 1 µs budget"\narch = "x86_64"\n'
                        "latency_p99_ms = 0.001\n")
+    small = fleet.tmp / "small.toml"  # the profile's budgets checked on load, before any staged check
+    small.write_text('name = "small"\ndescription = "a 1 kB model budget"\narch = "x86_64"\nmax_model_bytes = 1000\n')
+    lean = fleet.tmp / "lean.toml"
+    lean.write_text('name = "lean"\ndescription = "16 MB of memory"\narch = "x86_64"\nmemory_budget_mb = 16\n')
     cases = {"gw-nan": (2, "", "non-finite scores"), "gw-slow": (3, f'profile = "{profile}"', "latency p99"),
-             "gw-flags": (4, "", "flags 100%")}
+             "gw-flags": (4, "", "flags 100%"), "gw-big": (3, f'profile = "{small}"', "profile small allows 1000"),
+             "gw-lean": (3, f'profile = "{lean}"', "exceeds profile lean's 16 MB")}
     for device, (_, extra, _) in cases.items():
         fleet.agent(device, extra + "\n[update]\nmin_windows = 50\nrecent_windows = 100")
     for device in cases:
@@ -279,7 +285,7 @@ def test_bad_bundles_are_refused_before_the_swap(fleet: Fleet, trained_home) -> 
     for device, (version, _, reason) in cases.items():
         wait_until(partial(_reported, fleet, device, "failed", reason), 60, f"{device}: refusal reported to the hub")
         st = _state(fleet, device)
-        assert st is not None and st[1] == 1 and "staged check" in st[2], st
+        assert st is not None and st[1] == 1 and ("staged check" in st[2]) == (device in ("gw-nan", "gw-slow", "gw-flags")), st
         _keeps_scoring_with(fleet, device, 1)
         assert fleet.events(device, version) == 0  # the bad model never scored a live reading
         rec = RecordFile(fleet.tmp / device / "state").load()

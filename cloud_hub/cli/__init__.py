@@ -534,6 +534,7 @@ def _register() -> None:
     from cloud_hub.cli.retrain import retrain
     from cloud_hub.cli.rollout import rollout
     from cloud_hub.cli.web import dashboard, web_user
+    from cloud_hub.cli.workers import workers
 
     main.add_command(anomalies)
     main.add_command(devices)
@@ -544,6 +545,7 @@ def _register() -> None:
     main.add_command(rollout)
     main.add_command(broker_config)
     main.add_command(db_group)
+    main.add_command(workers)
 
 
 _register()

@@ -192,7 +192,7 @@ class HubServer:
         self.stored["duplicate"] += sum(result.duplicates.values())
         if result.acked:
             self.acks_sent += publish_acks(self.client, result.acked)
-        statuses = {it.device for it in storable if it.channel == p.Channel.STATUS}
+        statuses = [(it.device, it.message) for it in storable if it.channel == p.Channel.STATUS]
         if statuses:
             self.rollouts.wake(statuses)
         for it in batch:

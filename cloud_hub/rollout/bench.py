@@ -210,6 +210,8 @@ def fleet_rollout(workdir: Path, broker: RunningBroker, bundle_dir: Path, n: int
     finally:
         stop.set()
         for proc in procs:
+            if proc.pid is None:
+                continue
             proc.join(30)
             if proc.is_alive():
                 proc.terminate()

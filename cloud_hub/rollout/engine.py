@@ -22,7 +22,7 @@ from cloud_hub import db
 from cloud_hub.config import RolloutConfig
 from cloud_hub.db.rollouts import DeviceRolloutState, RolloutCommand, RolloutState
 from cloud_hub.home import HubHome
-from cloud_hub.rollout.announce import Announcer, archive_of
+from cloud_hub.rollout.announce import Announcer, Archive, archive_of
 from cloud_hub.rollout.api import bundle_for, current_target
 from cloud_hub.rollout.states import (
     OPEN,
@@ -39,6 +39,7 @@ from shared import protocol as p
 log = logging.getLogger("cloud_hub.rollout")
 D = DeviceRolloutState
 R = RolloutState
+MIN_TICK_GAP_S = 0.2
 
 
 def gates_of(r: db.Rollout) -> Gates:
@@ -46,11 +47,22 @@ def gates_of(r: db.Rollout) -> Gates:
                  on_failure=GateAction(r.on_gate_failure))
 
 
+# Agent model states that say something about a rollout (see states.reported), and those of an agent that
+# is not in the middle of an update (only then is it given its current model).
+_REPORTING = frozenset({p.ModelState.STAGED, p.ModelState.ACTIVE, p.ModelState.COMMITTED, p.ModelState.FAILED,
+                        p.ModelState.ROLLED_BACK})
+_SETTLED_AGENT = frozenset({p.ModelState.NONE, p.ModelState.COMMITTED, p.ModelState.FAILED,
+                            p.ModelState.ROLLED_BACK})
+
+
 def on_status(s: Session, device: str, status: p.Status, now: float) -> None:
     """Ingest's hook (inside its transaction): the device's newest rollout row follows what it reports."""
-    row = s.execute(select(db.RolloutDevice, db.Rollout).join(db.Rollout, db.Rollout.id == db.RolloutDevice.rollout_id)
-                    .where(db.RolloutDevice.device_id == device, db.RolloutDevice.state != D.QUEUED)
-                    .order_by(db.Rollout.id.desc()).limit(1)).first()
+    if status.model_state not in _REPORTING:
+        return
+    with s.no_autoflush:  # the status rows ingest has pending do not change which rollout row this is
+        row = s.execute(select(db.RolloutDevice, db.Rollout).join(db.Rollout, db.Rollout.id == db.RolloutDevice.rollout_id)
+                        .where(db.RolloutDevice.device_id == device, db.RolloutDevice.state != D.QUEUED)
+                        .order_by(db.Rollout.id.desc()).limit(1)).first()
     if row is not None and apply_report(row[0], status, row[1], now):
         log.info("rollout %d: %s %s", row[1].id, device, row[0].state.value)
 
@@ -79,16 +91,20 @@ class RolloutEngine:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
-    def wake(self, devices: Iterable[str] = ()) -> None:
-        """Agents reported (``devices`` came online or changed model state): tick now."""
+    def wake(self, statuses: Iterable[tuple[str, p.Status]] = ()) -> None:
+        """Agents reported: tick now; devices online and not mid-update are checked for their current model."""
+        settled = {d for d, st in statuses if st.state == p.AgentState.ONLINE and st.model_state in _SETTLED_AGENT}
         with self._lock:
             if self._check is not None:
-                self._check.update(devices)
+                self._check.update(settled)
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.cfg.tick_s)
+            # A burst of statuses wakes the engine once per batch: tick at most every MIN_TICK_GAP_S so the
+            # writer keeps the database (a throttle, not a handshake: the tick reads what is stored by then).
+            self._stop.wait(MIN_TICK_GAP_S)
             self._wake.clear()
             if self._stop.is_set():
                 break
@@ -144,10 +160,20 @@ class RolloutEngine:
     def _wave(self, s: Session, r: db.Rollout, rows: list[db.RolloutDevice], now: float) -> bool:
         """Drive the wave in flight; True if it moved on to another wave (drive that one too)."""
         wave = [x for x in rows if x.wave == r.wave]
+        queued = [x for x in wave if x.state == D.QUEUED]
+        if queued:
+            log.info("rollout %d: announcing v%d to %d device(s) of wave %d/%d", r.id, r.version, len(queued),
+                     r.wave + 1, len(r.phases))
+            ids = [x.device_id for x in queued]
+            devices = {d.device_id: d for d in s.scalars(select(db.Device).where(db.Device.device_id.in_(ids)))}
+            list(s.scalars(select(db.DeviceTarget).where(db.DeviceTarget.device_id.in_(ids))))  # into the session
+            bundle = s.get(db.Bundle, r.bundle_id)
+            assert bundle is not None
+            archive = archive_of(s, bundle)
+            for x in queued:
+                self._send(s, r, x, archive, devices.get(x.device_id), now)
         for x in wave:
-            if x.state == D.QUEUED:
-                self._send(s, r, x, now)
-            elif x.state in (D.SENT, D.VERIFIED, D.ACTIVATED) and x.sent_at is not None and now - x.sent_at > r.wait_s:
+            if x.state in (D.SENT, D.VERIFIED, D.ACTIVATED) and x.sent_at is not None and now - x.sent_at > r.wait_s:
                 move_device(x, D.TIMED_OUT, now, f"not healthy within {r.wait_s:g} s (was {x.state.value})")
         if not all(x.state in SETTLED for x in wave):
             return False
@@ -184,11 +210,10 @@ class RolloutEngine:
         r.wave_started_at, r.updated_at = now, now
         return True
 
-    def _send(self, s: Session, r: db.Rollout, x: db.RolloutDevice, now: float) -> None:
-        dev = s.get(db.Device, x.device_id)
-        bundle = s.get(db.Bundle, r.bundle_id)
-        assert bundle is not None
-        self.announcer.to_device(s, x.device_id, archive_of(s, bundle), r.id, now)
+    def _send(self, s: Session, r: db.Rollout, x: db.RolloutDevice, archive: Archive, dev: db.Device | None,
+              now: float) -> None:
+        """Announce the rollout's bundle to one queued device of the wave in flight."""
+        self.announcer.to_device(s, x.device_id, archive, r.id, now)
         x.sent_at = now
         move_device(x, D.SENT, now)
         if dev is not None and dev.model_version == r.version and dev.model_state == p.ModelState.COMMITTED.value:

@@ -168,6 +168,8 @@ def test_single_sqlite_hub_leads_and_a_second_on_the_same_file_does_not(tmp_path
         try:
             assert not second.leader.is_leader()
             assert [(w.name, w.leader) for w in _workers(home)] == [("edgesentry-hub", True), ("second-hub", False)]
+            out = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["--home", str(home.path), "workers"])
+            assert out.exit_code == 0 and "edgesentry-hub" in out.output and "second-hub" in out.output, out.output
         finally:
             second.stop()
     finally:

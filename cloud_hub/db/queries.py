@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from cloud_hub.db.models import AnomalyEvent, Device, Heartbeat, ModelVersion, SyncBatch
 from cloud_hub.db.registry import AnomalyLabel, LabelKind
+from cloud_hub.db.workers import HubWorker
 
 RECENT_HEARTBEATS = 5
 
@@ -108,3 +109,8 @@ def summary(session: Session, since: float) -> FleetSummary:
     recent = session.scalar(select(func.count()).select_from(AnomalyEvent).where(AnomalyEvent.ts >= since))
     rows = session.scalar(select(func.coalesce(func.sum(SyncBatch.rows), 0)))
     return FleetSummary(int(dev[0]), int(dev[1]), int(dev[2]), int(dev[3]), int(recent or 0), int(rows or 0))
+
+
+def workers(session: Session) -> list[HubWorker]:
+    """Every `serve` worker that has run against this database (leader first, then by name)."""
+    return list(session.scalars(select(HubWorker).order_by(HubWorker.leader.desc(), HubWorker.name)))

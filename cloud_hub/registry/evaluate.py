@@ -132,14 +132,13 @@ def score_versions(es: EvalSet, pre: PreprocessParams, detector: Detector) -> Sc
         keep = np.linspace(0, len(normal_idx) - 1, MAX_NORMAL_WINDOWS).astype(int)
         normal_idx = [normal_idx[i] for i in keep]
 
-    def scores(idx: list[tuple[int, int, int]]) -> np.ndarray:
-        if not idx:
-            return np.empty(0)
-        raw = np.stack([wins[k][i] for k, i, _ in idx])
-        return np.asarray(detector.score(preprocess_windows(raw, pre)), np.float64)
-
+    every = normal_idx + fp_idx + tp_idx  # one scoring call: one batch shape for the model
+    all_scores = (np.asarray(detector.score(preprocess_windows(np.stack([wins[k][i] for k, i, _ in every]), pre)),
+                             np.float64) if every else np.empty(0))
+    n_scores = all_scores[:len(normal_idx)]
+    f_scores = all_scores[len(normal_idx):len(normal_idx) + len(fp_idx)]
+    t_scores = all_scores[len(normal_idx) + len(fp_idx):]
     decision = detector.decision
-    n_scores, f_scores, t_scores = scores(normal_idx), scores(fp_idx), scores(tp_idx)
     n_flags, f_flags, t_flags = decision.flags(n_scores), decision.flags(f_scores), decision.flags(t_scores)
     fp_flagged = [False] * len(fp_events)
     for (_, _, e), f in zip(fp_idx, f_flags, strict=True):

@@ -57,6 +57,11 @@ def test_evaluate_writes_metrics_report_and_plots(tmp_path: Path) -> None:
     ae = json.loads((out / "deep-ae" / "metrics.json").read_text())
     assert ae["mode"] == "unsupervised" and ae["int8"]["tflite_bytes"] > 0
     assert ae["quantization_f1_delta"] == pytest.approx(ae["int8"]["f1"] - ae["f1"])
+    # Unsupervised: the normal-only threshold and one placed with a few labelled attacks, same test rows.
+    semi = ae["semi_supervised"]
+    assert 0 < semi["labelled_attacks"] <= 50 and semi["fp"] + semi["fn"] + semi["tp"] + semi["tn"] == 270
+    assert semi["threshold"] != ae["threshold"] and "semi_supervised" not in rf
+    assert "semi-supervised threshold" in (out / "deep-ae" / "report.md").read_text()
     summary = (out / "summary.md").read_text()
     assert "random-forest" in summary and "deep-ae" in summary and (out / "roc.png").exists()
 
@@ -156,3 +161,26 @@ def test_reduced_nab_through_the_edge_path(tmp_path: Path) -> None:
     assert rows[0]["timestamp"] == "2014-04-01 00:00:00" and {r["label"] for r in rows} == {"0", "1"}
     assert all(0.0 <= float(r["anomaly_score"]) <= 1.0 for r in rows)
     assert len(list((out / "bundles").glob("*.tar.gz"))) == 2 and (out / "report.md").exists()
+    # The same bundles replayed again (verified with the key the run kept) decide exactly as before...
+    again = tmp_path / "again"
+    files = ["--files", "art_daily_jumpsup", "--files", "art_daily_no_noise"]
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(again), *files,
+                                  "--reuse-bundles", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((again / "nab_scores.json").read_text())["own_decision"] == s["own_decision"]
+    again_rows = list(csv.DictReader((again / res.relative_to(out)).read_text().splitlines()))
+    assert [x["is_anomaly"] for x in again_rows] == [x["is_anomaly"] for x in rows]
+    # ...and other post-processing needs no training; a tampered bundle is refused.
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(tmp_path / "off"), *files,
+                                  "--reuse-bundles", str(out), "--onset-window", "0"])
+    assert r.exit_code == 0, r.output
+    flags_off = [x["is_anomaly"] for x in csv.DictReader((tmp_path / "off" / res.relative_to(out)).read_text()
+                                                          .splitlines())]
+    assert flags_off.count("1") >= [x["is_anomaly"] for x in rows].count("1")  # no onset filter: more alarms
+    pub = next((out / "bundles").glob("*jumpsup.pub"))
+    from shared.signing import generate_private_key, public_key_b64
+
+    pub.write_text(public_key_b64(generate_private_key()))
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(tmp_path / "bad"), *files,
+                                  "--reuse-bundles", str(out)])
+    assert r.exit_code != 0 and "signature" in r.output.lower()

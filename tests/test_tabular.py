@@ -41,3 +41,15 @@ def test_label_ceiling_counts_conflicting_duplicates(tmp_path: Path) -> None:
     # Rows "1" are labelled 0,0,1: the best any model can do is call them normal and miss one attack.
     assert c["distinct_rows"] == 2 and c["best_accuracy"] == pytest.approx(0.8)
     assert c["best_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_netflow_table_reports_f1_as_a_fraction_of_the_label_ceiling(tmp_path: Path) -> None:
+    from cloud_hub.evaluation.bench_models import netflow_section
+
+    rows = [{"model": "m", "mode": "supervised", "accuracy": 0.9, "precision": 0.9, "recall": 0.9, "f1": 0.8,
+             "balanced_accuracy": 0.9, "roc_auc": 0.9, "pr_auc": 0.9, "fp": 1, "fn": 2, "ms_per_batch": 1.0,
+             "f1_int8": 0.8, "quantization_f1_delta": 0.0}]
+    text = netflow_section("t.csv", rows, tmp_path / "w", tmp_path, {"distinct_rows": 2, "best_f1": 0.8 / 0.9,
+                                                                      "best_accuracy": 0.9})
+    header, _, row = text.splitlines()[2:5]
+    assert "F1 / ceiling" in header and "0.9" in row.split("|")[header.split("|").index(" F1 / ceiling ")]

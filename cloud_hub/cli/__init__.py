@@ -239,10 +239,16 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
                    "so far (minus flagged ones), export, sign and swap the bundle in (0 = train once).")
 @click.option("--retrain-max-rows", type=click.IntRange(min=2), default=RetrainPolicy.max_rows, show_default=True,
               help="Each retrain learns from at most the newest N readings.")
+@click.option("--onset-window", type=click.IntRange(min=0), default=None,
+              help="Agents report the likelihood only where it exceeds the previous N readings' (0 = off; "
+                   "default: the corpus configuration).")
+@click.option("--reuse-bundles", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A previous run's --out: replay its exported bundles with this run's post-processing "
+                   "(likelihood settings, onsets, threshold) instead of training again.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
         likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
-        settings: tuple[str, ...]) -> None:
+        onset_window: int | None, reuse_bundles: Path | None, settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
     stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
     nab_scores.json, NAB results files and report.md."""
@@ -262,7 +268,12 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
     cfg = _training_config(None, settings=(*defaults, *settings))
     nab_cfg = nab_run.NabConfig(model=model_name, training=cfg, quantization=quantization,
                                 likelihood_threshold=likelihood_threshold, workers=workers,
-                                retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows))
+                                retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows),
+                                reuse_bundles=str(reuse_bundles or ""),
+                                **({} if onset_window is None else {"onset_window": onset_window}))
+    if reuse_bundles and retrain_every:
+        raise click.BadParameter("--reuse-bundles replays existing models: it cannot retrain",
+                                 param_hint="--retrain-every")
     try:
         files = nab_run.data_files(nab_dir, limit, list(only) or None)
         if not files:

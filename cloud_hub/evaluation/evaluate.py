@@ -55,13 +55,40 @@ def split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(train), np.sort(test)
 
 
+SEMI_ATTACKS = 50  # labelled attacks an operator might have at hand to place an unsupervised threshold
+SEMI_FRACTION = 0.2  # of the training rows held out (never trained on) for that threshold
+
+
+def semi_split(y_train: np.ndarray, seed: int, attacks: int = SEMI_ATTACKS) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the training rows: (kept for training, validation for a semi-supervised threshold).
+    The validation part is a stratified ``SEMI_FRACTION`` of them with at most ``attacks`` attacks kept —
+    a few labelled attacks, not a labelled data set; the attacks it drops are not trained on either."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y_train))
+    fit_idx, val_idx = train_test_split(idx, test_size=SEMI_FRACTION, random_state=seed, stratify=y_train)
+    bad = val_idx[y_train[val_idx] > 0]
+    drop = np.random.default_rng(seed).permutation(bad)[attacks:]
+    return np.sort(fit_idx), np.sort(np.setdiff1d(val_idx, drop))
+
+
 def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, test: np.ndarray,
               quantization: str | None = "int8") -> dict[str, Any]:
-    """Train on ``train`` rows, score ``test`` rows; int8 metrics too when the model exports."""
+    """Train on ``train`` rows, score ``test`` rows; int8 metrics too when the model exports.
+
+    An unsupervised model is reported twice on the same test rows: with its normal-only threshold and
+    with a *semi-supervised* one — the F1-best threshold on a validation part of the training rows
+    holding at most ``SEMI_ATTACKS`` labelled attacks (the model never trains on that part)."""
     from cloud_hub.export import Quantization, exported
+    from cloud_hub.models import Mode
+    from cloud_hub.models.base import best_f1_threshold
 
     y = labels_of(data)
     mode = check_mode(model, labelled=True)
+    semi_val = None
+    if mode == Mode.UNSUPERVISED:
+        keep, semi_pos = semi_split(y[train], cfg.seed)
+        semi_val, train = train[semi_pos], train[keep]
     params = fit_tabular(data.x[train], data.features)
     x_train, x_test = apply_tabular(data.x[train], params), apply_tabular(data.x[test], params)
     y_train, y_test = y[train], y[test]
@@ -77,6 +104,12 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
         "ms_per_batch": ms_per_batch(det.score, x_test), "batch": BATCH,
         "scores": scores, "y_test": y_test,
     }
+    if semi_val is not None:
+        x_semi, y_semi = apply_tabular(data.x[semi_val], params), y[semi_val]
+        threshold = best_f1_threshold(det.score(x_semi), y_semi)
+        result["semi_supervised"] = {**pointwise(y_test, scores, Decision(DecisionMode.SCORE, threshold).flags(scores)),
+                                     "threshold": threshold, "validation_rows": len(semi_val),
+                                     "labelled_attacks": int((y_semi > 0).sum())}
     if quantization and quantization in det.quantizations:
         tflite, scoring, _, agree = exported(det, Quantization(quantization))
         t_scores = det.tflite_scores(tflite, x_test, scoring)
@@ -141,6 +174,9 @@ def evaluate(model: str, data_path: Path, out: Path, cfg: TrainingConfig, label_
 
 def write_report(m: dict[str, Any], out: Path, quantization: str | None) -> None:
     rows = [{"variant": "trained model", **m}]
+    if m.get("semi_supervised"):
+        semi = m["semi_supervised"]
+        rows.append({"variant": f"semi-supervised threshold ({semi['labelled_attacks']} labelled attacks)", **semi})
     if quantization and m.get(quantization):
         rows.append({"variant": f"TFLite {quantization}", **m[quantization]})
     lines = [

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class NabConfig:
     onset_window: int = 400  # one alarm per excursion: report only new highs of the last 400 readings
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
+    reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training
 
 
 @dataclass
@@ -133,9 +134,10 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
             retrains += 1
         replayer.advance(n)
         r = replayer.result()
-        dest = out / "bundles" / (name.replace("/", "__").removesuffix(".csv") + ".tar.gz")
+        dest = bundle_path(out, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(first.archive, dest)
+        dest.with_suffix("").with_suffix(".pub").write_text(home.public_key())  # to verify it when reused
         raw = out / "raw" / name
         raw.parent.mkdir(parents=True, exist_ok=True)
         np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
@@ -143,6 +145,60 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
                           first.scoring.threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bundle_path(out: Path, name: str) -> Path:
+    """Where a run keeps the bundle it exported for data file ``name`` (its first model)."""
+    return out / "bundles" / (name.replace("/", "__").removesuffix(".csv") + ".tar.gz")
+
+
+def reexported(archive: Path, cfg: NabConfig) -> Any:
+    """A previous run's bundle with this configuration's post-processing: same model file, scoring and prior,
+    the likelihood section (history, range novelty, onsets, decision threshold) replaced — what the hub
+    would export from the same version with other settings — signed again and verified as the agent does.
+    The original is verified first when its run left the hub's public key next to it."""
+    from shared import bundle as bf
+    from shared.schema import load
+    from shared.signing import generate_private_key, parse_public_key
+
+    files = bf.unpack(archive.read_bytes())
+    pub = archive.with_suffix("").with_suffix(".pub")
+    if pub.exists():
+        bf.verify(files, [parse_public_key(pub.read_text().strip())])
+    manifest = load(bf.Manifest, json.loads(files[bf.MANIFEST]))
+    lik = manifest.likelihood
+    if lik is None:
+        raise ValueError(f"{archive}: the bundle has no likelihood section to re-use")
+    if lik.short_window != cfg.likelihood_short_window:
+        raise ValueError(f"{archive}: its prior was fitted with short window {lik.short_window}; "
+                         "a different one needs a run with training")
+    new = replace(lik, history=cfg.likelihood_history, spatial_tolerance=cfg.spatial_tolerance,
+                  onset_window=cfg.onset_window, threshold=cfg.likelihood_threshold, decide_on="likelihood")
+    key = generate_private_key()
+    payload = {n: b for n, b in files.items() if n not in (bf.MANIFEST, bf.SIGNATURE)}
+    return bf.verify(bf.signed_files(replace(manifest, likelihood=new), payload, key), [key.public_key()])
+
+
+def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
+    """The edge path again on a previous run's bundle (``cfg.reuse_bundles``) with this configuration's
+    post-processing: no training, so a post-processing change is measured in minutes, on the same models."""
+    from edge_agent.replay import replay
+    from shared.csvdata import read_series
+
+    t0 = time.perf_counter()
+    series = read_series(nab_dir / "data" / name, "timestamp", ["value"])
+    src = bundle_path(Path(cfg.reuse_bundles), name)
+    if not src.exists():
+        raise ValueError(f"no bundle {src} from a previous run for {name}")
+    bundle = reexported(src, cfg)
+    r = replay(bundle, series)
+    raw = out / "raw" / name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
+    n = len(series.values)
+    agreement = bundle.manifest.quantization.agreement
+    return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), src.stat().st_size,
+                      bundle.manifest.scoring.threshold, agreement.score_pearson if agreement else float("nan"))
 
 
 def _worker_init() -> None:
@@ -158,7 +214,7 @@ def _worker_init() -> None:
 def _run_file_safe(args: tuple[Path, str, NabConfig, Path]) -> FileResult:
     nab_dir, name, cfg, out = args
     try:
-        return run_file(nab_dir, name, cfg, out)
+        return rerun_file(nab_dir, name, cfg, out) if cfg.reuse_bundles else run_file(nab_dir, name, cfg, out)
     except Exception as exc:  # one bad file must not sink the corpus run; it is reported
         log.exception("NAB file %s failed", name)
         return FileResult(name, 0, 0, 0.0, 0, float("nan"), float("nan"), error=f"{type(exc).__name__}: {exc}")

@@ -74,13 +74,15 @@ class SyncPolicy(enum.StrEnum):
 class SyncConfig:
     enabled: bool = doc("Upload raw readings to the hub for retraining.", default=True)
     interval_s: float = doc("Seconds between uploads.", default=30.0)
-    max_buffered_rows: int = doc("Rows kept while the hub is unreachable or the bandwidth cap holds them back; "
-                                 "beyond it the lowest-priority, oldest rows are dropped (counted).",
+    max_buffered_rows: int = doc("Chosen rows kept in memory until they go to the outbox (at the interval's end, "
+                                 "or at each reading commit with a gateway source); beyond it the lowest-priority, "
+                                 "oldest rows are dropped (counted). Offline, batches wait in the outbox instead.",
                                  default=200_000)
     policy: SyncPolicy = doc("full: every reading; smart: every flagged window, hard examples, a sample of "
                              "normal windows (see docs/architecture.md).", default=SyncPolicy.FULL)
-    bandwidth_bytes_s: float = doc("Average upload cap in bytes/s of sync messages (bursts up to two intervals' "
-                                   "worth); 0 = unlimited.", default=0.0)
+    bandwidth_bytes_s: float = doc("Upload cap in bytes/s of sync messages, spent by the outbox sender on what it "
+                                   "publishes (bursts up to one second's worth); held-back batches wait in the "
+                                   "outbox. 0 = unlimited.", default=0.0)
     hard_margin: float = doc("smart: a window whose score is within this fraction of the threshold (either side) "
                              "is a hard example.", default=0.2)
     sample_windows: int = doc("smart: normal windows sampled uniformly (reservoir) per interval.", default=8)

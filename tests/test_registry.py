@@ -34,6 +34,7 @@ def registry_home(tmp_path_factory: pytest.TempPathFactory) -> HubHome:
     return home
 
 
+@pytest.mark.integration
 def test_lineage_of_each_version(registry_home: HubHome) -> None:
     ts, _ = simulated_series(40)
     with registry_home.sessions()() as s:
@@ -76,6 +77,7 @@ def test_champion_per_group_with_fallbacks(tmp_path: Path) -> None:
         assert champion.champion(s, "north").version == 2  # type: ignore[union-attr]
 
 
+@pytest.mark.integration
 def test_models_cli(registry_home: HubHome) -> None:
     runner = CliRunner()
     h = ["--home", str(registry_home.path)]
@@ -107,6 +109,7 @@ def test_models_cli(registry_home: HubHome) -> None:
         assert rollout is not None and rollout.version == 1 and rollout.phases == [25, 100]
 
 
+@pytest.mark.integration
 def test_label_lifted_threshold_survives_export(tmp_path: Path) -> None:
     """evaluate.with_threshold scales the validation-quantile margin too, so the exported bundle (which
     re-learns its threshold on the int8 model's own scores) keeps the label calibration's lift."""

@@ -183,6 +183,7 @@ def test_judge_and_label_threshold() -> None:
     assert evaluate.label_threshold(1.0, np.empty(0), [0.2]) == 1.0
 
 
+@pytest.mark.integration
 def test_trigger_measures_and_the_scheduler_runs_a_retrain(tmp_path: Path) -> None:
     home = HubHome(tmp_path / "hub")
     home.init()

@@ -64,7 +64,7 @@ def on_status(s: Session, device: str, status: p.Status, now: float) -> None:
                         .where(db.RolloutDevice.device_id == device, db.RolloutDevice.state != D.QUEUED)
                         .order_by(db.Rollout.id.desc()).limit(1)).first()
     if row is not None and apply_report(row[0], status, row[1], now):
-        log.info("rollout %d: %s %s", row[1].id, device, row[0].state.value)
+        log.debug("rollout %d: %s %s", row[1].id, device, row[0].state.value)
 
 
 class RolloutEngine:

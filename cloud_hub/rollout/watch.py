@@ -1,5 +1,5 @@
-"""Watch agents' retained status over MQTT until they run a version: for scripts, tests and `retrain`
-that block on a rollout (the engine itself works from the database)."""
+"""Watch agents' retained status over MQTT until they run a version (scripts, tests, `retrain --wait` block
+on a rollout this way; the engine itself works from the database), and a one-wave rollout to every device."""
 
 from __future__ import annotations
 

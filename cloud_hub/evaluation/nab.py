@@ -52,7 +52,7 @@ class NabConfig:
     likelihood_history: int = 8000
     likelihood_short_window: int = 1
     spatial_tolerance: float = 0.05  # a value beyond the range seen so far (by 5 % of it) is an anomaly
-    onset_window: int = 1600  # one alarm per excursion: report only new highs of the last 1600 readings
+    onset_window: int = 1200  # one alarm per excursion: report only new highs of the last 1200 readings
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training

@@ -202,12 +202,45 @@ def _dataclass_converter(cls: type, strict: bool) -> Converter:
             elif required:
                 raise SchemaError(f"{path}.{name}" if path else name, "is required")
         try:
-            obj = cls(**kwargs)
+            obj = build(kwargs)
         except (ValueError, TypeError) as exc:  # __post_init__ range checks
             raise SchemaError(path, str(exc)) from None
         return obj
 
+    build = _builder(cls)
     return load_dataclass
+
+
+def _builder(cls: type) -> typing.Callable[[dict[str, Any]], Any]:
+    """``cls(**kwargs)``, or where that is provably the same, its effect without the generated
+    ``__init__``: a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, a
+    quarter of decoding a message.  Only for dataclasses whose ``__init__`` is the generated one, every
+    field an init field (no ``InitVar``, no ``init=False``) and no ``__slots__``; defaults are filled the
+    way ``__init__`` fills them and ``__post_init__`` runs as it would."""
+    all_fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    fields = dataclasses.fields(cls)
+    init = cls.__init__  # type: ignore[misc]
+    generated = getattr(getattr(init, "__code__", None), "co_filename", "") == "<string>"
+    if (not generated or len(all_fields) != len(fields) or any(not f.init for f in fields)
+            or "__slots__" in cls.__dict__ or not cls.__dataclass_params__.init):  # type: ignore[attr-defined]
+        return lambda kwargs: cls(**kwargs)
+    defaults = [(f.name, f.default, f.default_factory) for f in fields
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    post_init = getattr(cls, "__post_init__", None)
+    new = object.__new__
+
+    def build(kwargs: dict[str, Any]) -> Any:
+        obj: Any = new(cls)
+        state = obj.__dict__
+        for name, default, factory in defaults:
+            if name not in kwargs:
+                state[name] = factory() if default is dataclasses.MISSING else default  # type: ignore[operator]
+        state.update(kwargs)
+        if post_init is not None:
+            post_init(obj)
+        return obj
+
+    return build
 
 
 @functools.cache

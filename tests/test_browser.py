@@ -112,3 +112,18 @@ def test_label_an_anomaly_and_see_it_in_the_cli(dashboard: tuple[HubHome, str], 
     assert out.exit_code == 0, out.output
     listed = {a["id"]: a for a in map(json.loads, out.output.splitlines())}
     assert listed[anomaly_id]["label"] == "false_positive" and listed[anomaly_id]["labelled_by"] == "operator"
+
+
+def test_pause_a_rollout_from_the_page(dashboard: tuple[HubHome, str], page: object) -> None:
+    """The pause button writes the operator command `serve` carries out (as `cloud-hub rollout pause`)."""
+    from cloud_hub import db
+
+    home, url = dashboard
+    _login(page, url)
+    page.goto(url + "/rollouts")  # type: ignore[attr-defined]
+    assert "running" in page.inner_text("tr[data-rollout='1']")  # type: ignore[attr-defined]
+    page.click("tr[data-rollout='1'] button[value=pause]")  # type: ignore[attr-defined]
+    page.wait_for_url(url + "/rollouts/1")  # type: ignore[attr-defined]
+    assert "pause requested" in page.inner_text("dl.facts")  # type: ignore[attr-defined]
+    with home.sessions()() as s:
+        assert s.get(db.Rollout, 1).command == db.RolloutCommand.PAUSE  # type: ignore[union-attr]

@@ -303,3 +303,22 @@ def test_metrics_follow_live_ingest(tmp_path: Path, mosquitto: RunningBroker) ->
         client.loop_stop()
         web.stop()
         server.stop()
+
+
+def test_pages_and_metrics_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """The dashboard's queries (fleet counts, timeline buckets, label filters, paging) on a real PostgreSQL."""
+    home = HubHome(tmp_path / "pg")
+    home.init(database_url=postgres_url)
+    populate(home, devices=6, anomalies=150)
+    auth.Users(home.path).set("alice", PASSWORD)
+    c = TestClient(create_app(home))
+    assert _login(c).status_code == 303  # type: ignore[attr-defined]
+    assert re.findall(r'<tr data-device="([^"]+)"', c.get("/fleet?sort=anomalies_24h&desc=1").text)[0] == "gw-000"
+    device = c.get("/devices/gw-000").text
+    assert 'class="mark' in device and 'class="score"' in device
+    assert "150 matching" in c.get("/anomalies").text
+    assert c.get("/anomalies?label=unlabelled").text.count('data-anomaly="') == 100
+    assert c.get("/anomalies?page=2&min_score=0").text.count('data-anomaly="') == 50
+    for path in ("/rollouts", "/rollouts/1", "/models"):
+        assert c.get(path).status_code == 200, path
+    assert 'edgesentry_devices{status="online"} 5.0' in c.get("/metrics").text

@@ -1,6 +1,6 @@
 """The dashboard: server-rendered pages (Starlette + Jinja2), login, CSRF, ``/metrics``.
 
-Pages only read through :mod:`cloud_hub.web.queries`; the forms call the same functions as the CLI
+Pages only read through :mod:`cloud_hub.db.queries` (shared with the CLI); the forms call the same functions as the CLI
 (operator labels: :func:`cloud_hub.registry.labels.label_anomaly`).
 """
 
@@ -26,12 +26,13 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_hub import db
+from cloud_hub.db import queries
 from cloud_hub.home import HubHome
 from cloud_hub.registry import labels as registry_labels
 from cloud_hub.registry import lineage
 from cloud_hub.rollout import api as rollout_api
 from cloud_hub.rollout.states import ROLLOUT_TRANSITIONS
-from cloud_hub.web import auth, charts, queries
+from cloud_hub.web import auth, charts
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 64 * 1024  # no dashboard request needs more; bounds what a client can make us buffer
@@ -252,10 +253,13 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
             total, points = queries.score_points(s, device_id, since)
             line = queries.telemetry_line(s, device_id, since)
             trained_threshold = queries.model_threshold(s, dev.model_version)
-            newest = queries.anomalies(s, limit=PAGE_SIZE, device=device_id, since=since)
+            listed = queries.anomalies(s, device_id, since, limit=PAGE_SIZE)
+            newest = [la.event for la in listed]
             history = queries.status_history(s, device_id)
-            beats = queries.heartbeats(s, device_id, since, limit=1)
-            labels = queries.current_labels(s, [p.id for p in points] + [e.id for e in newest])
+            detail = queries.device_detail(s, device_id, heartbeats=1)
+            beats = detail.heartbeats if detail else []
+            labels = queries.current_labels(s, [p.id for p in points])
+            labels.update({la.event.id: la.label.label.value for la in listed if la.label})
             status = queries.device_status(dev, now)
         t0 = min([since, *(pt.ts for pt in points)])
         thresholds: list[tuple[float, float]] = []
@@ -279,20 +283,23 @@ def create_app(home: HubHome, *, require_login: bool = True, metrics: Any = None
     async def anomalies(request: Request) -> Response:
         q = request.query_params
         hours = _float_arg(request, "hours")
+        label = q.get("label", "")
+        if label not in ("", "unlabelled", *LABELS):
+            raise HTTPException(400, f"label must be unlabelled or one of {', '.join(LABELS)}")
         filters: dict[str, Any] = {
-            "device": q.get("device", "")[:64],
+            "device": q.get("device", "")[:64] or None,
             "since": time.time() - hours * 3600 if hours else None,
+            "unlabelled": label == "unlabelled",
+            "label": db.LabelKind(label) if label in LABELS else None,
             "min_score": _float_arg(request, "min_score"),
             "model_version": _int_arg(request, "model"),
-            "label": q.get("label", ""),
         }
-        if filters["label"] not in ("", "unlabelled", *LABELS):
-            raise HTTPException(400, f"label must be unlabelled or one of {', '.join(LABELS)}")
         page = max(1, _int_arg(request, "page", 1) or 1)
         with state.sessions() as s:
             total = queries.anomaly_count(s, **filters)
-            events = queries.anomalies(s, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, **filters)
-            labels = queries.current_labels(s, [e.id for e in events])
+            listed = queries.anomalies(s, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, **filters)
+        events = [la.event for la in listed]
+        labels = {la.event.id: la.label.label.value for la in listed if la.label}
         pages = max(1, math.ceil(total / PAGE_SIZE))
         return render(request, "anomalies.html", events=events, total=total, page=page, pages=pages,
                       labels=labels, label_choices=LABELS)

@@ -18,8 +18,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from cloud_hub import db
+from cloud_hub.db.queries import device_status
 from cloud_hub.home import HubHome
-from cloud_hub.web.queries import device_status
 
 if TYPE_CHECKING:
     from cloud_hub.ingest.batching import Inbound

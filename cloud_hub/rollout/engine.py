@@ -239,20 +239,22 @@ class RolloutEngine:
                 return
             q = q.where(db.Device.device_id.in_(devices))
         for dev in s.scalars(q):
-            self._reconcile_one(s, dev, now)
+            # A device that reported is told again even if it was told before: its retained announcement may
+            # be gone (a broker restarted without persistence, a reinstalled gateway). Idempotent for the agent.
+            self._reconcile_one(s, dev, now, again=devices is not None)
 
     def _reconcile_matching(self, s: Session, selector: Selector, now: float) -> None:
         for dev in selector.devices(s):
             if dev.online:
                 self._reconcile_one(s, dev, now)
 
-    def _reconcile_one(self, s: Session, dev: db.Device, now: float) -> None:
-        """Announce the device's current model if it runs another and was not told already."""
+    def _reconcile_one(self, s: Session, dev: db.Device, now: float, again: bool = False) -> None:
+        """Announce the device's current model if it runs another (and, unless ``again``, was not told so)."""
         target = current_target(s, dev)
         if target is None or dev.model_version == target.version:
             return
         told = s.get(db.DeviceTarget, dev.device_id)
-        if told is not None and (told.version, told.rollout_id) == (target.version, target.rollout_id):
+        if not again and told is not None and (told.version, told.rollout_id) == (target.version, target.rollout_id):
             return
         bundle = s.get(db.Bundle, target.bundle_id)
         if bundle is None:

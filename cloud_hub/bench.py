@@ -397,8 +397,6 @@ def run_ingest_bench(workdir: Path, out: Path, broker_url: str | None, console: 
     table.add_column("measure")
     table.add_column("value", justify="right")
     _ingest_rows(table, results["ingest"])
-    if "fleet" in results:
-        _fleet_rows(table, results["fleet"])
     console.print(table)
     console.print(f"written to {out}")
     return results

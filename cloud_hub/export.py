@@ -84,7 +84,11 @@ def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, Sco
         raise NotExportable(f"{detector.name} does not export as {quantization.value}: "
                             f"{detector.export_note or 'supported: ' + ', '.join(detector.quantizations)}")
     tflite = detector.export_tflite(quantization.value, int8_calibration(detector))
-    scoring, val_scores = detector.exported_scoring(tflite)
+    try:
+        scoring, val_scores = detector.exported_scoring(tflite)
+    except RuntimeError as exc:  # the interpreter refuses the converted graph: nothing an agent could run
+        raise NotExportable(f"the exported {quantization.value} model does not run on LiteRT ({exc}); constant "
+                            "training data gives zero-range tensors — train on data that varies") from None
     probe = perturbed(detector.calibration["x_val"], detector.cfg.seed)
     k_scores = detector.score(probe)
     t_scores = detector.tflite_scores(tflite, probe, scoring)

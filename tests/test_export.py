@@ -39,3 +39,23 @@ def test_other_quantizations_export(trained_home, mode: str) -> None:  # type: i
     assert model.input_dtype == np.float32
     if mode == "float32":
         assert r.tflite_bytes > int8.tflite_bytes
+
+
+def test_a_model_litert_cannot_run_is_refused_with_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A constant training stream (NAB's art_flatline) converts to an int8 graph with zero-range tensors
+    that LiteRT's XNNPACK refuses to prepare: export says so instead of crashing mid-way."""
+    from dataclasses import replace
+
+    from cloud_hub import training
+    from cloud_hub.data import TrainingData
+    from cloud_hub.export import Quantization, export
+    from cloud_hub.home import HubHome
+    from cloud_hub.models import NotExportable
+
+    home = HubHome(tmp_path / "home")
+    home.init()
+    cfg = replace(home.config().training, epochs=2, window=24, wavelet_level=0)
+    result = training.train(home, TrainingData(["value"], [np.full((600, 1), 5.0)], "flat", 600), cfg)
+    with pytest.raises(NotExportable, match="does not run on LiteRT"):
+        export(home, result.version, Quantization.INT8)
+    assert not list(home.bundles_dir.glob("*.tar.gz"))  # nothing half-written

@@ -435,3 +435,43 @@ def test_operator_commands_timeouts_and_a_pausing_gate(hub_server: HubServer, tr
 def fleet_dev(home: HubHome, device: str) -> db.Device | None:
     with home.sessions()() as s:
         return s.get(db.Device, device)
+
+
+@pytest.mark.integration
+def test_anomaly_rate_gate_waits_for_data_then_aborts(hub_server: HubServer, trained_home) -> None:  # type: ignore[no-untyped-def]
+    """The engine holds a healthy wave until its devices scored enough readings under the new model, then
+    trips on the anomaly-rate rise and sends the wave back (heartbeats and events stored as ingest would)."""
+    from cloud_hub.config import RolloutConfig
+    from cloud_hub.rollout.bench import SimAgent, _signed_copy
+
+    home = hub_server.home
+    hub_server.rollouts.cfg = RolloutConfig(min_gate_readings=500)
+    _, exported = trained_home
+    _signed_copy(home, exported.bundle_dir, 1)
+    agent = SimAgent("sim-a", home.config().broker, home.public_key())
+    try:
+        assert agent.subscribed.wait(15)
+        agent.status(ModelState.NONE)
+        wait_until(lambda: fleet_dev(home, "sim-a") is not None, 15, "simulated agent known to the hub")
+        rid = start_rollout(home, 1, Selector(), [100], Gates(wait_s=60, max_anomaly_increase=0.01))
+        wait_until(lambda: _rollout(home, rid)[1]["sim-a"] == D.HEALTHY, 30, "device healthy")
+        ticks = hub_server.rollouts.ticks
+        wait_until(lambda: hub_server.rollouts.ticks >= ticks + 2, 15, "the engine judged the settled wave")
+        assert _rollout(home, rid)[0] == R.RUNNING  # healthy, but no readings scored by v1 yet: the gate waits
+        now = time.time()
+        with home.sessions()() as s:
+            for i, scored in enumerate((0, 400, 1000)):
+                s.add(db.Heartbeat(device_id="sim-a", ts=now + i, received_at=now + i, seq=i, model_version=1,
+                                   readings_scored=scored, anomalies=0, rejected=0, queue_depth=0))
+            for i in range(50):  # 5% of the readings raise an event; the previous (no) model raised none
+                s.add(db.AnomalyEvent(device_id="sim-a", event_id=f"e{i}", ts=now, detected_at=now, received_at=now,
+                                      score=2.0, threshold=1.0, model_version=1))
+            s.commit()
+        hub_server.rollouts.wake()
+        wait_until(lambda: _rollout(home, rid)[0] == R.ABORTED, 30, "the anomaly-rate gate aborted the rollout")
+        with home.sessions()() as s:
+            r = s.get(db.Rollout, rid)
+            assert r is not None and "anomaly rate 0.0500 (50/1000) vs previous 0.0000 (0/0)" in r.reason, r.reason
+        assert _rollout(home, rid)[1] == {"sim-a": D.ROLLED_BACK}
+    finally:
+        agent.close()

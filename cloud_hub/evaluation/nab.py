@@ -52,7 +52,7 @@ class NabConfig:
     likelihood_history: int = 8000
     likelihood_short_window: int = 1
     spatial_tolerance: float = 0.05  # a value beyond the range seen so far (by 5 % of it) is an anomaly
-    onset_window: int = 400  # one alarm per excursion: report only new highs of the last 400 readings
+    onset_window: int = 1200  # one alarm per excursion: report only new highs of the last 1200 readings
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training
@@ -69,6 +69,7 @@ class FileResult:
     agreement_pearson: float
     error: str = ""
     retrains: int = 0
+    note: str = ""  # e.g. no deployable model: the agent stayed silent on this stream
 
 
 def detector_name(model: str) -> str:
@@ -98,6 +99,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     into the replaying agent, as an update would be."""
     from cloud_hub.data import TrainingData
     from cloud_hub.home import HubHome
+    from cloud_hub.models import NotExportable
     from cloud_hub.retrain_policy import retrain
     from edge_agent.replay import Replayer, load_bundle
     from shared.csvdata import read_series
@@ -120,7 +122,15 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
             return retrain(home, data, cfg.training, cfg.model, Quantization(cfg.quantization),
                            DecisionMode.LIKELIHOOD, cfg.likelihood_threshold, **likelihood)
 
-        first = train_export(TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation))
+        try:
+            first = train_export(TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation))
+        except NotExportable as exc:  # no bundle an agent could run: it reports nothing on this stream
+            raw = out / "raw" / name
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(raw.with_suffix(".npz"), score=np.full(n, np.nan), likelihood=np.zeros(n),
+                     anomalous=np.zeros(n, dtype=bool))
+            return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), 0, float("nan"),
+                              float("nan"), note=f"no model: {exc}")
         keys = [home.public_key()]
         replayer = Replayer(load_bundle(first.archive, keys), series)
         retrains = 0
@@ -130,7 +140,11 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
                                            cfg.training.window, f"nab:{name}@{point}")
             if data.rows < cfg.training.window * 4:
                 continue  # too little unflagged data: keep the running model
-            replayer.swap(load_bundle(train_export(data).archive, keys))
+            try:
+                replayer.swap(load_bundle(train_export(data).archive, keys))
+            except NotExportable as exc:  # as the hub would: keep the running model
+                log.warning("%s: retrain at %d not deployable (%s); the running model stays", name, point, exc)
+                continue
             retrains += 1
         replayer.advance(n)
         r = replayer.result()
@@ -189,7 +203,8 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     series = read_series(nab_dir / "data" / name, "timestamp", ["value"])
     src = bundle_path(Path(cfg.reuse_bundles), name)
     if not src.exists():
-        raise ValueError(f"no bundle {src} from a previous run for {name}")
+        raise ValueError(f"no bundle {src} from a previous run for {name} (a file without a deployable model "
+                         "has none: leave it out with --files)")
     bundle = reexported(src, cfg)
     r = replay(bundle, series)
     raw = out / "raw" / name
@@ -362,5 +377,6 @@ def write_report(s: dict[str, Any], out: Path) -> None:
         "",
         "Score timelines (likelihood, labelled windows shaded) are in `plots/`.",
         "",
+        *(f"- {f['name']}: {f['note']}" for f in s["files"] if f.get("note")),
     ]
     (out / "report.md").write_text("\n".join(lines))

@@ -78,8 +78,8 @@ class SimAgent:
                     if not msg.payload:
                         return
                     ann = verified_announcement(self.trusted, msg.payload)
-                    if ann.version == self.version:
-                        return
+                    if ann.version == self.version or (self.assembly and self.assembly.announcement == ann):
+                        return  # running it, or already fetching it (as the agent's update machine does)
                     self.assembly = self._assembly_cls(ann)
                     self.status(p.ModelState.DOWNLOADING, ann.rollout_id)
                     request = p.ModelRequest(v=p.PROTOCOL_VERSION, device=self.device, version=ann.version)

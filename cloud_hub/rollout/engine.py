@@ -78,7 +78,7 @@ class RolloutEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._check: set[str] | None = None  # devices to reconcile; None = all of them (first tick)
+        self._check: dict[str, float] | None = None  # device -> when it reported; None = all devices (first tick)
         self._thread = threading.Thread(target=self._run, name="hub-rollouts", daemon=True)
         self.ticks = 0
 
@@ -93,7 +93,8 @@ class RolloutEngine:
 
     def wake(self, statuses: Iterable[tuple[str, p.Status]] = ()) -> None:
         """Agents reported: tick now; devices online and not mid-update are checked for their current model."""
-        settled = {d for d, st in statuses if st.state == p.AgentState.ONLINE and st.model_state in _SETTLED_AGENT}
+        now = time.time()
+        settled = {d: now for d, st in statuses if st.state == p.AgentState.ONLINE and st.model_state in _SETTLED_AGENT}
         with self._lock:
             if self._check is not None:
                 self._check.update(settled)
@@ -119,7 +120,7 @@ class RolloutEngine:
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._lock:
-            check, self._check = self._check, set()
+            check, self._check = self._check, {}
         with self.sessions() as s:
             rollouts = list(s.scalars(select(db.Rollout).where(
                 db.Rollout.state.in_(OPEN) | db.Rollout.command.is_not(None)).order_by(db.Rollout.id)))
@@ -232,7 +233,7 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ devices that come online
 
-    def _reconcile(self, s: Session, devices: set[str] | None, now: float) -> None:
+    def _reconcile(self, s: Session, devices: dict[str, float] | None, now: float) -> None:
         q = select(db.Device).where(db.Device.online.is_(True))
         if devices is not None:
             if not devices:
@@ -241,20 +242,22 @@ class RolloutEngine:
         for dev in s.scalars(q):
             # A device that reported is told again even if it was told before: its retained announcement may
             # be gone (a broker restarted without persistence, a reinstalled gateway). Idempotent for the agent.
-            self._reconcile_one(s, dev, now, again=devices is not None)
+            self._reconcile_one(s, dev, now, devices.get(dev.device_id) if devices is not None else None)
 
     def _reconcile_matching(self, s: Session, selector: Selector, now: float) -> None:
         for dev in selector.devices(s):
             if dev.online:
                 self._reconcile_one(s, dev, now)
 
-    def _reconcile_one(self, s: Session, dev: db.Device, now: float, again: bool = False) -> None:
-        """Announce the device's current model if it runs another (and, unless ``again``, was not told so)."""
+    def _reconcile_one(self, s: Session, dev: db.Device, now: float, reported_at: float | None = None) -> None:
+        """Announce the device's current model if it runs another and was not told so — or was told before it
+        reported (``reported_at``, hub clock) that it still runs another."""
         target = current_target(s, dev)
         if target is None or dev.model_version == target.version:
             return
         told = s.get(db.DeviceTarget, dev.device_id)
-        if not again and told is not None and (told.version, told.rollout_id) == (target.version, target.rollout_id):
+        if (told is not None and (told.version, told.rollout_id) == (target.version, target.rollout_id)
+                and (reported_at is None or told.announced_at >= reported_at)):
             return
         bundle = s.get(db.Bundle, target.bundle_id)
         if bundle is None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.config import AgentConfig, UpdateConfig
-from edge_agent.detector import ActiveModel, ScoredBatch, StreamingDetector
+from edge_agent.detector import BUFFER_READINGS, ActiveModel, ScoredBatch, StreamingDetector
 from edge_agent.model_store import Assembly, ModelStore
 from shared.bundle import Bundle, BundleError
 from shared.metrics import rss_mb
@@ -243,6 +243,18 @@ class _Probation:
     reference_rate: float = 0.0  # the running model's flag rate on the recent data before the swap
     started: float = field(default_factory=time.monotonic)
     health: Health = field(default_factory=Health)
+    first_ts: float | None = None  # end of the first window the candidate scored
+    shadow: StreamingDetector | None = None  # the fallback on the same readings (see Updater._reference)
+    shadow_health: Health = field(default_factory=Health)
+
+
+def flag_health(det: StreamingDetector, block: ReadingsBlock, health: Health) -> None:
+    """Push ``block`` into ``det`` and count the decisions of its model in ``health``."""
+    for a in range(0, len(block), BUFFER_READINGS // 2):
+        scored = det.push_block(ReadingsBlock(block.ts[a : a + BUFFER_READINGS // 2], block.features,
+                                              block.values[a : a + BUFFER_READINGS // 2])).scored
+        if scored is not None:
+            health.add(scored, 0.0)
 
 
 class Updater:
@@ -536,10 +548,43 @@ class Updater:
         with self._lock:
             if self._probation is not p or self.rec.state != S.ACTIVE or scored.model_version != self.rec.candidate:
                 return
+            if p.first_ts is None:
+                p.first_ts = float(scored.ts[0])
             p.health.add(scored, elapsed_s / len(scored))
             reason = p.health.verdict(self.ucfg, self.profile, p.reference_rate)
+            if p.shadow is not None or (reason is not None and p.health.nonfinite == 0):
+                reason = p.health.verdict(self.ucfg, self.profile, self._reference(p))
             if reason is not None:
                 self._rollback(f"probation: {reason}")
+
+    def _reference(self, p: _Probation) -> float:
+        """The flag rate the candidate is judged against on probation: the fallback's on the same readings.
+
+        The rate before the swap is a fair reference only while the data stay alike; a real anomaly
+        arriving on probation makes any sound model flag its windows.  So once the candidate exceeds that
+        rate by more than ``max_anomaly_rate``, the fallback (kept loaded, idle on probation) scores the
+        probation's readings too, and from then on every block alongside the candidate: the comparison is
+        on the same windows, as in the staged check, and costs nothing while the candidate stays within
+        the limit.
+        Caller holds the lock (on the scorer thread).  Beyond the buffer (``BUFFER_READINGS``) the fallback
+        judges the most recent readings of the probation."""
+        fb = p.fallback
+        if fb is None or p.first_ts is None:
+            return p.reference_rate
+        if p.shadow is None:
+            p.shadow = StreamingDetector(self.detector.threshold_scale, self.detector.max_batch)
+            p.shadow.swap(fb)
+            recent = self.detector.recent_readings(BUFFER_READINGS)
+            start = max(0, int(np.searchsorted(recent.ts, p.first_ts)) - (fb.preprocessing.window - 1))
+            block = ReadingsBlock(recent.ts[start:], recent.features, recent.values[start:])
+        else:  # the readings since the last call
+            recent = self.detector.recent_readings(BUFFER_READINGS)
+            new = recent.ts > p.shadow.last_ts
+            block = ReadingsBlock(recent.ts[new], recent.features, recent.values[new])
+        flag_health(p.shadow, block, p.shadow_health)
+        if not p.shadow_health.windows:
+            return p.reference_rate
+        return p.shadow_health.rate
 
     def _commit(self) -> None:
         p = self._probation

@@ -320,6 +320,32 @@ def test_probation_rolls_back_by_itself(fleet: Fleet) -> None:
     assert (rec.state, rec.committed, rec.failed_version, rec.candidate) == (ModelState.ROLLED_BACK, 1, 5, None)
 
 
+def test_an_anomaly_on_probation_is_judged_against_the_fallback_on_the_same_readings(fleet: Fleet) -> None:
+    """A real anomaly arriving on probation makes a sound candidate flag far more than the running model did
+    before the swap; judged against the fallback on the same readings (which flags it as well), the
+    candidate is committed, not rolled back."""
+    device = "gw-burst"
+    _bundle(fleet.home, fleet.src, 6)  # v1's model and threshold under a new version: a sound candidate
+    fleet.agent(device, "[update]\nmin_windows = 50\nprobation_s = 1", csv=False)
+    wait_until(lambda: (st := _state(fleet, device)) is not None and st[1] == 1, 30, "agent online on v1")
+    fleet.announce(device, 6, rollout_id=21)
+    wait_until(lambda: _on(fleet, device, "active", 6), 60, "v6 on probation")
+
+    ts, values = simulated_series(20, seed=1, t0=1_700_400_000.0)  # 400 readings
+    values = values.copy()
+    values[100:300] += 10 * np.nanstd(values, axis=0)  # a level shift on every channel: half the windows
+    for i in range(0, len(ts), 50):
+        batch = Readings(v=PROTOCOL_VERSION, readings=[
+            Reading(ts=float(t), values={f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, row, strict=True)})
+            for t, row in zip(ts[i:i + 50], values[i:i + 50], strict=True)])
+        fleet.client.publish(device_topic(device, Channel.READINGS), encode(batch), qos=1).wait_for_publish(5)
+    wait_until(lambda: fleet.scored(device)[0] >= len(ts) - WINDOW + 1, 30, "every reading scored")
+    assert fleet.events(device, 6) >= 1  # the candidate did flag the shift
+    wait_until(lambda: _on(fleet, device, "committed", 6), 30, "v6 committed")
+    rec = RecordFile(fleet.tmp / device / "state").load()
+    assert (rec.state, rec.committed, rec.failed_version) == (ModelState.COMMITTED, 6, None), rec
+
+
 KILL_STATES = [ModelState.DOWNLOADING, ModelState.VERIFYING, ModelState.STAGED, ModelState.ACTIVE,
                ModelState.COMMITTED]
 

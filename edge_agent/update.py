@@ -577,6 +577,9 @@ class Updater:
             recent = self.detector.recent_readings(BUFFER_READINGS)
             start = max(0, int(np.searchsorted(recent.ts, p.first_ts)) - (fb.preprocessing.window - 1))
             block = ReadingsBlock(recent.ts[start:], recent.features, recent.values[start:])
+            log.info("v%s flags %.0f%% of %d windows on probation (the running model %.0f%% before the swap): "
+                     "v%d scores the same readings", self.rec.candidate, 100 * p.health.rate, p.health.windows,
+                     100 * p.reference_rate, fb.version)
         else:  # the readings since the last call
             recent = self.detector.recent_readings(BUFFER_READINGS)
             new = recent.ts > p.shadow.last_ts

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 from rich.console import Console
 
 from cloud_hub.home import HubHome, HubHomeError
 
-console = Console()
+
+def _width() -> int | None:
+    """Piped output (a file, grep, a test) is not cut at rich's default 80 columns: ids must survive."""
+    return None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+
+
+console = Console(width=_width())
 
 
 def home_of(ctx: click.Context) -> HubHome:

@@ -20,6 +20,7 @@ from cloud_hub import db, rollout
 from cloud_hub.brokers import RunningBroker
 from cloud_hub.demo.simulator import FEATURES
 from cloud_hub.home import HubHome
+from cloud_hub.rollout.bench import signed_copy
 from cloud_hub.server import HubServer
 from edge_agent.config import UpdateConfig
 from edge_agent.detector import ScoredBatch
@@ -109,22 +110,9 @@ WINDOW = 16  # trained_home's window
 def _bundle(home: HubHome, src: Path, version: int, *, threshold: float | None = None,
             model: bytes | None = None) -> bytes:
     """Re-version (and optionally break) the trained bundle, sign it with ``home``'s key, register it."""
-    files = bundle_fmt.read_dir(src)
-    m = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
-    model = model or files[bundle_fmt.MODEL_FILE]
-    scoring = m.scoring if threshold is None else replace(m.scoring, threshold=threshold)
-    manifest = bundle_fmt.build_manifest(name=m.name, version=version, preprocessing=m.preprocessing,
-                                         scoring=scoring, quantization=m.quantization,
-                                         files={bundle_fmt.MODEL_FILE: model}, likelihood=m.likelihood)
-    archive = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: model}, home.signing_key()))
-    path = home.path / f"v{version}.tar.gz"
-    path.write_bytes(archive)
-    with home.sessions()() as s:
-        s.add(db.ModelVersion(version=version, name=m.name, source="test", artifacts_dir=""))
-        s.add(db.Bundle(version=version, quantization="int8", path=str(path), size=len(archive),
-                        sha256=bundle_fmt.sha256_hex(archive)))
-        s.commit()
-    return archive
+    m = load(bundle_fmt.Manifest, json.loads(bundle_fmt.read_dir(src)[bundle_fmt.MANIFEST]))
+    scoring = None if threshold is None else replace(m.scoring, threshold=threshold)
+    return signed_copy(home, src, version, source="test", scoring=scoring, model=model).read_bytes()
 
 
 def _nan_model(window: int, n_features: int, heads: list[str]) -> bytes:

@@ -31,6 +31,7 @@ from cloud_hub.rollout.waves import Gates, Selector
 from shared import bundle as bundle_fmt
 from shared import protocol as p
 from shared.mqtt import BrokerConfig, connect, make_client
+from shared.scoring import ScoringParams
 from shared.signing import parse_public_key
 
 AGENTS_PER_PROCESS = 50
@@ -125,23 +126,25 @@ def _agents_process(url: str, devices: list[str], public_key: str, ready: Any, s
         a.close()
 
 
-def _signed_copy(home: HubHome, bundle_dir: Path, version: int) -> Path:
-    """The exported bundle re-signed with this hub's key and registered as ``version``."""
+def signed_copy(home: HubHome, bundle_dir: Path, version: int, *, source: str = "bench",
+                scoring: ScoringParams | None = None, model: bytes | None = None) -> Path:
+    """The exported bundle re-signed with this hub's key and registered as ``version`` (optionally with
+    other scoring parameters or another model: tests use it to build bad candidates)."""
     import json
 
     from shared.schema import load
 
     files = bundle_fmt.read_dir(bundle_dir)
     m = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
-    model = files[bundle_fmt.MODEL_FILE]
+    model = model or files[bundle_fmt.MODEL_FILE]
     manifest = bundle_fmt.build_manifest(name=m.name, version=version, preprocessing=m.preprocessing,
-                                         scoring=m.scoring, quantization=m.quantization,
+                                         scoring=scoring or m.scoring, quantization=m.quantization,
                                          files={bundle_fmt.MODEL_FILE: model}, likelihood=m.likelihood)
     archive = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: model}, home.signing_key()))
     path = home.path / f"v{version}.tar.gz"
     path.write_bytes(archive)
     with home.sessions()() as s:
-        s.add(db.ModelVersion(version=version, name=m.name, source="bench", artifacts_dir=""))
+        s.add(db.ModelVersion(version=version, name=m.name, source=source, artifacts_dir=""))
         s.add(db.Bundle(version=version, quantization="int8", path=str(path), size=len(archive),
                         sha256=bundle_fmt.sha256_hex(archive)))
         s.commit()
@@ -164,7 +167,7 @@ def fleet_rollout(workdir: Path, broker: RunningBroker, bundle_dir: Path, n: int
     text = home.config_path.read_text().replace(f'url = "{broker.url}"\n',
                                                 f'url = "{broker.url}"\nclient_id = "bench-fleet-{n}"\n')
     home.config_path.write_text(text)
-    archive = _signed_copy(home, bundle_dir, 1)
+    archive = signed_copy(home, bundle_dir, 1)
     server = HubServer(home)
     server.start()
     ctx = mp.get_context("spawn")

@@ -394,12 +394,12 @@ def test_operator_commands_timeouts_and_a_pausing_gate(hub_server: HubServer, tr
     """Simulated agents (the bench's: real MQTT, signature and hash checks, no interpreter) on real Mosquitto:
     a device that cannot verify the announcement times out, the gate pauses the rollout, `resume` overrides
     it and the next wave completes; `rollback` then sends every device back (no previous model: cleared)."""
-    from cloud_hub.rollout.bench import SimAgent, _signed_copy
+    from cloud_hub.rollout.bench import SimAgent, signed_copy
     from shared.signing import generate_private_key, public_key_b64
 
     home = hub_server.home
     _, exported = trained_home
-    _signed_copy(home, exported.bundle_dir, 1)
+    signed_copy(home, exported.bundle_dir, 1)
     cfg = home.config().broker
     agents = [SimAgent("sim-1", cfg, public_key_b64(generate_private_key())),  # trusts another hub: ignores us
               SimAgent("sim-2", cfg, home.public_key())]
@@ -442,12 +442,12 @@ def test_anomaly_rate_gate_waits_for_data_then_aborts(hub_server: HubServer, tra
     """The engine holds a healthy wave until its devices scored enough readings under the new model, then
     trips on the anomaly-rate rise and sends the wave back (heartbeats and events stored as ingest would)."""
     from cloud_hub.config import RolloutConfig
-    from cloud_hub.rollout.bench import SimAgent, _signed_copy
+    from cloud_hub.rollout.bench import SimAgent, signed_copy
 
     home = hub_server.home
     hub_server.rollouts.cfg = RolloutConfig(min_gate_readings=500)
     _, exported = trained_home
-    _signed_copy(home, exported.bundle_dir, 1)
+    signed_copy(home, exported.bundle_dir, 1)
     agent = SimAgent("sim-a", home.config().broker, home.public_key())
     try:
         assert agent.subscribed.wait(15)

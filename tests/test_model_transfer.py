@@ -39,7 +39,7 @@ def test_corrupt_or_foreign_chunks_are_refused() -> None:
     with pytest.raises(ValueError, match="not base64"):
         asm.add(parts[1].__class__(**{**parts[1].__dict__, "data": "!!not base64!!"}))
 
-    tampered = archive[:-1] + b"!"
+    tampered = archive[:-1] + bytes([archive[-1] ^ 0xFF])  # always differs from the genuine byte
     announced = _announce(archive, 2)  # the hub announced the genuine archive's hash and size
     asm2 = Assembly(announced)
     for c in chunks(tampered, 4, announced.sha256):  # chunks of other bytes under that hash

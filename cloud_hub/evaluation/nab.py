@@ -52,7 +52,10 @@ class NabConfig:
     likelihood_history: int = 8000
     likelihood_short_window: int = 1
     spatial_tolerance: float = 0.05  # a value beyond the range seen so far (by 5 % of it) is an anomaly
-    onset_window: int = 1200  # one alarm per excursion: report only new highs of the last 1200 readings
+    onset_window: int = 0  # report only new highs of the last N readings (off: `rearm` does this job better)
+    rearm: int = 500  # one alarm per excursion: report only after 500 readings below the threshold
+    deviation_window: int = 144  # model-free second opinion: deviation from the median of the last 144 readings
+    deviation_warmup: int = 300  # deviation scores that prime its likelihood on the stream
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training
@@ -112,8 +115,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     n = len(series.values)
     probation = probationary_length(n)
     work = Path(tempfile.mkdtemp(prefix="nab-"))
-    likelihood = {"history": cfg.likelihood_history, "short_window": cfg.likelihood_short_window,
-                  "spatial_tolerance": cfg.spatial_tolerance, "onset_window": cfg.onset_window}
+    likelihood = {"short_window": cfg.likelihood_short_window, **post_processing(cfg)}
     try:
         home = HubHome(work / "home")
         home.init()
@@ -161,6 +163,13 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def post_processing(cfg: NabConfig) -> dict[str, Any]:
+    """The LikelihoodParams fields this configuration sets on every bundle (the agent's post-processing)."""
+    return {"history": cfg.likelihood_history, "spatial_tolerance": cfg.spatial_tolerance,
+            "onset_window": cfg.onset_window, "rearm": cfg.rearm, "deviation_window": cfg.deviation_window,
+            "deviation_warmup": cfg.deviation_warmup}
+
+
 def bundle_path(out: Path, name: str) -> Path:
     """Where a run keeps the bundle it exported for data file ``name`` (its first model)."""
     return out / "bundles" / (name.replace("/", "__").removesuffix(".csv") + ".tar.gz")
@@ -186,8 +195,7 @@ def reexported(archive: Path, cfg: NabConfig) -> Any:
     if lik.short_window != cfg.likelihood_short_window:
         raise ValueError(f"{archive}: its prior was fitted with short window {lik.short_window}; "
                          "a different one needs a run with training")
-    new = replace(lik, history=cfg.likelihood_history, spatial_tolerance=cfg.spatial_tolerance,
-                  onset_window=cfg.onset_window, threshold=cfg.likelihood_threshold, decide_on="likelihood")
+    new = replace(lik, **post_processing(cfg), threshold=cfg.likelihood_threshold, decide_on="likelihood")
     key = generate_private_key()
     payload = {n: b for n, b in files.items() if n not in (bf.MANIFEST, bf.SIGNATURE)}
     return bf.verify(bf.signed_files(replace(manifest, likelihood=new), payload, key), [key.public_key()])
@@ -202,9 +210,9 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     t0 = time.perf_counter()
     series = read_series(nab_dir / "data" / name, "timestamp", ["value"])
     src = bundle_path(Path(cfg.reuse_bundles), name)
-    if not src.exists():
-        raise ValueError(f"no bundle {src} from a previous run for {name} (a file without a deployable model "
-                         "has none: leave it out with --files)")
+    if not src.exists():  # e.g. a file whose model was not deployable: train it again (it says so itself)
+        log.warning("no bundle %s from a previous run for %s: training it", src, name)
+        return run_file(nab_dir, name, replace(cfg, reuse_bundles=""), out)
     bundle = reexported(src, cfg)
     r = replay(bundle, series)
     raw = out / "raw" / name

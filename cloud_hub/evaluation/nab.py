@@ -127,10 +127,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         try:
             first = train_export(TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation))
         except NotExportable as exc:  # no bundle an agent could run: it reports nothing on this stream
-            raw = out / "raw" / name
-            raw.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(raw.with_suffix(".npz"), score=np.full(n, np.nan), likelihood=np.zeros(n),
-                     anomalous=np.zeros(n, dtype=bool))
+            _save_raw(out, name, np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
             return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), 0, float("nan"),
                               float("nan"), note=f"no model: {exc}")
         keys = [home.public_key()]
@@ -154,9 +151,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(first.archive, dest)
         dest.with_suffix("").with_suffix(".pub").write_text(home.public_key())  # to verify it when reused
-        raw = out / "raw" / name
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
+        _save_raw(out, name, r.score, r.likelihood, r.anomalous)
         return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), first.size,
                           first.scoring.threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
@@ -168,6 +163,13 @@ def post_processing(cfg: NabConfig) -> dict[str, Any]:
     return {"history": cfg.likelihood_history, "spatial_tolerance": cfg.spatial_tolerance,
             "onset_window": cfg.onset_window, "rearm": cfg.rearm, "deviation_window": cfg.deviation_window,
             "deviation_warmup": cfg.deviation_warmup}
+
+
+def _save_raw(out: Path, name: str, score: np.ndarray, likelihood: np.ndarray, anomalous: np.ndarray) -> None:
+    """The per-row output of one file (scored and written as NAB results once every file is done)."""
+    raw = out / "raw" / name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(raw.with_suffix(".npz"), score=score, likelihood=likelihood, anomalous=anomalous)
 
 
 def bundle_path(out: Path, name: str) -> Path:
@@ -210,15 +212,15 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     t0 = time.perf_counter()
     series = read_series(nab_dir / "data" / name, "timestamp", ["value"])
     src = bundle_path(Path(cfg.reuse_bundles), name)
-    if not src.exists():  # e.g. a file whose model was not deployable: train it again (it says so itself)
-        log.warning("no bundle %s from a previous run for %s: training it", src, name)
-        return run_file(nab_dir, name, replace(cfg, reuse_bundles=""), out)
+    n = len(series.values)
+    if not src.exists():  # the previous run had no deployable model for it: the agent stays silent, as then
+        log.warning("no bundle %s from the previous run for %s: no model, the agent stays silent", src, name)
+        _save_raw(out, name, np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
+        return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), 0, float("nan"),
+                          float("nan"), note=f"no model: no bundle in {cfg.reuse_bundles}")
     bundle = reexported(src, cfg)
     r = replay(bundle, series)
-    raw = out / "raw" / name
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
-    n = len(series.values)
+    _save_raw(out, name, r.score, r.likelihood, r.anomalous)
     agreement = bundle.manifest.quantization.agreement
     return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), src.stat().st_size,
                       bundle.manifest.scoring.threshold, agreement.score_pearson if agreement else float("nan"))
@@ -248,6 +250,8 @@ def run(nab_dir: Path, cfg: NabConfig, out: Path, files: list[str] | None = None
     if not (nab_dir / "data").is_dir() or not (nab_dir / "labels" / "combined_windows.json").exists():
         raise ValueError(f"{nab_dir} is not a NAB directory (needs data/ and labels/combined_windows.json)")
     files = files or data_files(nab_dir)
+    if cfg.reuse_bundles and not any((Path(cfg.reuse_bundles) / "bundles").glob("*.tar.gz")):
+        raise ValueError(f"{cfg.reuse_bundles} holds no bundles (bundles/*.tar.gz): not the --out of a NAB run")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(nab_dir, f, cfg, out) for f in files]

@@ -111,12 +111,12 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
                                      "threshold": threshold, "validation_rows": len(semi_val),
                                      "labelled_attacks": int((y_semi > 0).sum())}
     if quantization and quantization in det.quantizations:
-        tflite, scoring, _, agree = exported(det, Quantization(quantization))
-        t_scores = det.tflite_scores(tflite, x_test, scoring)
-        q = pointwise(y_test, t_scores, Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
-        result[quantization] = {**q, "threshold": scoring.threshold, "tflite_bytes": len(tflite),
+        tflite, ex, agree = exported(det, Quantization(quantization))
+        t_scores = det.tflite_scores(tflite, x_test, ex.scoring)
+        q = pointwise(y_test, t_scores, Decision(DecisionMode.SCORE, ex.threshold).flags(t_scores))
+        result[quantization] = {**q, "threshold": ex.threshold, "tflite_bytes": len(tflite),
                                 "agreement": asdict(agree),
-                                "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, scoring), x_test)}
+                                "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, ex.scoring), x_test)}
         result["quantization_f1_delta"] = q["f1"] - result["f1"]
         result["scores_" + quantization] = t_scores
     elif quantization:

@@ -25,14 +25,14 @@ class Inbound(NamedTuple):
 
 class Batcher:
     """Cuts the inbound queue into batches: up to ``max_items`` messages, closed ``wait_s`` after the
-    first one or once a whole ``idle_s`` passed without a new one.
+    first one or as soon as nothing new arrived for ``idle_s``.
 
     Under load a batch fills from what queued up during the previous commit, so throughput grows with
-    load; when traffic is sparse a message waits at most about ``2 * idle_s`` before it is written.  A
-    deque under one lock, drained a batch at a time: ``queue.Queue``'s per-item locking was a tenth of
-    ingest's CPU.  One consumer (the writer).  ``put`` wakes it only when it has something to do — the
-    first message of a batch, or a full batch — not once per message: while a batch gathers, the writer
-    looks at the queue every ``idle_s`` (per-message wake-ups were a thread switch each).
+    load; when traffic is sparse a message waits at most ``idle_s`` before it is written.  A deque under
+    one lock, drained a batch at a time: ``queue.Queue``'s per-item locking was a tenth of ingest's CPU.
+    One consumer (the writer).  ``put`` wakes it only when it has something to do — the first message of
+    a batch, or a full batch — not once per message (each wake-up was a thread switch): while a batch
+    gathers, ``put`` notes the time and the writer sleeps until ``idle_s`` after the latest message.
     """
 
     def __init__(self, max_items: int, wait_s: float, idle_s: float, maxsize: int) -> None:
@@ -46,6 +46,7 @@ class Batcher:
         self._not_full = threading.Condition(self._lock)
         self._stopped = False
         self._wake_at = _NEVER  # queue length at which put() wakes the writer (it is waiting for that)
+        self._last_put = 0.0
 
     def put(self, item: Inbound) -> None:
         """Blocks when the queue is full: the broker keeps what the hub cannot take yet."""
@@ -53,6 +54,7 @@ class Batcher:
             while len(self._items) >= self.maxsize and not self._stopped:
                 self._not_full.wait()
             self._items.append(item)
+            self._last_put = _now()
             if len(self._items) >= self._wake_at:
                 self._wake_at = _NEVER
                 self._not_empty.notify()
@@ -82,15 +84,13 @@ class Batcher:
                 if self._stopped:
                     return None
                 self._wait(1)
-            deadline = time.monotonic() + self.wait_s
+            deadline = _now() + self.wait_s
             while len(self._items) < self.max_items and not self._stopped and self.idle_s > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                before = len(self._items)
-                self._wait(self.max_items, min(self.idle_s, remaining))
-                if len(self._items) == before:
-                    break  # nothing new for idle_s: write what we have
+                now = _now()
+                quiet = now - self._last_put
+                if now >= deadline or quiet >= self.idle_s:
+                    break  # waited long enough, or nothing new for idle_s: write what we have
+                self._wait(self.max_items, min(self.idle_s - quiet, deadline - now))
             n = min(self.max_items, len(self._items))
             if n == len(self._items):
                 batch = list(self._items)
@@ -103,3 +103,4 @@ class Batcher:
 
 
 _NEVER = sys.maxsize
+_now = time.monotonic

@@ -20,7 +20,7 @@ Optional refinements, all causal and all learned on the stream itself (no retrai
   level the model reconstructs well but the stream has never dwelt on) and carries over model swaps;
 * onsets only — ℓ is reported only where it exceeds every value of the previous ``onset_window``
   readings (0 elsewhere), so one sustained excursion yields one alarm rather than hundreds;
-* re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``threshold``:
+* re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``rearm_level``:
   one alarm per excursion, the next once the stream has been quiet for ``rearm`` readings (unlike
   onsets, a smaller excursion after a quiet stretch still alarms);
 * range novelty — a reading beyond the range seen so far (the training range, then the stream's) by
@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from shared.decision import DecisionMode
 from shared.schema import doc, dump, load
 
 _LOG_FLOOR = math.log(1e-10)
@@ -46,17 +45,14 @@ _LOG_FLOOR = math.log(1e-10)
 
 @dataclass(frozen=True)
 class LikelihoodParams:
-    """Post-processing of raw scores into a likelihood; carried in the bundle."""
+    """Post-processing of raw scores into a likelihood; carried in the bundle (its threshold and whether the
+    agent decides on it are the bundle's decision section, shared/decision.py)."""
 
     prior_mean: float = doc("Mean of the moving-averaged log1p scores on calibration windows.")
     prior_std: float = doc("Their standard deviation.")
     prior_weight: int = doc("How many observations the prior counts as against the running history.", default=100)
     history: int = doc("Moving averages kept in the running distribution.", default=2000)
     short_window: int = doc("Raw scores averaged before comparison.", default=8)
-    threshold: float = doc("Log-scaled likelihood at or above which a window is anomalous (decide_on=likelihood).",
-                           default=0.5)
-    decide_on: str = doc("What the agent thresholds: 'score' (raw score vs scoring.threshold) or 'likelihood'.",
-                         default="score")
     spatial_tolerance: float = doc("Range novelty: a reading beyond the range seen so far by more than this "
                                    "fraction of it gets likelihood 1 (negative = off).", default=-1.0)
     range_min: list[float] = doc("Per-feature minimum seen in training (start of the running range).",
@@ -64,8 +60,10 @@ class LikelihoodParams:
     range_max: list[float] = doc("Per-feature maximum seen in training.", default_factory=list)
     onset_window: int = doc("Report the likelihood only where it exceeds the previous N readings' (0 = off).",
                             default=0)
-    rearm: int = doc("Report the likelihood only where none of the previous N readings' reached `threshold` "
+    rearm: int = doc("Report the likelihood only where none of the previous N readings' reached `rearm_level` "
                      "(0 = off): one alarm per excursion, re-armed after N quiet readings.", default=0)
+    rearm_level: float = doc("Likelihood that counts as an alarm for re-arming (normally the decision's "
+                             "likelihood threshold).", default=0.5)
     deviation_window: int = doc("Model-free second opinion: distance of each reading from the median of the "
                                 "previous N readings in median absolute deviations, through its own likelihood; "
                                 "the larger likelihood is reported (0 = off).", default=0)
@@ -75,14 +73,12 @@ class LikelihoodParams:
     def __post_init__(self) -> None:
         if self.prior_std <= 0 or self.history < 2 or self.short_window < 1 or self.prior_weight < 0:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
-        if not 0 < self.threshold < 1:
-            raise ValueError("likelihood threshold must be in (0, 1)")
-        if self.decide_on not in set(DecisionMode):
-            raise ValueError(f"decide_on must be one of {', '.join(DecisionMode)}")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
         if self.rearm < 0 or self.deviation_window < 0 or self.deviation_window == 1 or self.deviation_warmup < 2:
             raise ValueError("rearm >= 0, deviation_window 0 (off) or >= 2, deviation_warmup >= 2")
+        if not 0 < self.rearm_level <= 1:
+            raise ValueError("rearm_level must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -297,7 +293,7 @@ class AnomalyLikelihood:
         k = self.params.rearm
         if k == 0:
             return lik
-        crossed = lik >= self.params.threshold
+        crossed = lik >= self.params.rearm_level
         ext = np.concatenate([np.zeros(max(0, k - len(self._crossed_tail)), bool), self._crossed_tail, crossed])
         counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
         # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]

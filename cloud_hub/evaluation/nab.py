@@ -153,7 +153,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         dest.with_suffix("").with_suffix(".pub").write_text(home.public_key())  # to verify it when reused
         _save_raw(out, name, r.score, r.likelihood, r.anomalous)
         return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), first.size,
-                          first.scoring.threshold, first.agreement.score_pearson, retrains=retrains)
+                          first.decision.score_threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -161,7 +161,8 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
 def post_processing(cfg: NabConfig) -> dict[str, Any]:
     """The LikelihoodParams fields this configuration sets on every bundle (the agent's post-processing)."""
     return {"history": cfg.likelihood_history, "spatial_tolerance": cfg.spatial_tolerance,
-            "onset_window": cfg.onset_window, "rearm": cfg.rearm, "deviation_window": cfg.deviation_window,
+            "onset_window": cfg.onset_window, "rearm": cfg.rearm, "rearm_level": cfg.likelihood_threshold,
+            "deviation_window": cfg.deviation_window,
             "deviation_warmup": cfg.deviation_warmup}
 
 
@@ -183,24 +184,26 @@ def reexported(archive: Path, cfg: NabConfig) -> Any:
     would export from the same version with other settings — signed again and verified as the agent does.
     The original is verified first when its run left the hub's public key next to it."""
     from shared import bundle as bf
-    from shared.schema import load
+    from shared.decision import DecisionMode
     from shared.signing import generate_private_key, parse_public_key
 
     files = bf.unpack(archive.read_bytes())
     pub = archive.with_suffix("").with_suffix(".pub")
     if pub.exists():
         bf.verify(files, [parse_public_key(pub.read_text().strip())])
-    manifest = load(bf.Manifest, json.loads(files[bf.MANIFEST]))
+    manifest = bf.parse_manifest(files[bf.MANIFEST])
     lik = manifest.likelihood
     if lik is None:
         raise ValueError(f"{archive}: the bundle has no likelihood section to re-use")
     if lik.short_window != cfg.likelihood_short_window:
         raise ValueError(f"{archive}: its prior was fitted with short window {lik.short_window}; "
                          "a different one needs a run with training")
-    new = replace(lik, **post_processing(cfg), threshold=cfg.likelihood_threshold, decide_on="likelihood")
+    new = replace(lik, **post_processing(cfg))
+    decision = replace(manifest.decision, mode=DecisionMode.LIKELIHOOD, likelihood_threshold=cfg.likelihood_threshold)
     key = generate_private_key()
     payload = {n: b for n, b in files.items() if n not in (bf.MANIFEST, bf.SIGNATURE)}
-    return bf.verify(bf.signed_files(replace(manifest, likelihood=new), payload, key), [key.public_key()])
+    return bf.verify(bf.signed_files(replace(manifest, likelihood=new, decision=decision), payload, key),
+                     [key.public_key()])
 
 
 def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
@@ -223,7 +226,7 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     _save_raw(out, name, r.score, r.likelihood, r.anomalous)
     agreement = bundle.manifest.quantization.agreement
     return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), src.stat().st_size,
-                      bundle.manifest.scoring.threshold, agreement.score_pearson if agreement else float("nan"))
+                      bundle.manifest.decision.score_threshold, agreement.score_pearson if agreement else float("nan"))
 
 
 def _worker_init() -> None:

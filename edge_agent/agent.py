@@ -422,6 +422,7 @@ class Agent:
                 next_sync = now + self.cfg.sync.interval_s
                 self._flush_sync()
             self.updater.tick(now)
+            self.outbox.checkpoint()  # the WAL's fsyncs here, not in the scorer's commits
 
     def _heartbeat(self) -> None:
         self._hb_seq += 1

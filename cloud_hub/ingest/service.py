@@ -23,6 +23,7 @@ from cloud_hub.ingest import store
 from cloud_hub.ingest.acks import publish_acks
 from cloud_hub.ingest.batching import Batcher, Inbound
 from cloud_hub.ingest.leader import Leadership
+from cloud_hub.ingest.mqtt_io import HubClient, puback_all
 from cloud_hub.ingest.rollout_hooks import serve_model_request
 from cloud_hub.rollout.engine import RolloutEngine
 from shared import protocol as p
@@ -79,7 +80,8 @@ class HubServer:
         self._closing = False
         base_id = self.cfg.broker.client_id or HUB_CLIENT_ID
         self.client_id = f"{base_id}-{worker}" if worker else base_id
-        self.client = make_client(replace(self.cfg.broker, client_id=self.client_id), HUB_CLIENT_ID, persistent=True)
+        self.client = make_client(replace(self.cfg.broker, client_id=self.client_id), HUB_CLIENT_ID, persistent=True,
+                                  client_class=HubClient)
         self.client.manual_ack_set(True)
         self.client.on_connect = self.guard.callback(self._on_connect, "connect")
         self.client.on_message = self._on_message
@@ -223,10 +225,10 @@ class HubServer:
             self.rejects.internal_error(it.channel.value, p.device_topic(it.device, it.channel), exc)
 
     def _puback(self, batch: list[Inbound]) -> None:
-        """PUBACK after storing; a message from an earlier connection is redelivered by the broker instead."""
-        for it in batch:
-            if it.mid and it.epoch == self._epoch:
-                self.client.ack(it.mid, 1)
+        """PUBACK after storing (one write for the batch); a message from an earlier connection is
+        redelivered by the broker instead."""
+        epoch = self._epoch
+        puback_all(self.client, [it.mid for it in batch if it.mid and it.epoch == epoch])
 
 
 __all__ = ["HUB_CHANNELS", "HUB_CLIENT_ID", "SHARE_GROUP", "HubServer", "ScaleOutError"]

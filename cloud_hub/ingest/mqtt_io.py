@@ -6,7 +6,8 @@ bench: a fifth of that thread in ``recv`` calls, and a syscall pair per PUBACK o
 * paho reads each packet with three or more ``recv()`` calls (command byte, each remaining-length byte,
   then the body).  :class:`HubClient` gives paho a socket that reads whatever the kernel holds (up to
   64 KiB) in one call and serves paho's small reads from it; its ``pending()`` — the method paho
-  already asks TLS sockets — tells paho's loop that bytes are waiting, so it reads on before ``select``.
+  already asks TLS sockets — tells paho's loop that bytes are waiting, and ``loop_read`` handles every
+  whole packet already read (up to ``MAX_PACKETS_PER_READ``) instead of one per ``select()``.
 * a committed batch is PUBACKed in ONE queued write (:func:`puback_all`) instead of one queued packet,
   one wake-up of the network thread and one ``send()`` per message.
 
@@ -26,6 +27,7 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 
 READ_CHUNK = 64 * 1024
+MAX_PACKETS_PER_READ = 1000  # then paho's loop gets round to writing (PUBACKs, Acks) and keepalive again
 _PAHO_2 = paho.mqtt.__version__.startswith("2.") and hasattr(mqtt.Client, "_create_socket") \
     and hasattr(mqtt.Client, "_packet_queue")
 _PUBACK = struct.Struct("!BBH")
@@ -50,6 +52,10 @@ class BufferedSocket:
         self._pos = min(start + n, len(self._buf))
         return self._buf[start:self._pos]
 
+    def buffered(self) -> int:
+        """Bytes read from the kernel and not yet handed to paho."""
+        return len(self._buf) - self._pos
+
     def pending(self) -> int:
         """Bytes readable without the kernel: ours, plus those TLS has decrypted but not handed out."""
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
@@ -69,6 +75,17 @@ class HubClient(mqtt.Client):
         if sock.family in (socket.AF_INET, socket.AF_INET6):  # on_socket_open's TCP_NODELAY sees the wrapper
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return BufferedSocket(sock)
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        """paho reads one packet per call (per ``select``); go on while whole packets are buffered."""
+        rc = super().loop_read(max_packets)
+        for _ in range(MAX_PACKETS_PER_READ):
+            sock = self._sock
+            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or not isinstance(sock, BufferedSocket) \
+                    or not sock.buffered():
+                break
+            rc = super().loop_read(max_packets)
+        return rc
 
 
 def fast_io(client: mqtt.Client) -> bool:

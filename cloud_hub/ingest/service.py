@@ -73,6 +73,7 @@ class HubServer:
         self.stored: Counter[str] = Counter()  # new rows by channel, plus "duplicate" for redeliveries
         self.transactions = 0  # committed batch transactions (the per-message fallback counts each)
         self.acks_sent = 0
+        self.writer_cpu_s = 0.0  # CPU time of the writer thread storing, acknowledging and notifying (bench)
         ing = self.cfg.ingest
         self.batcher = Batcher(ing.batch_max, ing.batch_wait_ms / 1000, ing.batch_idle_ms / 1000, ing.queue_max)
         self._worker = threading.Thread(target=self._work, name="hub-db", daemon=True)
@@ -157,6 +158,7 @@ class HubServer:
 
     def _work(self) -> None:
         while (batch := self.batcher.next()) is not None:
+            cpu0 = time.thread_time()
             try:
                 self._write(batch)
             except Exception as exc:  # a bug must not stop storage: count it and go on
@@ -164,6 +166,7 @@ class HubServer:
             finally:
                 self._puback(batch)
             self._notify(batch)
+            self.writer_cpu_s += time.thread_time() - cpu0
             if self.batcher.empty():
                 self.idle.set()
         self.idle.set()

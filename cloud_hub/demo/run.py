@@ -60,9 +60,7 @@ class Phases:
     gap_s: tuple[float, float] = (7.0, 11.0)
 
 
-# `--quick` (tests/test_e2e.py): every step of the full demo on less wall clock. detect1 outlasts the agents'
-# 10 s probation (so v2 is not held back); anomalies keep being injected while v2 trains.
-QUICK = Phases(period_s=20.0, collect_s=30.0, detect1_s=15.0, detect2_s=12.0, epochs=6, gap_s=(4.0, 6.0))
+QUICK = Phases(period_s=20.0, collect_s=40.0, detect1_s=25.0, detect2_s=20.0, epochs=6, gap_s=(5.0, 7.0))
 
 
 @dataclass

@@ -8,7 +8,10 @@ loses it, and an agent restart loses anything held in memory.  Every report is w
 drop is counted by kind (persisted, so ``edge-agent status`` and heartbeats show it across restarts).
 
 One connection guarded by one lock: callers on the scoring thread only touch the local disk, never
-the network.  :class:`Sender` (one thread) publishes what is due while connected.
+the network.  :class:`Sender` (one thread) publishes what is due while connected; an anomaly event
+with nothing ahead of it is published by the scorer itself right after its commit (``Sender.send_now``:
+paho only queues the packet for its network thread, nothing blocks on the network), which saves the
+sender's wake-up on the reading → report path.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.outbox")
 
 FILENAME = "outbox.sqlite"
+# Checkpoints (WAL → database file, with fsyncs) run on the housekeeping thread after this many row changes
+# (``Outbox.checkpoint``), never inside a report's commit on the scoring thread; SQLite's own automatic
+# checkpoint stays as a safety net at SAFETY_CHECKPOINT_PAGES (40 MB of WAL) for callers that never call it.
+CHECKPOINT_CHANGES = 256
+SAFETY_CHECKPOINT_PAGES = 10_000
 ENTRY_OVERHEAD = 96  # bytes counted per entry beyond payload and topic (row, index entries)
 
 
@@ -109,6 +117,11 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={SAFETY_CHECKPOINT_PAGES}")
+        self._synchronous = synchronous
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpointed_changes = 0
         self._db.executescript(SCHEMA)
         self._bytes = int(self._db.execute(
             f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
@@ -116,8 +129,29 @@ class Outbox:
         self._listeners: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpoint_db is not None:
+                self._checkpoint_db.close()
+                self._checkpoint_db = None
         with self._lock:
             self._db.close()
+
+    def checkpoint(self, min_changes: int = CHECKPOINT_CHANGES) -> bool:
+        """Copy the WAL into the database file once ``min_changes`` rows changed since the last time, on a
+        connection of its own (a PASSIVE checkpoint runs beside the writer): the fsyncs of a checkpoint
+        happen on the caller's thread (housekeeping), not in the scorer's commit of an anomaly event, where
+        they were the reading → report latency's worst case.  True if it ran."""
+        with self._lock:
+            changes = self._db.total_changes
+        if changes - self._checkpointed_changes < min_changes:
+            return False
+        with self._checkpoint_lock:
+            if self._checkpoint_db is None:
+                self._checkpoint_db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._checkpoint_db.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._checkpointed_changes = changes
+        return True
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Called (outside the lock) after each put, so a sender can wake at once."""
@@ -138,40 +172,73 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for id_, kind, topic, payload, retain in items:
-                    results.append(self._insert(id_, kind, topic, payload, retain))
+                    results.append(self._insert(id_, kind, topic, payload, retain) is not None)
                 for key, value in (meta or {}).items():
                     self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._bytes = int(self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
-                ).fetchone()[0])
+                self._rollback()
                 raise
         if items:
-            for listener in self._listeners:
-                listener()
+            self._changed()
         return results
 
-    def _insert(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool) -> bool:
-        """Caller holds the lock inside a transaction."""
+    def put_sending(self, id: str, kind: Kind, topic: str, payload: bytes, resend_s: float) -> int | None:
+        """Store one report durably, already marked as published (attempt 1, due again after ``resend_s``):
+        the caller publishes it right after this commit, from its own thread (the latency path: no wake-up
+        of the sender thread).  Only when nothing of the same or higher priority is still unsent, so order
+        is kept; otherwise (and when it is dropped or already held) it is stored like ``put``, for the
+        sender.  Returns the new entry's seq when the caller is to publish it, else None."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                waiting = self._db.execute("SELECT 1 FROM entries WHERE priority >= ? AND next_send IS NULL LIMIT 1",
+                                           (kind.priority,)).fetchone() is not None
+                seq = self._insert(id, kind, topic, payload, False, None if waiting else resend_s)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        if waiting or not seq:
+            self._changed()
+            return None
+        return seq
+
+    def _rollback(self) -> None:
+        """Caller holds the lock."""
+        self._db.execute("ROLLBACK")
+        self._bytes = int(self._db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
+        ).fetchone()[0])
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _insert(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool,
+                sending_resend_s: float | None = None) -> int | None:
+        """Caller holds the lock inside a transaction.  The new entry's seq; 0 if the id is already held;
+        None if dropped.  ``sending_resend_s``: store it as published now (see ``put_sending``)."""
         size = _size(topic, payload)
         if size <= self.max_bytes and self._make_room(size, kind.priority):
+            now = time.time()
+            sending = sending_resend_s is not None
             try:
-                self._db.execute(
-                    "INSERT INTO entries (id, kind, priority, topic, payload, retain, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (id, kind.value, kind.priority, topic, payload, int(retain), time.time()),
+                cur = self._db.execute(
+                    "INSERT INTO entries (id, kind, priority, topic, payload, retain, created, attempts, last_sent, "
+                    "next_send) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (id, kind.value, kind.priority, topic, payload, int(retain), now, int(sending),
+                     now if sending else None, now + sending_resend_s if sending_resend_s is not None else None),
                 )
             except sqlite3.IntegrityError:
                 log.warning("outbox already holds id %s; not stored twice", id)
-                return True
+                return 0
             self._bytes += size
-            return True
+            return int(cur.lastrowid or 0)
         self._count_drop(kind.value, 1)
         log.warning("outbox full (%d bytes): dropped a new %s report", self._bytes, kind.value)
-        return False
+        return None
 
     def _make_room(self, size: int, priority: int) -> bool:
         """Caller holds the lock. Delete lower-or-equal priority entries, oldest first, until ``size`` fits."""
@@ -226,6 +293,11 @@ class Outbox:
                 "UPDATE entries SET next_send = ? + MIN(?, ? * (1 << MIN(attempts, 20))), "
                 "attempts = attempts + 1, last_sent = ? WHERE seq = ?",
                 [(now, max(max_backoff_s, ack_timeout_s), ack_timeout_s, now, s) for s in seqs])
+
+    def requeue(self, seqs: Iterable[int]) -> None:
+        """Due again now (a publish that paho refused)."""
+        with self._lock:
+            self._db.executemany("UPDATE entries SET next_send = NULL WHERE seq = ?", [(s,) for s in seqs])
 
     def requeue_all(self) -> None:
         """A new connection: whatever was sent but not acknowledged may be lost, send it again."""
@@ -304,15 +376,18 @@ class TokenBucket:
         self.rate = rate
         self.tokens = rate
         self.updated = time.monotonic()
+        self._lock = threading.Lock()  # the sender thread and the scorer's direct sends share the caps
 
     def wait_s(self, amount: float) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        return 0.0 if self.tokens >= min(amount, self.rate) else (min(amount, self.rate) - self.tokens) / self.rate
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            return 0.0 if self.tokens >= min(amount, self.rate) else (min(amount, self.rate) - self.tokens) / self.rate
 
     def take(self, amount: float) -> None:
-        self.tokens -= amount
+        with self._lock:
+            self.tokens -= amount
 
 
 class Sender:
@@ -368,6 +443,33 @@ class Sender:
         if self.cfg.confirm == "broker":
             self.outbox.delete_seqs([seq])
         self._wake.set()
+
+    def send_now(self, id: str, kind: Kind, topic: str, payload: bytes) -> bool:
+        """Store a report and, when nothing of its priority waits ahead of it and the caps allow, publish it
+        from the calling thread right after the commit (the reading → report latency path: no wake-up of
+        the sender thread).  Otherwise the sender delivers it as usual.  True if published here."""
+        import paho.mqtt.client as mqtt
+
+        if not (self.connected.is_set() and self.inflight < self.cfg.max_inflight
+                and max(self._msgs.wait_s(1), self._bytes.wait_s(len(payload))) == 0):
+            self.outbox.put(id, kind, topic, payload)
+            return False
+        seq = self.outbox.put_sending(id, kind, topic, payload, self.cfg.ack_timeout_s)
+        if seq is None:
+            return False
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # not connected after all: the sender sends it (or the reconnect)
+            self.outbox.requeue([seq])
+            self._wake.set()
+            return False
+        self._msgs.take(1)
+        self._bytes.take(len(payload))
+        with self._lock:
+            self.published += 1
+            self._inflight[info.mid] = seq
+        if info.is_published():  # the PUBACK may have beaten us to the table
+            self._done(info.mid)
+        return True
 
     @property
     def inflight(self) -> int:
@@ -431,7 +533,8 @@ class Sender:
                         self._done(info.mid)
             finally:
                 self.outbox.mark_sent(sent, self.cfg.ack_timeout_s, self.cfg.ack_timeout_max_s)
-                self.published += len(sent)
+                with self._lock:
+                    self.published += len(sent)
 
 
 __all__ = ["DEFAULT_MAX_BYTES", "FILENAME", "Entry", "Kind", "Outbox", "Sender", "Stats", "TokenBucket",

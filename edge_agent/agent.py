@@ -77,6 +77,22 @@ GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is
 
 
 @dataclass
+class TelemetryStats:
+    """Windows one model scored in a telemetry interval."""
+
+    n: int = 0
+    flagged: int = 0
+    total: float = 0.0
+    peak: float = 0.0
+
+    def add(self, scores: np.ndarray, anomalous: np.ndarray) -> None:
+        self.n += len(scores)
+        self.flagged += int(np.count_nonzero(anomalous))
+        self.total += float(scores.sum())
+        self.peak = max(self.peak, float(scores.max()))
+
+
+@dataclass
 class Counters:
     received: int = 0
     scored: int = 0
@@ -105,9 +121,7 @@ class Agent:
                                swap=self._swap, request=self._request, publish_status=self._publish_status)
         self.sync = SyncSelector(cfg.sync)
         self._tele_lock = threading.Lock()
-        self._tele_n = 0
-        self._tele_sum = 0.0
-        self._tele_max = 0.0
+        self._tele: dict[int, TelemetryStats] = {}  # per model version, since the last telemetry message
         self._hb_seq = 0
         self._threads: list[threading.Thread] = []
         self.sources: list[CsvReplay] = []
@@ -389,9 +403,7 @@ class Agent:
         if scored is not None and len(scored):
             self.counters.scored += len(scored)
             with self._tele_lock:
-                self._tele_n += len(scored)
-                self._tele_sum += float(scored.scores.sum())
-                self._tele_max = max(self._tele_max, float(scored.scores.max()))
+                self._tele.setdefault(scored.model_version, TelemetryStats()).add(scored.scores, scored.anomalous)
             for i in self.tracker.starts(scored.anomalous):
                 self._report(scored.window(i))
         if self.cfg.sync.enabled:
@@ -461,21 +473,25 @@ class Agent:
         self.client.publish(self._topic(Channel.HEARTBEAT), encode(hb), qos=0)
 
     def _telemetry(self) -> None:
+        """Score statistics since the last call, one message per model that scored (the rollout gate compares
+        flagged-window rates per model); one message without a model when nothing was scored."""
         with self._tele_lock:
-            n, total, peak = self._tele_n, self._tele_sum, self._tele_max
-            self._tele_n, self._tele_sum, self._tele_max = 0, 0.0, 0.0
-        msg = Telemetry(
+            stats, self._tele = self._tele, {}
+        per_model: list[tuple[int | None, TelemetryStats]] = list(stats.items()) or [(None, TelemetryStats())]
+        messages = [Telemetry(
             v=PROTOCOL_VERSION,
             device=self.device,
             ts=time.time(),
             interval_s=self.cfg.telemetry_s,
-            scored=n,
-            score_mean=finite(total / n) if n else 0.0,
-            score_max=finite(peak),
+            scored=st.n,
+            score_mean=finite(st.total / st.n) if st.n else 0.0,
+            score_max=finite(st.peak),
             readings_scored_total=self.counters.scored,
             msg_id=uuid.uuid4().hex,
-        )
-        self._send(Channel.TELEMETRY, msg)
+            flagged=st.flagged,
+            model_version=version,
+        ) for version, st in per_model]
+        self._send(Channel.TELEMETRY, *messages)
 
     def _queue_sync(self, batches: list[SyncBatch], meta: dict[str, str] | None = None) -> None:
         if batches or meta:

@@ -160,7 +160,8 @@ def _telemetry_id(m: p.Telemetry) -> str:
 def _telemetry_row(it: Inbound) -> dict[str, Any]:
     m: p.Telemetry = it.message
     return {"device_id": it.device, "msg_id": _telemetry_id(m), "ts": m.ts, "received_at": it.received_at,
-            "interval_s": m.interval_s, "scored": m.scored, "score_mean": m.score_mean, "score_max": m.score_max}
+            "interval_s": m.interval_s, "scored": m.scored, "score_mean": m.score_mean, "score_max": m.score_max,
+            "flagged": m.flagged, "model_version": m.model_version}
 
 
 def _heartbeat_row(it: Inbound) -> dict[str, Any]:

@@ -129,6 +129,7 @@ class Agent:
         self._own_readers: list[MqttReadingSource] = []  # those on the agent's own broker
         self.ledger = AckLedger()
         self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush and commit
+        self._committed_hwm = -float("inf")
         self.metrics: AgentMetrics | None = None
         if cfg.metrics.listen:  # imported only when on: prometheus-client costs memory
             from edge_agent.metrics import AgentMetrics
@@ -368,7 +369,8 @@ class Agent:
         if interval:
             self._next_sync = now + self.cfg.sync.interval_s
         hwm = self.detector.last_ts
-        meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) else {}
+        meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) and hwm != self._committed_hwm else {}
+        self._committed_hwm = hwm  # unchanged: no write (an idle gateway's SD card is not written every interval)
         for replay in self.sources:
             row = replay.progress(taken)
             if row is not None:

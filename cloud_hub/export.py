@@ -18,9 +18,10 @@ from sqlalchemy import select
 from cloud_hub import db
 from cloud_hub.home import HubHome
 from cloud_hub.models import Detector, NotExportable
+from cloud_hub.models.base import ExportedScoring
 from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
-from shared.decision import Decision, DecisionMode
+from shared.decision import Decision, DecisionMode, DecisionParams
 from shared.inference import Quantization
 from shared.likelihood import LikelihoodParams, fit_prior
 from shared.preprocessing import PreprocessParams
@@ -41,6 +42,7 @@ class ExportResult:
     tflite_bytes: int
     agreement: bundle_fmt.Agreement
     scoring: ScoringParams
+    decision: DecisionParams
     likelihood: LikelihoodParams
 
 
@@ -77,24 +79,23 @@ def int8_calibration(detector: Detector) -> np.ndarray | None:
     return perturbed(detector.calibration["representative"], detector.cfg.seed + 1)
 
 
-def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ScoringParams, np.ndarray,
-                                                                       bundle_fmt.Agreement]:
+def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ExportedScoring, bundle_fmt.Agreement]:
     """Convert, re-learn the threshold on the exported model, and measure agreement with the original."""
     if quantization.value not in detector.quantizations:
         raise NotExportable(f"{detector.name} does not export as {quantization.value}: "
                             f"{detector.export_note or 'supported: ' + ', '.join(detector.quantizations)}")
     tflite = detector.export_tflite(quantization.value, int8_calibration(detector))
     try:
-        scoring, val_scores = detector.exported_scoring(tflite)
+        ex = detector.exported_scoring(tflite)
     except RuntimeError as exc:  # the interpreter refuses the converted graph: nothing an agent could run
         raise NotExportable(f"the exported {quantization.value} model does not run on LiteRT ({exc}); constant "
                             "training data gives zero-range tensors — train on data that varies") from None
     probe = perturbed(detector.calibration["x_val"], detector.cfg.seed)
     k_scores = detector.score(probe)
-    t_scores = detector.tflite_scores(tflite, probe, scoring)
+    t_scores = detector.tflite_scores(tflite, probe, ex.scoring)
     agree = agreement(k_scores, t_scores, detector.decision.flags(k_scores),
-                      Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
-    return tflite, scoring, val_scores, agree
+                      Decision(DecisionMode.SCORE, ex.threshold).flags(t_scores))
+    return tflite, ex, agree
 
 
 class OverBudget(ValueError):
@@ -111,17 +112,19 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
     """
     meta, detector = load_version(home, version)
     pre = PreprocessParams.from_dict(meta["preprocessing"])
-    tflite, scoring, val_scores, agree = exported(detector, quantization)
+    tflite, ex, agree = exported(detector, quantization)
     if profile is not None and len(tflite) > profile.max_model_bytes:
         raise OverBudget(f"{len(tflite)}-byte {quantization.value} model exceeds profile {profile.name}'s budget of "
                          f"{profile.max_model_bytes} bytes (max_model_bytes); nothing written")
     likelihood = {"range_min": pre.scale_min, "range_max": pre.scale_max, **likelihood}
-    prior = fit_prior(val_scores, threshold=likelihood_threshold, decide_on=decide_on.value, **likelihood)
+    prior = fit_prior(ex.val_scores, **likelihood)
+    decision = DecisionParams(score_threshold=ex.threshold, mode=decide_on, likelihood_threshold=likelihood_threshold)
     manifest = bundle_fmt.build_manifest(
         name=meta["name"],
         version=version,
         preprocessing=pre,
-        scoring=scoring,
+        scoring=ex.scoring,
+        decision=decision,
         quantization=bundle_fmt.Quantization(mode=quantization.value, agreement=agree),
         files={bundle_fmt.MODEL_FILE: tflite},
         training=meta["training"],
@@ -145,5 +148,5 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
                          "flag_agreement": agree.flag_agreement, "mean_abs_rel_diff": agree.mean_abs_rel_diff}
         s.add(row)
         s.commit()
-    return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, scoring,
-                        prior)
+    return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, ex.scoring,
+                        decision, prior)

@@ -137,7 +137,8 @@ class HubServer:
             raise p.ProtocolError(p.RejectReason.BAD_TOPIC, f"hub does not consume {channel.value}")
         message = p.decode(channel, msg.payload, device=device)
         self.received[channel.value] += 1
-        self.idle.clear()
+        if self.idle.is_set():  # Event.clear() takes a lock: once per message was measurable
+            self.idle.clear()
         self.batcher.put(Inbound(channel, device, message, time.time(), msg.mid if msg.qos > 0 else 0, self._epoch))
 
     def _stats(self) -> tuple[int, int]:

@@ -223,7 +223,7 @@ def _bundle_metrics(home: HubHome, es: evaluate.EvalSet, challenger: int, champ:
             continue
         try:
             bundle = _bundle(home, version, quantization)
-            out.append(evaluate.metrics(evaluate.score_bundle(es, bundle), bundle.manifest.scoring.threshold))
+            out.append(evaluate.metrics(evaluate.score_bundle(es, bundle), bundle.manifest.decision.score_threshold))
         except (NotExportable, RuntimeUnavailable, bundle_fmt.BundleError, ModelError, OSError, ValueError) as exc:
             raise BundleUnavailable(f"v{version}: {exc}") from exc
     assert out[0] is not None

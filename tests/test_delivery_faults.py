@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker, free_port, mosquitto_path, start_mosquitto
@@ -220,6 +221,12 @@ def test_readings_on_the_agents_own_broker_survive_sigkill_exactly_once(tmp_path
     s, r = stored(home, DEVICE), raised(log)
     assert len(s.timestamps) == len(np.unique(s.timestamps)) == len(published)  # each reading exactly once
     assert sorted(set(s.events)) == sorted(set(r.events)) and len(s.events) == len(set(s.events))
+    # Telemetry names the model and counts the windows it flagged (the rollout gate's anomaly rate).
+    with home.sessions()() as ses:
+        tele = list(ses.scalars(select(db.TelemetryRecord).where(db.TelemetryRecord.device_id == DEVICE,
+                                                                 db.TelemetryRecord.scored > 0)))
+    assert tele and {t.model_version for t in tele} == {1}
+    assert 0 < sum(t.flagged or 0 for t in tele) < sum(t.scored for t in tele)
     _sigkill(agent)
 
 

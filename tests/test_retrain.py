@@ -110,9 +110,11 @@ def test_challenger_promoted_then_kept_and_every_decision_stored(tmp_path: Path,
         assert sorted(x.device_id for x in s.scalars(select(db.RolloutDevice).where(
             db.RolloutDevice.rollout_id == rollout.id))) == ["n1", "n2"]  # only the group's devices
 
-    home.update_config({"retrain": {"margin": 0.5}})  # an unchanged fleet: the next challenger must not win
+    # An unchanged fleet: the next challenger must not win.  Judged by the float models (no export: lean).
+    home.update_config({"retrain": {"margin": 0.5, "evaluate_bundles": False}})
     out = runner.invoke(main, [*h, "retrain", "--group", "north", "--no-rollout"])
     assert out.exit_code == 0 and "kept_champion" in out.output, out.output
+    home.update_config({"retrain": {"evaluate_bundles": True}})
     # A challenger without a bundle (the scikit-learn baselines do not export): both judged by float models.
     out = runner.invoke(main, [*h, "retrain", "--group", "north", "--no-rollout", "--model", "isolation-forest"])
     assert out.exit_code == 0, out.output
@@ -128,6 +130,7 @@ def test_challenger_promoted_then_kept_and_every_decision_stored(tmp_path: Path,
         ("failed", "manual", None), (hist[1]["outcome"], "manual", 4), ("kept_champion", "manual", 3),
         ("promoted", "manual", 2), ("promoted", "promote", 1)]
     assert "< margin 0.5" in hist[2]["detail"] and hist[2]["numbers"]["champion"]["cost"] is not None
+    assert hist[2]["numbers"]["scored_with"] == "float models" and "judged by the float models:" in hist[2]["detail"]
     with home.sessions()() as s:
         assert champion.champion(s, "north").version == 2  # type: ignore[union-attr]
     out = runner.invoke(main, [*h, "retrain", "history"])

@@ -21,7 +21,16 @@ from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
 from edge_agent.mqtt_source import SUBSCRIBED_LOG
 from tests.conftest import REPO, start_agent, wait_until
-from tests.faults import Sensor, hub_toml_fast_reconnect, install_model, raised, spiky_csv, stored
+from tests.faults import (
+    Raised,
+    Sensor,
+    hub_toml_fast_reconnect,
+    in_outbox,
+    install_model,
+    raised,
+    spiky_csv,
+    stored,
+)
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-faults"
@@ -65,8 +74,8 @@ def _broker(tmp_path: Path, port: int | None = None) -> RunningBroker:
     return start_mosquitto(port, workdir=tmp_path / "broker")
 
 
-def _assert_exact(home: HubHome, log: Path, n_readings: int | None) -> None:
-    r, s = raised(log), stored(home, DEVICE)
+def _assert_exact(home: HubHome, r: Raised, n_readings: int | None) -> None:
+    s = stored(home, DEVICE)
     assert len(set(r.events)) == len(r.events) > 0
     assert sorted(s.events) == sorted(r.events)  # every raised event stored, exactly once
     assert s.batches == r.batches  # every queued sync batch stored once, whole
@@ -93,7 +102,7 @@ def test_broker_outage_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, t
     wait_until(lambda: "finished after" in log.read_text(), 90, "the replay to finish")
     wait_until(lambda: len(stored(home, DEVICE).events) >= len(raised(log).events)
                and stored(home, DEVICE).rows >= n, 120, "everything delivered after the outage")
-    _assert_exact(home, log, n)
+    _assert_exact(home, raised(log), n)
     assert len(raised(log).events) >= before + 10  # spikes before, during and after
 
 
@@ -112,7 +121,8 @@ def test_agent_killed_while_broker_down_delivers_after_both_restart(tmp_path: Pa
     wait_until(lambda: len(raised(log).events) >= pending + 4, 60, "events raised while the broker is down")
     agent.send_signal(signal.SIGKILL)
     agent.wait()
-    offline = raised(log)
+    logged = raised(log)
+    offline = logged | in_outbox(tmp_path / "state")  # a report made durable just before the kill is in no log
     broker.restart()
     # Restart without the CSV source: this run only has to deliver what the killed one left on disk.
     agent2, _ = start_agent(tmp_path, DEVICE, src_home.public_key(), broker.url,
@@ -120,8 +130,8 @@ def test_agent_killed_while_broker_down_delivers_after_both_restart(tmp_path: Pa
     cluster["agents"] = [agent, agent2]
     wait_until(lambda: sorted(stored(home, DEVICE).events) == sorted(offline.events)
                and stored(home, DEVICE).batches == offline.batches, 90, "the killed agent's outbox delivered")
-    _assert_exact(home, log, None)
-    assert len(raised(log).events) == len(offline.events)  # the second run raised nothing new
+    _assert_exact(home, offline, None)
+    assert raised(log).events == logged.events  # the second run raised nothing new
     agent2.terminate()
     assert agent2.wait(30) == 0
 
@@ -205,6 +215,7 @@ def test_readings_on_the_agents_own_broker_survive_sigkill_exactly_once(tmp_path
     wait_until(lambda: len(raised(log).events) >= 2 and sensor.sent >= 600, 60, "spikes raised before the kill")
     _sigkill(agent)
     killed_at = sensor.sent
+    unlogged = in_outbox(tmp_path / "state")  # a report made durable just before the kill is in no log
     wait_until(lambda: sensor.sent >= killed_at + 600, 30, "readings published while the agent is down")
     agent, log = start()
     cluster["agents"] = [*cluster["agents"], agent]  # type: ignore[list-item]
@@ -215,10 +226,10 @@ def test_readings_on_the_agents_own_broker_survive_sigkill_exactly_once(tmp_path
 
     def delivered() -> bool:
         s = stored(home, DEVICE)
-        return bool(np.isin(published, s.timestamps).all()) and set(s.events) >= set(raised(log).events)
+        return bool(np.isin(published, s.timestamps).all()) and set(s.events) >= set((raised(log) | unlogged).events)
 
     wait_until(delivered, 90, "every published reading and every raised event at the hub", interval_s=0.5)
-    s, r = stored(home, DEVICE), raised(log)
+    s, r = stored(home, DEVICE), raised(log) | unlogged
     assert len(s.timestamps) == len(np.unique(s.timestamps)) == len(published)  # each reading exactly once
     assert sorted(set(s.events)) == sorted(set(r.events)) and len(s.events) == len(set(s.events))
     # Telemetry names the model and counts the windows it flagged (the rollout gate's anomaly rate).
@@ -241,12 +252,13 @@ def test_csv_replay_resumes_after_sigkill_exactly_once(tmp_path: Path, trained_h
     cluster["agents"] = [agent]
     wait_until(lambda: stored(home, DEVICE).rows >= 300, 60, "a part of the file stored")
     _sigkill(agent)
+    unlogged = in_outbox(tmp_path / "state")  # a report made durable just before the kill is in no log
     agent, log = start_agent(tmp_path, DEVICE, src_home.public_key(), broker.url, _agent_toml(200), FAST)
     cluster["agents"] = [*cluster["agents"], agent]  # type: ignore[list-item]
     wait_until(lambda: "finished after" in log.read_text(), 60, "the resumed replay to finish")
-    wait_until(lambda: stored(home, DEVICE).rows >= n and set(stored(home, DEVICE).events) >= set(raised(log).events),
-               60, "the rest delivered")
+    wait_until(lambda: stored(home, DEVICE).rows >= n
+               and set(stored(home, DEVICE).events) >= set((raised(log) | unlogged).events), 60, "the rest delivered")
     s = stored(home, DEVICE)
     assert len(s.timestamps) == len(np.unique(s.timestamps)) == n  # every row once: no gap, no overlap
-    assert sorted(set(s.events)) == sorted(set(raised(log).events))
+    assert sorted(set(s.events)) == sorted(set((raised(log) | unlogged).events))
     assert "resumes at row" in log.read_text()

@@ -21,6 +21,11 @@ class TrainingConfig:
     latent: int = doc("Autoencoder bottleneck width.", default=16)
     hidden: int = doc("Autoencoder hidden layer width.", default=64)
     lstm_units: int = doc("LSTM units of the prediction head.", default=32)
+    prediction_residual: bool = doc(
+        "Prediction heads output the newest reading they see plus a learned change, not the reading itself: "
+        "the same functions, but the int8 LSTM's noise scales with the small change (AE-LSTM int8 flag "
+        "agreement with Keras 0.988 -> 0.995, docs/benchmarks.md). false = the paper's plain Dense head.",
+        default=True)
     alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
     beta: float = doc("Score weight of the prediction error.", default=0.5)
     threshold_quantile: float = doc("Quantile of normal validation scores used for the threshold.", default=0.999)

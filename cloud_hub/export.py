@@ -18,6 +18,7 @@ from sqlalchemy import select
 from cloud_hub import db
 from cloud_hub.home import HubHome
 from cloud_hub.models import Detector, NotExportable
+from cloud_hub.models.calibration import agreement_probe
 from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
 from shared.decision import Decision, DecisionMode
@@ -44,18 +45,6 @@ class ExportResult:
     likelihood: LikelihoodParams
 
 
-def perturbed(val: np.ndarray, seed: int) -> np.ndarray:
-    """Held-out windows plus a perturbed copy (spike or level shift on one channel, last readings),
-    so flag agreement is measured on windows either side of the threshold, not only normal ones."""
-    rng = np.random.default_rng(seed)
-    b, w, f = val.shape
-    channel = np.eye(f)[rng.integers(0, f, b)]  # (b, f) one-hot
-    tail = np.arange(w)[None, :] >= (w - rng.integers(1, max(w // 2, 2), b))[:, None]  # (b, w): last readings
-    magnitude = rng.uniform(0.05, 1.0, b) * rng.choice([-1, 1], b)
-    x = val + tail[:, :, None] * channel[:, None, :] * magnitude[:, None, None]
-    return np.concatenate([val, x]).astype(np.float32)
-
-
 def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, flags_keras: np.ndarray,
               flags_tflite: np.ndarray) -> bundle_fmt.Agreement:
     both_vary = keras_scores.std() > 0 and tfl_scores.std() > 0
@@ -66,30 +55,19 @@ def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, flags_keras: np.
                                 mean_abs_rel_diff=rel)
 
 
-def int8_calibration(detector: Detector) -> np.ndarray | None:
-    """Representative data for full-int8 conversion of an unsupervised model: its training sample plus a
-    perturbed copy (spikes and level shifts on one channel), so the int8 activation ranges cover the
-    anomalies the model must score and not only normal windows (AE-LSTM on demo-like data: score Pearson
-    with Keras 0.947 → 0.988).  Held-out windows stay out: they measure the agreement.  Classifiers keep
-    their training sample (their F1 is what is measured, and wider ranges cost resolution)."""
-    if detector.supervised or "representative" not in detector.calibration:
-        return None
-    return perturbed(detector.calibration["representative"], detector.cfg.seed + 1)
-
-
 def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ScoringParams, np.ndarray,
                                                                        bundle_fmt.Agreement]:
     """Convert, re-learn the threshold on the exported model, and measure agreement with the original."""
     if quantization.value not in detector.quantizations:
         raise NotExportable(f"{detector.name} does not export as {quantization.value}: "
                             f"{detector.export_note or 'supported: ' + ', '.join(detector.quantizations)}")
-    tflite = detector.export_tflite(quantization.value, int8_calibration(detector))
+    tflite = detector.export_tflite(quantization.value)
     try:
         scoring, val_scores = detector.exported_scoring(tflite)
     except RuntimeError as exc:  # the interpreter refuses the converted graph: nothing an agent could run
         raise NotExportable(f"the exported {quantization.value} model does not run on LiteRT ({exc}); constant "
                             "training data gives zero-range tensors — train on data that varies") from None
-    probe = perturbed(detector.calibration["x_val"], detector.cfg.seed)
+    probe = agreement_probe(detector)
     k_scores = detector.score(probe)
     t_scores = detector.tflite_scores(tflite, probe, scoring)
     agree = agreement(k_scores, t_scores, detector.decision.flags(k_scores),

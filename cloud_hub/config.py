@@ -22,9 +22,10 @@ class TrainingConfig:
     hidden: int = doc("Autoencoder hidden layer width.", default=64)
     lstm_units: int = doc("LSTM units of the prediction head.", default=32)
     prediction_residual: bool = doc(
-        "Prediction heads output the newest reading they see plus a learned change, not the reading itself: "
-        "the same functions, but the int8 LSTM's noise scales with the small change (AE-LSTM int8 flag "
-        "agreement with Keras 0.988 -> 0.995, docs/benchmarks.md). false = the paper's plain Dense head.",
+        "ae-lstm / anomalynet: the prediction head outputs the newest reading it sees plus a learned change, "
+        "not the reading itself: the same functions, but the int8 LSTM's noise scales with the small change "
+        "(int8 flags agree better with Keras, docs/benchmarks.md). false = the paper's plain Dense head. "
+        "Prediction-only baselines keep the plain head (persistence would predict a level shift away).",
         default=True)
     alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
     beta: float = doc("Score weight of the prediction error.", default=0.5)

@@ -8,7 +8,7 @@ false-alarm rate.  The bundle also carries the likelihood prior fitted on those 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,24 @@ class ExportResult:
     likelihood: LikelihoodParams
 
 
-def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, flags_keras: np.ndarray,
-              flags_tflite: np.ndarray) -> bundle_fmt.Agreement:
+BAND = 0.05  # ± relative distance from a threshold within which a flag is threshold noise
+
+
+def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, keras_threshold: float, tfl_threshold: float,
+              heldout: int) -> bundle_fmt.Agreement:
+    """Scores and flags of the original vs the exported model, each flagged against its own threshold (score
+    mode, like the agent); the first ``heldout`` windows are the unperturbed held-out ones."""
+    fk = Decision(DecisionMode.SCORE, keras_threshold).flags(keras_scores)
+    ft = Decision(DecisionMode.SCORE, tfl_threshold).flags(tfl_scores)
     both_vary = keras_scores.std() > 0 and tfl_scores.std() > 0
     pearson = float(np.corrcoef(keras_scores, tfl_scores)[0, 1]) if both_vary else 1.0
-    flags = float(np.mean(flags_keras == flags_tflite))
     rel = float(np.mean(np.abs(tfl_scores - keras_scores) / np.maximum(np.abs(keras_scores), 1e-9)))
-    return bundle_fmt.Agreement(windows=len(keras_scores), score_pearson=pearson, flag_agreement=flags,
-                                mean_abs_rel_diff=rel)
+    clear = ((np.abs(keras_scores / keras_threshold - 1) > BAND) & (np.abs(tfl_scores / tfl_threshold - 1) > BAND)
+             if keras_threshold > 0 and tfl_threshold > 0 else np.ones(len(fk), bool))
+    same = fk == ft
+    return bundle_fmt.Agreement(windows=len(keras_scores), score_pearson=pearson, flag_agreement=float(same.mean()),
+                                mean_abs_rel_diff=rel, flag_agreement_heldout=float(same[:heldout].mean()),
+                                band=BAND, flag_agreement_outside_band=float(same[clear].mean()) if clear.any() else 1.0)
 
 
 def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ScoringParams, np.ndarray,
@@ -70,8 +80,8 @@ def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, Sco
     probe = agreement_probe(detector)
     k_scores = detector.score(probe)
     t_scores = detector.tflite_scores(tflite, probe, scoring)
-    agree = agreement(k_scores, t_scores, detector.decision.flags(k_scores),
-                      Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
+    agree = agreement(k_scores, t_scores, detector.decision.threshold, scoring.threshold,
+                      heldout=len(detector.calibration["x_val"]))
     return tflite, scoring, val_scores, agree
 
 
@@ -119,8 +129,7 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
         row = existing or db.Bundle(version=version, quantization=quantization.value)
         row.path, row.sha256, row.size = str(archive), bundle_fmt.sha256_hex(archive_bytes), len(archive_bytes)
         row.profile = profile.name if profile is not None else ""
-        row.agreement = {"windows": agree.windows, "score_pearson": agree.score_pearson,
-                         "flag_agreement": agree.flag_agreement, "mean_abs_rel_diff": agree.mean_abs_rel_diff}
+        row.agreement = asdict(agree)
         s.add(row)
         s.commit()
     return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, scoring,

@@ -344,7 +344,8 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
-                  f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+                  f"mean rel diff {a.mean_abs_rel_diff:.4f}; flags on the unperturbed held-out windows "
+                  f"{a.flag_agreement_heldout:.4f}, outside ±{a.band:.0%} of the thresholds {a.flag_agreement_outside_band:.4f}")
     if profile is not None:
         model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
                             num_threads=profile.num_threads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloud_hub.models.ae_lstm import past, prediction_head
+from cloud_hub.models.ae_lstm import past
 from cloud_hub.models.base import Mode
 from cloud_hub.models.keras_detector import KerasDetector, classifier_head
 from shared.scoring import Head
@@ -22,12 +22,13 @@ class _SequenceModel(KerasDetector):
 
     def build(self, steps: int, channels: int) -> Any:
         import keras
+        from keras import layers
 
         inp = keras.Input((steps, channels), name="window")
         if self.supervised:
             out = classifier_head(self.encoder(inp), self.cfg.dnn_units, self.cfg.dropout, self.n_classes)
         else:
-            out = prediction_head(inp, self.encoder(past(inp)), channels, self.cfg.prediction_residual)
+            out = layers.Dense(channels, name="prediction")(self.encoder(past(inp)))
         return keras.Model(inp, out, name=self.name.replace("-", "_"))
 
     def conv(self, seq: Any) -> Any:

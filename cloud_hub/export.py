@@ -18,10 +18,11 @@ from sqlalchemy import select
 from cloud_hub import db
 from cloud_hub.home import HubHome
 from cloud_hub.models import Detector, NotExportable
+from cloud_hub.models.base import ExportedScoring
 from cloud_hub.models.calibration import agreement_probe
 from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
-from shared.decision import Decision, DecisionMode
+from shared.decision import Decision, DecisionMode, DecisionParams
 from shared.inference import Quantization
 from shared.likelihood import LikelihoodParams, fit_prior
 from shared.preprocessing import PreprocessParams
@@ -42,6 +43,7 @@ class ExportResult:
     tflite_bytes: int
     agreement: bundle_fmt.Agreement
     scoring: ScoringParams
+    decision: DecisionParams
     likelihood: LikelihoodParams
 
 
@@ -65,24 +67,23 @@ def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, keras_threshold:
                                 band=BAND, flag_agreement_outside_band=float(same[clear].mean()) if clear.any() else 1.0)
 
 
-def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ScoringParams, np.ndarray,
-                                                                       bundle_fmt.Agreement]:
+def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ExportedScoring, bundle_fmt.Agreement]:
     """Convert, re-learn the threshold on the exported model, and measure agreement with the original."""
     if quantization.value not in detector.quantizations:
         raise NotExportable(f"{detector.name} does not export as {quantization.value}: "
                             f"{detector.export_note or 'supported: ' + ', '.join(detector.quantizations)}")
     tflite = detector.export_tflite(quantization.value)
     try:
-        scoring, val_scores = detector.exported_scoring(tflite)
+        ex = detector.exported_scoring(tflite)
     except RuntimeError as exc:  # the interpreter refuses the converted graph: nothing an agent could run
         raise NotExportable(f"the exported {quantization.value} model does not run on LiteRT ({exc}); constant "
                             "training data gives zero-range tensors — train on data that varies") from None
     probe = agreement_probe(detector)
     k_scores = detector.score(probe)
-    t_scores = detector.tflite_scores(tflite, probe, scoring)
-    agree = agreement(k_scores, t_scores, detector.decision.threshold, scoring.threshold,
+    t_scores = detector.tflite_scores(tflite, probe, ex.scoring)
+    agree = agreement(k_scores, t_scores, detector.decision.threshold, ex.threshold,
                       heldout=len(detector.calibration["x_val"]))
-    return tflite, scoring, val_scores, agree
+    return tflite, ex, agree
 
 
 class OverBudget(ValueError):
@@ -99,17 +100,19 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
     """
     meta, detector = load_version(home, version)
     pre = PreprocessParams.from_dict(meta["preprocessing"])
-    tflite, scoring, val_scores, agree = exported(detector, quantization)
+    tflite, ex, agree = exported(detector, quantization)
     if profile is not None and len(tflite) > profile.max_model_bytes:
         raise OverBudget(f"{len(tflite)}-byte {quantization.value} model exceeds profile {profile.name}'s budget of "
                          f"{profile.max_model_bytes} bytes (max_model_bytes); nothing written")
     likelihood = {"range_min": pre.scale_min, "range_max": pre.scale_max, **likelihood}
-    prior = fit_prior(val_scores, threshold=likelihood_threshold, decide_on=decide_on.value, **likelihood)
+    prior = fit_prior(ex.val_scores, **likelihood)
+    decision = DecisionParams(score_threshold=ex.threshold, mode=decide_on, likelihood_threshold=likelihood_threshold)
     manifest = bundle_fmt.build_manifest(
         name=meta["name"],
         version=version,
         preprocessing=pre,
-        scoring=scoring,
+        scoring=ex.scoring,
+        decision=decision,
         quantization=bundle_fmt.Quantization(mode=quantization.value, agreement=agree),
         files={bundle_fmt.MODEL_FILE: tflite},
         training=meta["training"],
@@ -132,5 +135,5 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
         row.agreement = asdict(agree)
         s.add(row)
         s.commit()
-    return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, scoring,
-                        prior)
+    return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, ex.scoring,
+                        decision, prior)

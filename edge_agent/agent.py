@@ -295,6 +295,12 @@ class Agent:
         ``meta`` are written to the on-disk outbox in one transaction (local disk only, never the
         network) and the sender thread delivers them.
         """
+        if channel == Channel.ANOMALY and len(messages) == 1 and meta is None:
+            event = messages[0]
+            assert isinstance(event, AnomalyEvent)
+            # The latency path: durable first, then published from this thread (no sender wake-up).
+            self.sender.send_now(event.event_id, Kind.ANOMALY, self._topic(channel), encode(event))
+            return
         entries = []
         for message in messages:
             durable_id = (message.event_id if isinstance(message, AnomalyEvent)

@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     # Hand-offs between the MQTT, scoring and sender threads wait for the GIL; CPython's default 5 ms
     # switch interval was most of the reading → report latency (docs/benchmarks.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    from edge_agent.memory import keep_batch_memory
+
+    keep_batch_memory()  # batch temporaries stay mapped: no page faults per batch (edge_agent/memory.py)
     # Signature checks (boot, new bundles, announcements) in a helper process: no crypto library in RSS.
     from shared.signing import verify_in_helper_process
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.bundle import Bundle
-from shared.decision import Decision, DecisionMode
+from shared.decision import Decision, DecisionMode, DecisionParams
 from shared.inference import Runtime, TFLiteModel
 from shared.likelihood import AnomalyLikelihood, LikelihoodParams
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
@@ -39,13 +39,14 @@ class ActiveModel:
     name: str
     preprocessing: PreprocessParams
     scoring: ScoringParams
+    decision_params: DecisionParams
     model: TFLiteModel
     likelihood: LikelihoodParams | None = None
     stuck: StuckParams | None = None  # per-channel stuck-sensor check (shared/stuck.py)
 
     @property
     def decision(self) -> Decision:
-        return Decision.from_manifest(self.scoring, self.likelihood)
+        return Decision.from_params(self.decision_params)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, runtime: Runtime = Runtime.AUTO, num_threads: int = 1) -> ActiveModel:
@@ -58,8 +59,8 @@ class ActiveModel:
             )
         if p.window > BUFFER_READINGS // 2:
             raise ValueError(f"window {p.window} exceeds the agent's limit of {BUFFER_READINGS // 2} readings")
-        return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring, model=model,
-                   likelihood=m.likelihood, stuck=m.stuck)
+        return cls(version=m.version, name=m.name, preprocessing=p, scoring=m.scoring,
+                   decision_params=m.decision, model=model, likelihood=m.likelihood, stuck=m.stuck)
 
     @property
     def likelihood_threshold(self) -> float | None:
@@ -314,7 +315,7 @@ class StreamingDetector:
         scored = score_outputs(x, outputs, model.scoring)
         decision = model.decision.scaled(self.threshold_scale)
         # Events report the score threshold at this agent's scale (a likelihood decision is on another axis).
-        threshold = Decision(DecisionMode.SCORE, model.scoring.threshold, self.threshold_scale).in_force
+        threshold = Decision(DecisionMode.SCORE, model.decision_params.score_threshold, self.threshold_scale).in_force
         lik = likelihood.update(scored.scores, raw[w - 1 :]) if likelihood else np.zeros(n)
         lik_threshold = decision.in_force if decision.on_likelihood else None
         contributions = scored.contributions

@@ -8,7 +8,10 @@ loses it, and an agent restart loses anything held in memory.  Every report is w
 drop is counted by kind (persisted, so ``edge-agent status`` and heartbeats show it across restarts).
 
 One connection guarded by one lock: callers on the scoring thread only touch the local disk, never
-the network.  :class:`Sender` (one thread) publishes what is due while connected.
+the network.  :class:`Sender` (one thread) publishes what is due while connected; an anomaly event
+with nothing ahead of it is published by the scorer itself right after its commit (``Sender.send_now``:
+paho only queues the packet for its network thread, nothing blocks on the network), which saves the
+sender's wake-up on the reading → report path.
 """
 
 from __future__ import annotations
@@ -138,40 +141,73 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for id_, kind, topic, payload, retain in items:
-                    results.append(self._insert(id_, kind, topic, payload, retain))
+                    results.append(self._insert(id_, kind, topic, payload, retain) is not None)
                 for key, value in (meta or {}).items():
                     self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._bytes = int(self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
-                ).fetchone()[0])
+                self._rollback()
                 raise
         if items:
-            for listener in self._listeners:
-                listener()
+            self._changed()
         return results
 
-    def _insert(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool) -> bool:
-        """Caller holds the lock inside a transaction."""
+    def put_sending(self, id: str, kind: Kind, topic: str, payload: bytes, resend_s: float) -> int | None:
+        """Store one report durably, already marked as published (attempt 1, due again after ``resend_s``):
+        the caller publishes it right after this commit, from its own thread (the latency path: no wake-up
+        of the sender thread).  Only when nothing of the same or higher priority is still unsent, so order
+        is kept; otherwise (and when it is dropped or already held) it is stored like ``put``, for the
+        sender.  Returns the new entry's seq when the caller is to publish it, else None."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                waiting = self._db.execute("SELECT 1 FROM entries WHERE priority >= ? AND next_send IS NULL LIMIT 1",
+                                           (kind.priority,)).fetchone() is not None
+                seq = self._insert(id, kind, topic, payload, False, None if waiting else resend_s)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        if waiting or not seq:
+            self._changed()
+            return None
+        return seq
+
+    def _rollback(self) -> None:
+        """Caller holds the lock."""
+        self._db.execute("ROLLBACK")
+        self._bytes = int(self._db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic) + {ENTRY_OVERHEAD}), 0) FROM entries"
+        ).fetchone()[0])
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def _insert(self, id: str, kind: Kind, topic: str, payload: bytes, retain: bool,
+                sending_resend_s: float | None = None) -> int | None:
+        """Caller holds the lock inside a transaction.  The new entry's seq; 0 if the id is already held;
+        None if dropped.  ``sending_resend_s``: store it as published now (see ``put_sending``)."""
         size = _size(topic, payload)
         if size <= self.max_bytes and self._make_room(size, kind.priority):
+            now = time.time()
+            sending = sending_resend_s is not None
             try:
-                self._db.execute(
-                    "INSERT INTO entries (id, kind, priority, topic, payload, retain, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (id, kind.value, kind.priority, topic, payload, int(retain), time.time()),
+                cur = self._db.execute(
+                    "INSERT INTO entries (id, kind, priority, topic, payload, retain, created, attempts, last_sent, "
+                    "next_send) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (id, kind.value, kind.priority, topic, payload, int(retain), now, int(sending),
+                     now if sending else None, now + sending_resend_s if sending_resend_s is not None else None),
                 )
             except sqlite3.IntegrityError:
                 log.warning("outbox already holds id %s; not stored twice", id)
-                return True
+                return 0
             self._bytes += size
-            return True
+            return int(cur.lastrowid or 0)
         self._count_drop(kind.value, 1)
         log.warning("outbox full (%d bytes): dropped a new %s report", self._bytes, kind.value)
-        return False
+        return None
 
     def _make_room(self, size: int, priority: int) -> bool:
         """Caller holds the lock. Delete lower-or-equal priority entries, oldest first, until ``size`` fits."""
@@ -226,6 +262,11 @@ class Outbox:
                 "UPDATE entries SET next_send = ? + MIN(?, ? * (1 << MIN(attempts, 20))), "
                 "attempts = attempts + 1, last_sent = ? WHERE seq = ?",
                 [(now, max(max_backoff_s, ack_timeout_s), ack_timeout_s, now, s) for s in seqs])
+
+    def requeue(self, seqs: Iterable[int]) -> None:
+        """Due again now (a publish that paho refused)."""
+        with self._lock:
+            self._db.executemany("UPDATE entries SET next_send = NULL WHERE seq = ?", [(s,) for s in seqs])
 
     def requeue_all(self) -> None:
         """A new connection: whatever was sent but not acknowledged may be lost, send it again."""
@@ -304,15 +345,18 @@ class TokenBucket:
         self.rate = rate
         self.tokens = rate
         self.updated = time.monotonic()
+        self._lock = threading.Lock()  # the sender thread and the scorer's direct sends share the caps
 
     def wait_s(self, amount: float) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        return 0.0 if self.tokens >= min(amount, self.rate) else (min(amount, self.rate) - self.tokens) / self.rate
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            return 0.0 if self.tokens >= min(amount, self.rate) else (min(amount, self.rate) - self.tokens) / self.rate
 
     def take(self, amount: float) -> None:
-        self.tokens -= amount
+        with self._lock:
+            self.tokens -= amount
 
 
 class Sender:
@@ -368,6 +412,33 @@ class Sender:
         if self.cfg.confirm == "broker":
             self.outbox.delete_seqs([seq])
         self._wake.set()
+
+    def send_now(self, id: str, kind: Kind, topic: str, payload: bytes) -> bool:
+        """Store a report and, when nothing of its priority waits ahead of it and the caps allow, publish it
+        from the calling thread right after the commit (the reading → report latency path: no wake-up of
+        the sender thread).  Otherwise the sender delivers it as usual.  True if published here."""
+        import paho.mqtt.client as mqtt
+
+        if not (self.connected.is_set() and self.inflight < self.cfg.max_inflight
+                and max(self._msgs.wait_s(1), self._bytes.wait_s(len(payload))) == 0):
+            self.outbox.put(id, kind, topic, payload)
+            return False
+        seq = self.outbox.put_sending(id, kind, topic, payload, self.cfg.ack_timeout_s)
+        if seq is None:
+            return False
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:  # not connected after all: the sender sends it (or the reconnect)
+            self.outbox.requeue([seq])
+            self._wake.set()
+            return False
+        self._msgs.take(1)
+        self._bytes.take(len(payload))
+        with self._lock:
+            self.published += 1
+            self._inflight[info.mid] = seq
+        if info.is_published():  # the PUBACK may have beaten us to the table
+            self._done(info.mid)
+        return True
 
     @property
     def inflight(self) -> int:
@@ -431,7 +502,8 @@ class Sender:
                         self._done(info.mid)
             finally:
                 self.outbox.mark_sent(sent, self.cfg.ack_timeout_s, self.cfg.ack_timeout_max_s)
-                self.published += len(sent)
+                with self._lock:
+                    self.published += len(sent)
 
 
 __all__ = ["DEFAULT_MAX_BYTES", "FILENAME", "Entry", "Kind", "Outbox", "Sender", "Stats", "TokenBucket",

@@ -2,12 +2,16 @@
 
 Layout::
 
-    manifest.json   model name/version, input spec, preprocessing, scoring, quantization, sha256 per file
+    manifest.json   model name/version, input spec, preprocessing, scoring, decision, quantization, sha256 per file
     manifest.sig    {"algorithm": "ed25519", "key_id": ..., "signature": base64} over manifest.json's bytes
     model.tflite    the quantised model
 
 Loading checks, in order: archive structure and sizes, signature (trusted key), manifest schema,
 every file's size and sha256.  Nothing is used before all checks pass.
+
+Format 2 carries the thresholds in one ``decision`` section.  Format 1 manifests (thresholds in
+``scoring.threshold`` and ``likelihood.threshold`` / ``likelihood.decide_on``) still load: they are read
+into the same form (:func:`parse_manifest`) after their signature has been checked.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared import signing
+from shared.decision import DecisionMode, DecisionParams
 from shared.likelihood import LikelihoodParams
 from shared.preprocessing import PreprocessParams
 from shared.schema import SchemaError, doc, dump, load
@@ -34,7 +39,8 @@ from shared.stuck import StuckParams
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-BUNDLE_FORMAT = "edgesentry-bundle/1"
+BUNDLE_FORMAT = "edgesentry-bundle/2"
+LEGACY_FORMATS = ("edgesentry-bundle/1",)  # read (see upgrade_manifest), never written
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MODEL_FILE = "model.tflite"
@@ -101,7 +107,8 @@ class Manifest:
     version: int = doc("Monotonic model version assigned by the hub.")
     created: str = doc("ISO-8601 creation time (UTC).")
     preprocessing: PreprocessParams = doc("Preprocessing parameters (features, window, scaler, denoising).")
-    scoring: ScoringParams = doc("Score weights, normalisers and threshold.")
+    scoring: ScoringParams = doc("Score weights and normalisers.")
+    decision: DecisionParams = doc("What agents threshold and the thresholds: the only place they live.")
     quantization: Quantization = doc("Quantization mode and measured agreement.")
     files: dict[str, FileEntry] = doc("Every other file in the bundle with its hash and size.")
     training: dict[str, Any] = doc("Free-form training facts (rows, epochs, losses) for operators.", default_factory=dict)
@@ -121,6 +128,32 @@ class Manifest:
 
     def to_json(self) -> bytes:
         return json.dumps(dump(self), indent=2, sort_keys=True).encode()
+
+
+def upgrade_manifest(data: Any) -> Any:
+    """A format-1 manifest in format 2's shape: its thresholds (``scoring.threshold``,
+    ``likelihood.threshold``, ``likelihood.decide_on``) move into the ``decision`` section.  Anything
+    else is returned as is (the schema check that follows judges it)."""
+    if not isinstance(data, dict) or data.get("format") not in LEGACY_FORMATS:
+        return data
+    scoring = data.get("scoring")
+    likelihood = data.get("likelihood")
+    if not isinstance(scoring, dict) or "threshold" not in scoring:
+        raise ValueError("format-1 manifest without scoring.threshold")
+    decision: dict[str, Any] = {"score_threshold": scoring["threshold"], "mode": DecisionMode.SCORE.value}
+    if isinstance(likelihood, dict):
+        if "threshold" in likelihood:
+            decision["likelihood_threshold"] = likelihood["threshold"]
+        decision["mode"] = likelihood.get("decide_on", DecisionMode.SCORE.value)
+        likelihood = {k: v for k, v in likelihood.items() if k not in ("threshold", "decide_on")}
+    return {**data, "format": BUNDLE_FORMAT, "decision": decision,
+            "scoring": {k: v for k, v in scoring.items() if k != "threshold"},
+            **({"likelihood": likelihood} if "likelihood" in data else {})}
+
+
+def parse_manifest(data: bytes | str) -> Manifest:
+    """manifest.json's bytes → a checked :class:`Manifest` (format 1 upgraded); raises ValueError."""
+    return load(Manifest, upgrade_manifest(json.loads(data)))
 
 
 @dataclass
@@ -145,6 +178,7 @@ def build_manifest(
     version: int,
     preprocessing: PreprocessParams,
     scoring: ScoringParams,
+    decision: DecisionParams,
     quantization: Quantization,
     files: dict[str, bytes],
     training: dict[str, Any] | None = None,
@@ -158,6 +192,7 @@ def build_manifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         preprocessing=preprocessing,
         scoring=scoring,
+        decision=decision,
         quantization=quantization,
         files={n: FileEntry(sha256=sha256_hex(b), bytes=len(b)) for n, b in files.items()},
         training=training or {},
@@ -238,7 +273,7 @@ def verify(all_files: dict[str, bytes], trusted: Sequence[TrustedKey]) -> Bundle
     except (ValueError, signing.SignatureError) as exc:
         raise BundleError(BundleErrorCode.BAD_SIGNATURE, str(exc)) from None
     try:
-        manifest = load(Manifest, json.loads(manifest_bytes))
+        manifest = parse_manifest(manifest_bytes)
     except (ValueError, SchemaError) as exc:
         raise BundleError(BundleErrorCode.BAD_MANIFEST, str(exc)) from None
     payload = {n: b for n, b in all_files.items() if n not in (MANIFEST, SIGNATURE)}

@@ -5,7 +5,8 @@ turns them into flags.  It says what is thresholded (the raw score or the likeli
 and a per-device scale (``threshold_scale`` in the agent's config: > 1 flags less).  Like PyOD's
 ``_process_decision_scores``, the threshold of an unsupervised model is learned in one place,
 :func:`quantile_threshold`; like river's ``Thresholder``, the decision wraps the scorer rather than
-living inside it.
+living inside it.  A bundle carries its thresholds in one section, :class:`DecisionParams` (neither the
+scoring nor the likelihood parameters hold one).
 
     score mode:       flag = score > threshold · scale
     likelihood mode:  flag = likelihood >= min(threshold · scale, 1)
@@ -16,13 +17,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from shared.likelihood import LikelihoodParams
-    from shared.scoring import ScoringParams
+from shared.schema import doc, dump, load
 
 
 class DecisionMode(enum.StrEnum):
@@ -44,6 +43,31 @@ def quantile_threshold(normal_scores: np.ndarray, quantile: float, margin: float
 
 
 @dataclass(frozen=True)
+class DecisionParams:
+    """A bundle's decision: the one place its thresholds live."""
+
+    score_threshold: float = doc("Raw score above which a window is anomalous: learned on the hub from the "
+                                 "exported model's own validation scores (margin x quantile of normal scores, "
+                                 "or the F1-best point for classifiers).")
+    mode: DecisionMode = doc("What agents threshold: 'score' (the raw score against score_threshold) or "
+                             "'likelihood' (the streaming likelihood against likelihood_threshold).",
+                             default=DecisionMode.SCORE)
+    likelihood_threshold: float = doc("Log-scaled likelihood at or above which a window is anomalous "
+                                      "(mode = likelihood).", default=0.5)
+
+    def __post_init__(self) -> None:
+        Decision(DecisionMode.SCORE, self.score_threshold)  # the same checks as the runtime decision
+        Decision(DecisionMode.LIKELIHOOD, self.likelihood_threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dump(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DecisionParams:
+        return load(cls, data)
+
+
+@dataclass(frozen=True)
 class Decision:
     mode: DecisionMode
     threshold: float
@@ -58,12 +82,11 @@ class Decision:
             raise ValueError("a likelihood threshold must be in (0, 1)")
 
     @classmethod
-    def from_manifest(cls, scoring: ScoringParams, likelihood: LikelihoodParams | None,
-                      scale: float = 1.0) -> Decision:
-        """The decision a bundle asks for (its likelihood section may switch it to the likelihood)."""
-        if likelihood is not None and DecisionMode(likelihood.decide_on) == DecisionMode.LIKELIHOOD:
-            return cls(DecisionMode.LIKELIHOOD, likelihood.threshold, scale)
-        return cls(DecisionMode.SCORE, scoring.threshold, scale)
+    def from_params(cls, params: DecisionParams, scale: float = 1.0) -> Decision:
+        """The decision a bundle asks for, at an agent's scale."""
+        if params.mode == DecisionMode.LIKELIHOOD:
+            return cls(DecisionMode.LIKELIHOOD, params.likelihood_threshold, scale)
+        return cls(DecisionMode.SCORE, params.score_threshold, scale)
 
     def scaled(self, scale: float) -> Decision:
         return replace(self, scale=scale)

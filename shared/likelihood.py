@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from shared.decision import DecisionMode
 from shared.schema import doc, dump, load
 
 _LOG_FLOOR = math.log(1e-10)
@@ -37,17 +36,14 @@ _LOG_FLOOR = math.log(1e-10)
 
 @dataclass(frozen=True)
 class LikelihoodParams:
-    """Post-processing of raw scores into a likelihood; carried in the bundle."""
+    """Post-processing of raw scores into a likelihood; carried in the bundle (its threshold and whether the
+    agent decides on it are the bundle's decision section, shared/decision.py)."""
 
     prior_mean: float = doc("Mean of the moving-averaged log1p scores on calibration windows.")
     prior_std: float = doc("Their standard deviation.")
     prior_weight: int = doc("How many observations the prior counts as against the running history.", default=100)
     history: int = doc("Moving averages kept in the running distribution.", default=2000)
     short_window: int = doc("Raw scores averaged before comparison.", default=8)
-    threshold: float = doc("Log-scaled likelihood at or above which a window is anomalous (decide_on=likelihood).",
-                           default=0.5)
-    decide_on: str = doc("What the agent thresholds: 'score' (raw score vs scoring.threshold) or 'likelihood'.",
-                         default="score")
     spatial_tolerance: float = doc("Range novelty: a reading beyond the range seen so far by more than this "
                                    "fraction of it gets likelihood 1 (negative = off).", default=-1.0)
     range_min: list[float] = doc("Per-feature minimum seen in training (start of the running range).",
@@ -59,10 +55,6 @@ class LikelihoodParams:
     def __post_init__(self) -> None:
         if self.prior_std <= 0 or self.history < 2 or self.short_window < 1 or self.prior_weight < 0:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
-        if not 0 < self.threshold < 1:
-            raise ValueError("likelihood threshold must be in (0, 1)")
-        if self.decide_on not in set(DecisionMode):
-            raise ValueError(f"decide_on must be one of {', '.join(DecisionMode)}")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
 

@@ -90,7 +90,8 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
-def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool, manual_ack: bool = False) -> mqtt.Client:
+def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool, manual_ack: bool = False,
+                client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
     """A paho v2 client (MQTT 3.1.1) with unlimited in-flight queueing.
 
     ``persistent=True`` is for long-running services (``cloud-hub serve``, ``edge-agent run``): a stable
@@ -99,13 +100,14 @@ def make_client(cfg: BrokerConfig, client_id_prefix: str, *, persistent: bool, m
     commands, demo helpers, bench publishers): a random id and a clean session, so nothing stays queued
     on the broker for a client that never comes back.  ``manual_ack=True``: paho does not PUBACK a
     received QoS-1 message; the caller does (``client.ack(mid, qos)``) once what it needs is durable.
+    ``client_class``: a paho ``Client`` subclass (the hub's ``cloud_hub.ingest.mqtt_io.HubClient``).
     """
     NetworkSupervisor.install_excepthook()  # from the start: a loop thread may die before anyone watches
     if persistent:
         client_id = cfg.client_id or client_id_prefix
     else:
         client_id = f"{client_id_prefix}-{uuid.uuid4().hex[:12]}"
-    client = mqtt.Client(
+    client = client_class(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=not persistent,
         manual_ack=manual_ack,
     )

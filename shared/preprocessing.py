@@ -12,6 +12,7 @@ training data.  Values outside the training range are *not* clipped: they are th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -85,15 +86,23 @@ def interpolate_gaps(windows: FloatArray, fallback: FloatArray | None = None) ->
 
     A channel that is missing for the whole window takes ``fallback`` (per feature, default 0).
     """
-    x = np.array(windows, dtype=np.float64, copy=True)
-    missing = np.isnan(x)
-    if not missing.any():
+    x = np.asarray(windows, dtype=np.float64)
+    # A (window, channel) with a NaN has a NaN sum: one pass over the data finds the candidates (a sum can
+    # also be NaN from ±inf, so the exact mask is taken on the candidates only).  Without gaps, no copy.
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf, or a huge sum: still a candidate or none
+        b_idx, f_idx = np.nonzero(np.isnan(x.sum(axis=1)))
+    if not len(b_idx):
         return x
+    x = x.copy()
     # Every (window, channel) with a gap at once, with np.interp's arithmetic: between the valid neighbours
     # p < t < q, slope · (t − p) + y[p] with slope = (y[q] − y[p]) / (q − p); the ends hold the nearest value.
-    b_idx, f_idx = np.nonzero(missing.any(axis=1))
     cols = x[b_idx, :, f_idx]  # (m, w)
-    ok = ~missing[b_idx, :, f_idx]
+    ok = ~np.isnan(cols)
+    gap = ~ok.all(axis=1)
+    if not gap.all():  # candidates without a NaN (±inf sums): nothing to fill there
+        b_idx, f_idx, cols, ok = b_idx[gap], f_idx[gap], cols[gap], ok[gap]
+        if not len(b_idx):
+            return x
     w = cols.shape[1]
     steps = np.arange(w)
     prev = np.maximum.accumulate(np.where(ok, steps, -1), axis=1)
@@ -112,19 +121,35 @@ def interpolate_gaps(windows: FloatArray, fallback: FloatArray | None = None) ->
 
 
 def _soft(coeffs: FloatArray, thresh: FloatArray) -> FloatArray:
-    """Soft thresholding, sign(c)·max(|c| − t, 0), as c − clip(c, −t, t): the same values, two array passes."""
-    return np.asarray(coeffs - np.clip(coeffs, -thresh, thresh))
+    """Soft thresholding, sign(c)·max(|c| − t, 0), as c − clip(c, −t, t): the same values, three array passes
+    into one new array (np.clip's Python wrapper costs more than the work on a single window)."""
+    clipped = np.maximum(coeffs, -thresh)
+    np.minimum(clipped, thresh, out=clipped)
+    return np.subtract(coeffs, clipped, out=clipped)
+
+
+@functools.lru_cache(maxsize=32)
+def _wavelet(name: str) -> pywt.Wavelet:
+    return pywt.Wavelet(name)
 
 
 def wavelet_denoise(windows: FloatArray, wavelet: str, level: int, threshold: FloatArray) -> FloatArray:
-    """Soft-threshold the detail coefficients of every window and channel (time axis = 1)."""
+    """Soft-threshold the detail coefficients of every window and channel (time axis = 1).
+
+    Level 1 calls ``dwt``/``idwt`` directly: what ``wavedec``/``waverec`` do at level 1, the same numbers,
+    without their per-call checks (the single-reading latency path)."""
     if level <= 0:
         return windows
     n = windows.shape[1]
-    coeffs = pywt.wavedec(windows, wavelet, level=level, axis=1, mode="symmetric")
+    w = _wavelet(wavelet)
     t = np.asarray(threshold, dtype=np.float64).reshape(1, 1, -1)
-    coeffs = [coeffs[0]] + [_soft(c, t) for c in coeffs[1:]]
-    out = pywt.waverec(coeffs, wavelet, axis=1, mode="symmetric")
+    if level == 1:
+        approx, detail = pywt.dwt(windows, w, mode="symmetric", axis=1)
+        out = pywt.idwt(approx, _soft(detail, t), w, mode="symmetric", axis=1)
+    else:
+        coeffs = pywt.wavedec(windows, w, level=level, axis=1, mode="symmetric")
+        coeffs = [coeffs[0]] + [_soft(c, t) for c in coeffs[1:]]
+        out = pywt.waverec(coeffs, w, axis=1, mode="symmetric")
     return np.asarray(out[:, :n, :])
 
 
@@ -140,7 +165,9 @@ def preprocess_windows(windows: FloatArray, params: PreprocessParams) -> FloatAr
     x = interpolate_gaps(x, fallback=(lo + hi) / 2.0)
     x = wavelet_denoise(x, params.wavelet, params.wavelet_level, np.asarray(params.denoise_threshold))
     span = np.where(hi - lo > 0, hi - lo, 1.0)
-    return ((x - lo) / span).astype(np.float32)
+    # ((x - lo) / span).astype(float32) with one temporary: the float64 quotient is rounded on output.
+    shifted = np.subtract(x, lo)
+    return np.divide(shifted, span, out=np.empty(shifted.shape, np.float32), casting="same_kind")
 
 
 def series_windows(series: FloatArray, params: PreprocessParams) -> FloatArray:

@@ -208,7 +208,109 @@ def _dataclass_converter(cls: type, strict: bool) -> Converter:
         return obj
 
     build = _builder(cls)
-    return load_dataclass
+    return _fast_loader(cls, strict, hints, fields, load_dataclass) or load_dataclass
+
+
+# ------------------------------------------------------------------ generated fast path
+#
+# Decoding a protocol message is on the hub's ingest path (tens of thousands a second).  For a dataclass
+# whose fields are plain types, ``_fast_loader`` generates (once per class, like ``dataclasses`` does
+# for ``__init__``) straight-line code that accepts the common, well-formed shape: each field of exactly
+# the JSON type the generic converter returns unchanged.  Anything else — a wrong type, an ``int`` for a
+# ``float``, a missing key, a failing ``__post_init__``, a strict config's unknown key — goes to the
+# generic loader above, which converts it or raises the one precise :class:`SchemaError`.  So the
+# generic loader stays the single definition of what is valid; the fast path only skips its per-value
+# dispatch where the answer is known.  ``tests/test_schema_and_config.py`` compares the two on fuzzed data.
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _fast_check(tp: Any, x: str) -> str | None:
+    """A Python expression true iff ``x`` has a form the generic converter returns as it is (copies
+    of lists/dicts aside); ``None`` where there is no such cheap test."""
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return f"(type({x}) is int and {_I64_MIN} <= {x} <= {_I64_MAX})"
+    if tp is float:
+        return f"(type({x}) is float and _isfinite({x}))"
+    if tp is str:
+        return f"type({x}) is str"
+    if tp is bool:
+        return f"type({x}) is bool"
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            inner = _fast_check(args[0], x)
+            return None if inner is None else f"({x} is None or {inner})"
+    return None
+
+
+def _fast_field(name: str, tp: Any, i: int, strict: bool, env: dict[str, Any]) -> list[str]:
+    """Statements that set ``state[name]`` from the local ``x`` or ``return slow(value, path)``."""
+    origin = typing.get_origin(tp)
+    check = _fast_check(tp, "x")
+    if check is not None:
+        return [f"if not {check}: return slow(value, path)", f"state[{name!r}] = x"]
+    if origin is list and len(typing.get_args(tp)) == 1:
+        item = _fast_check(typing.get_args(tp)[0], "e")
+        if item is not None:
+            return ["if type(x) is not list: return slow(value, path)",
+                    "for e in x:", f"    if not {item}: return slow(value, path)",
+                    f"state[{name!r}] = x[:]"]
+    if origin is dict and len(typing.get_args(tp)) == 2 and typing.get_args(tp)[0] is str:
+        item = _fast_check(typing.get_args(tp)[1], "e")
+        if item is not None:
+            return ["if type(x) is not dict: return slow(value, path)",
+                    "for k, e in x.items():", f"    if type(k) is not str or not {item}: return slow(value, path)",
+                    f"state[{name!r}] = x.copy()"]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        env[f"members{i}"] = tp._value2member_map_
+        return [f"x = members{i}.get(x) if type(x) is str else None",
+                "if x is None: return slow(value, path)", f"state[{name!r}] = x"]
+    # Any other type: its generic converter (raising SchemaError, which sends the message to ``slow``).
+    env[f"conv{i}"] = _converter(tp, strict)
+    return [f"state[{name!r}] = conv{i}(x, path)"]
+
+
+def _fast_loader(cls: type, strict: bool, hints: dict[str, Any], fields: dict[str, dataclasses.Field[Any]],
+                 slow: Converter) -> Converter | None:
+    """The generated fast path of ``cls`` (see above), or ``None`` where ``_builder`` cannot skip
+    ``__init__`` (the generic loader then serves alone)."""
+    all_fields = dataclasses.fields(cls)
+    init = cls.__init__  # type: ignore[misc]
+    if (getattr(getattr(init, "__code__", None), "co_filename", "") != "<string>"
+            or len(cls.__dataclass_fields__) != len(all_fields) or any(not f.init for f in all_fields)  # type: ignore[attr-defined]
+            or "__slots__" in cls.__dict__ or not cls.__dataclass_params__.init):  # type: ignore[attr-defined]
+        return None
+    env: dict[str, Any] = {"slow": slow, "new": object.__new__, "cls": cls, "_isfinite": math.isfinite,
+                           "MISSING": _MISSING, "allowed": frozenset(fields),
+                           "post_init": getattr(cls, "__post_init__", None)}
+    lines = ["def fast(value, path):",
+             "    if type(value) is not dict: return slow(value, path)"]
+    if strict:
+        lines.append("    if not allowed.issuperset(value): return slow(value, path)")
+    lines += ["    get = value.get", "    obj = new(cls)", "    state = obj.__dict__", "    try:"]
+    for i, (name, f) in enumerate(fields.items()):
+        lines.append(f"        x = get({name!r}, MISSING)")
+        if f.default is not dataclasses.MISSING:
+            env[f"default{i}"] = f.default
+            missing = f"state[{name!r}] = default{i}"
+        elif f.default_factory is not dataclasses.MISSING:
+            env[f"factory{i}"] = f.default_factory
+            missing = f"state[{name!r}] = factory{i}()"
+        else:
+            missing = "return slow(value, path)"
+        lines += ["        if x is MISSING:", f"            {missing}", "        else:"]
+        lines += [f"            {stmt}" for stmt in _fast_field(name, hints[name], i, strict, env)]
+    if env["post_init"] is not None:
+        lines.append("        post_init(obj)")
+    lines += ["    except (ValueError, TypeError):  # SchemaError of a nested converter, __post_init__",
+              "        return slow(value, path)", "    return obj"]
+    exec("\n".join(lines), env)  # noqa: S102 - code generated from the dataclass's own field list
+    fast: Converter = env["fast"]
+    fast.__qualname__ = f"fast_load_{cls.__name__}"
+    fast.slow = slow  # type: ignore[attr-defined]  # the generic loader, for tests comparing the two
+    return fast
 
 
 def _builder(cls: type) -> typing.Callable[[dict[str, Any]], Any]:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from shared.decision import quantile_threshold
 from shared.schema import doc, dump, load
 
 
@@ -35,9 +34,9 @@ class Head(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ScoringParams:
-    """Score weights, error normalisers and the calibrated threshold; carried in the bundle."""
+    """Score weights and error normalisers; carried in the bundle (its threshold is the bundle's decision
+    section, shared/decision.py)."""
 
-    threshold: float = doc("Score above which a window is anomalous.")
     rec_ref: list[float] = doc("Per-feature mean reconstruction error on normal calibration windows.",
                                default_factory=list)
     pred_ref: list[float] = doc("Per-feature mean prediction error on normal calibration windows.",
@@ -73,6 +72,10 @@ class ScoringParams:
 
     @classmethod
     def from_dict(cls, data: Any) -> ScoringParams:
+        """Also reads scoring saved before the threshold moved to the decision (its ``threshold`` is
+        dropped: the detector's own threshold is the one that counts)."""
+        if isinstance(data, dict) and "threshold" in data:
+            data = {k: v for k, v in data.items() if k != "threshold"}
         return load(cls, data)
 
 
@@ -141,22 +144,14 @@ def normalisers(errors: WindowErrors) -> tuple[list[float], list[float]]:
     return rec, pred
 
 
-def calibrate(
-    errors: WindowErrors,
-    alpha: float,
-    beta: float,
-    quantile: float,
-    margin: float,
-    heads: list[str] | None = None,
-) -> ScoringParams:
-    """Per-channel normalisers from mean errors; threshold = margin × quantile of normal scores."""
+def calibrate(errors: WindowErrors, alpha: float, beta: float, heads: list[str] | None = None) -> ScoringParams:
+    """Per-channel normalisers from mean errors on normal windows (the threshold is learned from the
+    resulting scores by the detector, in one place)."""
     heads = heads or [Head.RECONSTRUCTION.value, Head.PREDICTION.value]
     alpha = alpha if Head.RECONSTRUCTION in heads else 0.0
     beta = beta if Head.PREDICTION in heads else 0.0
     rec_ref, pred_ref = normalisers(errors)
-    params = ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=1.0, heads=heads)
-    threshold = quantile_threshold(anomaly_score(errors, params), quantile, margin)
-    return ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, threshold=threshold, heads=heads)
+    return ScoringParams(alpha=alpha, beta=beta, rec_ref=rec_ref, pred_ref=pred_ref, heads=heads)
 
 
 def attribution(contributions: np.ndarray, names: list[str], top: int) -> dict[str, float]:

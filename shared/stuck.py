@@ -44,15 +44,33 @@ class StuckParams:
 
 def _rolling_std(windows: np.ndarray) -> np.ndarray:
     """(b, k, f) → (b, f) standard deviation over k, NaN-aware; NaN where under half the values exist."""
-    present = np.isfinite(windows)
-    full = present.all(axis=(1, 2))
-    if full.all():  # the common case: numpy's std is the same two-pass mean / mean-square formula
-        return np.asarray(windows.std(axis=1))
+    with np.errstate(invalid="ignore", over="ignore"):  # the first pass of numpy's std
+        sums = np.add.reduce(windows, axis=1, keepdims=True)
+    full = np.isfinite(sums).all(axis=(1, 2))  # a NaN or ±inf anywhere makes its channel's sum non-finite
+    if full.all():  # the common case
+        return _std(windows, sums)
     if full.any():  # complete windows the fast way, the few with gaps below (same values either way)
         out = np.empty((len(windows), windows.shape[2]))
-        out[full] = windows[full].std(axis=1)
-        out[~full] = _rolling_std(windows[~full])
+        out[full] = _std(windows[full], sums[full])
+        out[~full] = _nan_aware_std(windows[~full])
         return out
+    return _nan_aware_std(windows)
+
+
+def _std(windows: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """``windows.std(axis=1)`` pass for pass (numpy's two-pass mean / mean-square formula, the same
+    numbers), reusing the sums already taken and without its Python wrapper (the single-reading path)."""
+    k = windows.shape[1]
+    mean = np.true_divide(sums, k, out=sums)
+    dev = np.subtract(windows, mean)
+    np.square(dev, out=dev)
+    var = np.add.reduce(dev, axis=1)
+    np.true_divide(var, k, out=var)
+    return np.sqrt(var, out=var)
+
+
+def _nan_aware_std(windows: np.ndarray) -> np.ndarray:
+    present = np.isfinite(windows)
     n = present.sum(axis=1)
     x = np.where(present, windows, 0.0)
     mean = x.sum(axis=1) / np.maximum(n, 1)

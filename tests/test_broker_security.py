@@ -4,7 +4,6 @@ TLS only, no anonymous or unknown clients, per-device ACLs, revocation on SIGHUP
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -251,11 +250,10 @@ def test_removed_device_is_locked_out_after_reload(secured: Secured) -> None:
 def _install_trained_model(home: HubHome, trained_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Register the session's trained bundle in this hub, re-signed with this hub's key."""
     from shared import bundle as bundle_fmt
-    from shared.schema import load
 
     _, exported = trained_home
     files = bundle_fmt.read_dir(exported.bundle_dir)
-    manifest = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
+    manifest = bundle_fmt.parse_manifest(files[bundle_fmt.MANIFEST])
     archive = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: files[bundle_fmt.MODEL_FILE]},
                                                       home.signing_key()))
     path = tmp_path / "v1.tar.gz"

@@ -10,6 +10,8 @@ import pytest
 
 from shared import bundle as b
 from shared import signing
+from shared.decision import DecisionMode, DecisionParams
+from shared.likelihood import LikelihoodParams
 from shared.preprocessing import PreprocessParams
 from shared.scoring import ScoringParams
 
@@ -22,7 +24,8 @@ def _files(key):  # type: ignore[no-untyped-def]
         version=3,
         preprocessing=PreprocessParams(features=["a", "b"], window=8, denoise_threshold=[0.1, 0.1],
                                        scale_min=[0, 0], scale_max=[1, 1]),
-        scoring=ScoringParams(rec_ref=[1.0, 1.0], pred_ref=[1.0, 1.0], threshold=2.0),
+        scoring=ScoringParams(rec_ref=[1.0, 1.0], pred_ref=[1.0, 1.0]),
+        decision=DecisionParams(score_threshold=2.0),
         quantization=b.Quantization(mode="int8"),
         files={b.MODEL_FILE: MODEL},
     )
@@ -39,7 +42,7 @@ def test_valid_bundle_round_trips_through_archive_and_directory(key, tmp_path) -
     loaded = b.load_archive(b.pack(files), [key.public_key()])
     assert loaded.manifest.version == 3 and loaded.model_bytes == MODEL
     b.write_dir(tmp_path / "bundle", files)
-    assert b.load_dir(tmp_path / "bundle", [key.public_key()]).manifest.scoring.threshold == 2.0
+    assert b.load_dir(tmp_path / "bundle", [key.public_key()]).manifest.decision.score_threshold == 2.0
     assert b.pack(files) == b.pack(files)  # deterministic archives
 
 
@@ -58,9 +61,41 @@ def test_tampered_model_is_refused(key) -> None:  # type: ignore[no-untyped-def]
 def test_tampered_manifest_is_refused(key) -> None:  # type: ignore[no-untyped-def]
     files = _files(key)
     manifest = json.loads(files[b.MANIFEST])
-    manifest["scoring"]["threshold"] = 1e9  # e.g. silence all alarms
+    manifest["decision"]["score_threshold"] = 1e9  # e.g. silence all alarms
     files[b.MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     _expect(b.BundleErrorCode.BAD_SIGNATURE, files, [key.public_key()])
+
+
+def _legacy(key, likelihood: dict[str, object] | None) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    """A signed format-1 bundle, as hubs before the decision section wrote them: the score threshold in
+    ``scoring``, the likelihood's threshold and ``decide_on`` in ``likelihood``."""
+    manifest = json.loads(_files(key)[b.MANIFEST])
+    manifest["format"] = "edgesentry-bundle/1"
+    manifest["scoring"]["threshold"] = manifest.pop("decision")["score_threshold"]
+    if likelihood is not None:
+        manifest["likelihood"] = likelihood
+    raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    sig = {"algorithm": "ed25519", "key_id": signing.key_id(key.public_key()), "signature": signing.sign(key, raw)}
+    return {b.MODEL_FILE: MODEL, b.MANIFEST: raw, b.SIGNATURE: json.dumps(sig).encode()}
+
+
+def test_format_1_bundles_still_load_with_their_thresholds_in_the_decision(key) -> None:  # type: ignore[no-untyped-def]
+    plain = b.load_archive(b.pack(_legacy(key, None)), [key.public_key()]).manifest
+    assert plain.format == b.BUNDLE_FORMAT and plain.decision == DecisionParams(score_threshold=2.0)
+    assert plain.likelihood is None and plain.scoring.rec_ref == [1.0, 1.0]
+    lik = {"prior_mean": 0.2, "prior_std": 0.1, "history": 8000, "short_window": 1, "threshold": 0.6,
+           "decide_on": "likelihood", "onset_window": 1200}
+    m = b.load_archive(b.pack(_legacy(key, lik)), [key.public_key()]).manifest
+    assert m.decision == DecisionParams(score_threshold=2.0, mode=DecisionMode.LIKELIHOOD, likelihood_threshold=0.6)
+    assert m.likelihood == LikelihoodParams(prior_mean=0.2, prior_std=0.1, history=8000, short_window=1,
+                                            onset_window=1200)
+    # A format-1 manifest is still judged: a bad threshold or mode is refused, not guessed.
+    for bad in ({**lik, "decide_on": "votes"}, {**lik, "threshold": 1.5}):
+        _expect(b.BundleErrorCode.BAD_MANIFEST, _legacy(key, bad), [key.public_key()])
+    no_threshold = json.loads(_legacy(key, None)[b.MANIFEST])
+    del no_threshold["scoring"]["threshold"]
+    with pytest.raises(ValueError, match="scoring.threshold"):
+        b.parse_manifest(json.dumps(no_threshold))
 
 
 def test_untrusted_key_is_refused(key) -> None:  # type: ignore[no-untyped-def]
@@ -144,7 +179,7 @@ def test_parsed_keys_verify_in_process_and_in_the_helper_alike(key, request, in_
     assert b.load_archive(b.pack(files), trusted).manifest.version == 3
     tampered = dict(files)
     manifest = json.loads(files[b.MANIFEST])
-    manifest["scoring"]["threshold"] = 1e9
+    manifest["decision"]["score_threshold"] = 1e9
     tampered[b.MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     _expect(b.BundleErrorCode.BAD_SIGNATURE, tampered, trusted)
     forged = _files(signing.generate_private_key())

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.decision import Decision, DecisionMode, quantile_threshold
-from shared.likelihood import LikelihoodParams
-from shared.scoring import ScoringParams
-
-SCORING = ScoringParams(threshold=2.0, rec_ref=[1.0], pred_ref=[1.0])
+from shared.decision import Decision, DecisionMode, DecisionParams, quantile_threshold
+from shared.schema import SchemaError
 
 
 def test_quantile_threshold_is_margin_times_quantile() -> None:
@@ -44,16 +41,29 @@ def test_invalid_decisions_are_refused() -> None:
                 lambda: Decision(DecisionMode.LIKELIHOOD, 1.5)):
         with pytest.raises(ValueError):
             bad()
-    with pytest.raises(ValueError, match="decide_on"):
-        LikelihoodParams(prior_mean=0, prior_std=1, decide_on="votes")
+    for params in ({"score_threshold": 1.0, "mode": "votes"}, {"score_threshold": float("inf")},
+                   {"score_threshold": 1.0, "likelihood_threshold": 1.0}):
+        with pytest.raises((ValueError, SchemaError)):
+            DecisionParams.from_dict(params)
 
 
-def test_from_manifest_follows_the_bundle() -> None:
-    assert Decision.from_manifest(SCORING, None) == Decision(DecisionMode.SCORE, 2.0)
-    lik = LikelihoodParams(prior_mean=0.1, prior_std=0.1, threshold=0.6, decide_on="likelihood")
-    assert Decision.from_manifest(SCORING, lik, 1.2) == Decision(DecisionMode.LIKELIHOOD, 0.6, 1.2)
-    lik_score = LikelihoodParams(prior_mean=0.1, prior_std=0.1, decide_on="score")
-    assert Decision.from_manifest(SCORING, lik_score).mode == DecisionMode.SCORE
+def test_from_params_follows_the_bundle() -> None:
+    assert Decision.from_params(DecisionParams(score_threshold=2.0)) == Decision(DecisionMode.SCORE, 2.0)
+    lik = DecisionParams(score_threshold=2.0, mode=DecisionMode.LIKELIHOOD, likelihood_threshold=0.6)
+    assert Decision.from_params(lik, 1.2) == Decision(DecisionMode.LIKELIHOOD, 0.6, 1.2)
+    assert DecisionParams.from_dict(lik.to_dict()) == lik
+
+
+def test_the_threshold_lives_only_in_the_decision() -> None:
+    """Neither the scoring nor the likelihood parameters carry a threshold or a decision mode (issue 9 §5)."""
+    from dataclasses import fields
+
+    from shared.likelihood import LikelihoodParams
+    from shared.scoring import ScoringParams
+
+    for cls in (ScoringParams, LikelihoodParams):
+        names = {f.name for f in fields(cls)}
+        assert not names & {"threshold", "decide_on"}, cls
 
 
 def test_edge_flags_come_from_the_decision_or_a_stuck_channel() -> None:

@@ -199,7 +199,6 @@ def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosqu
                                                            trained_home) -> None:  # type: ignore[no-untyped-def]
     """Garbage readings are counted; a bundle signed by another key is refused and reported."""
     from shared import bundle as bundle_fmt
-    from shared.schema import load
 
     home = HubHome(tmp_path / "hub")  # the hub the agent trusts (its announcements are signed)
     home.init(mosquitto.url)
@@ -216,7 +215,7 @@ def test_agent_survives_malformed_readings_and_bad_bundles(tmp_path: Path, mosqu
         # Put a bundle of the trained model signed by the untrusted key in place and announce it.
         _, exported = trained_home
         files = bundle_fmt.read_dir(exported.bundle_dir)
-        manifest = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
+        manifest = bundle_fmt.parse_manifest(files[bundle_fmt.MANIFEST])
         evil = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: files[bundle_fmt.MODEL_FILE]},
                                                        other.signing_key()))
         path = tmp_path / "evil.tar.gz"

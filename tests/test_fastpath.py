@@ -318,3 +318,17 @@ def test_predict_batched_equals_predict_per_chunk_with_padding_buckets(trained_h
     for head, v in got.items():
         assert v.shape[0] == len(x) and v.dtype == np.float32
         assert np.array_equal(v, np.concatenate([w[head] for w in want]))
+
+
+def test_a_few_windows_at_batch_one_equal_single_predictions(trained_home) -> None:  # type: ignore[no-untyped-def]
+    """Two or three windows arriving together run one call each at batch 1 (no re-allocation for bucket 4):
+    the same numbers as predicting each alone, and a larger call afterwards still pads to its bucket."""
+    model = _model(trained_home)
+    ts, values = simulated_series(5, seed=12)
+    x = series_windows(values, model.preprocessing)[:24]
+    tfl = model.model
+    alone = [tfl.predict(x[i : i + 1]) for i in range(len(x))]
+    for start, m in ((0, 1), (1, 2), (3, 3), (6, 5), (11, 1), (12, 3)):
+        got = tfl.predict_batched(x[start : start + m], 16, (1, 4, 16))
+        for head, v in got.items():
+            assert np.array_equal(v, np.concatenate([alone[i][head] for i in range(start, start + m)]))

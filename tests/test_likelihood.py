@@ -44,7 +44,7 @@ def test_params_validate() -> None:
     with pytest.raises(ValueError):
         LikelihoodParams(prior_mean=0, prior_std=0)
     with pytest.raises(ValueError):
-        LikelihoodParams(prior_mean=0, prior_std=1, decide_on="votes")
+        LikelihoodParams(prior_mean=0, prior_std=1, history=1)
 
 
 def test_attribution_names_the_channels_that_drove_the_score() -> None:

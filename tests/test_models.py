@@ -53,9 +53,9 @@ def test_detector_contract(name: str, mode: Mode, tmp_path: Path) -> None:
         return
     assert "int8" in det.quantizations, f"{name}: int8 is the edge default; declare why not if it cannot"
     model = again.export_tflite("int8")
-    scoring, val_scores = again.exported_scoring(model)
-    assert np.isfinite(scoring.threshold) and len(val_scores) > 0
-    t_scores = again.tflite_scores(model, x, scoring)
+    ex = again.exported_scoring(model)
+    assert np.isfinite(ex.threshold) and len(ex.val_scores) > 0
+    t_scores = again.tflite_scores(model, x, ex.scoring)
     assert t_scores.shape == scores.shape and np.isfinite(t_scores).all()
     assert np.corrcoef(t_scores, scores)[0, 1] > 0.8 or np.ptp(scores) < 1e-3
 

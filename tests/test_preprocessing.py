@@ -118,3 +118,42 @@ def test_vectorised_gap_filling_equals_np_interp_per_window() -> None:
             w[3, :, 1] = np.nan  # a channel missing for the whole window
             for fallback in (None, np.array([1.0, 2.0, 3.0, 4.0])):
                 assert np.array_equal(interpolate_gaps(w, fallback), _interp_reference(w, fallback))
+
+
+def test_denoising_equals_pywavelets_multilevel_reference() -> None:
+    """The level-1 shortcut (dwt/idwt) gives the bits wavedec/waverec give; deeper levels still use them."""
+    import pywt
+
+    def reference(x: np.ndarray, wavelet: str, level: int, t: np.ndarray) -> np.ndarray:
+        coeffs = pywt.wavedec(x, wavelet, level=level, axis=1, mode="symmetric")
+        tt = t.reshape(1, 1, -1)
+        coeffs = [coeffs[0]] + [c - np.clip(c, -tt, tt) for c in coeffs[1:]]
+        return pywt.waverec(coeffs, wavelet, axis=1, mode="symmetric")[:, : x.shape[1], :]
+
+    rng = np.random.default_rng(3)
+    t = np.array([0.3, 0.9, 0.1, 0.05])
+    for batch, width, level, wavelet in ((1, 32, 1, "db4"), (300, 32, 1, "db4"), (7, 33, 1, "sym5"),
+                                         (20, 64, 2, "db4"), (5, 16, 1, "haar")):
+        x = rng.normal(20, 3, size=(batch, width, 4))
+        assert np.array_equal(wavelet_denoise(x, wavelet, level, t), reference(x, wavelet, level, t))
+
+
+def test_gap_filling_handles_infinities_and_never_writes_its_input() -> None:
+    """±inf is a value, not a gap (its channel sum is NaN only when both signs meet); the input is never
+    modified, and without gaps preprocessing at level 0 leaves the caller's windows alone."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(0, 1, size=(50, 8, 3))
+    w[2, 3, 0], w[2, 5, 0] = np.inf, -np.inf  # NaN sum, no gap
+    w[4, 1, 1] = np.nan
+    w[4, 2, 1] = np.inf
+    before = w.copy()
+    assert np.array_equal(interpolate_gaps(w), _interp_reference(w), equal_nan=True)
+    assert np.array_equal(w, before, equal_nan=True)
+    _, values = simulated_series(5)
+    params = fit_preprocessing([values], ["a", "b", "c", "d"], window=16, wavelet_level=0)
+    windows = sliding_windows(values, 16)
+    kept = windows.copy()
+    out = preprocess_windows(windows, params)
+    assert np.array_equal(windows, kept) and out.dtype == np.float32
+    lo, hi = np.asarray(params.scale_min), np.asarray(params.scale_max)
+    assert np.array_equal(out, ((kept - lo) / np.where(hi - lo > 0, hi - lo, 1.0)).astype(np.float32))

@@ -121,9 +121,9 @@ def test_label_lifted_threshold_survives_export(tmp_path: Path) -> None:
     ts, values = simulated_series(40)
     cfg = replace(home.config().training, epochs=1, window=16, hidden=16, latent=4, lstm_units=8)
     trained = training.train(home, from_csv(write_csv(tmp_path / "n.csv", ts, values)), cfg)
-    before = export(home, trained.version, Quantization.INT8).scoring.threshold
+    before = export(home, trained.version, Quantization.INT8).decision.score_threshold
     det = load_detector(trained.artifacts)
     evaluate.with_threshold(det, det.threshold * 2)
     det.save(trained.artifacts)
-    after = export(home, trained.version, Quantization.INT8).scoring.threshold
+    after = export(home, trained.version, Quantization.INT8).decision.score_threshold
     assert after == pytest.approx(2 * before, rel=1e-3)

@@ -181,7 +181,10 @@ def test_redelivered_messages_are_stored_once(database_url: str) -> None:
     status = _item(p.Channel.STATUS, p.Status(v=p.PROTOCOL_VERSION, device="gw-1", ts=1.7e9,
                                               state=p.AgentState.ONLINE, model_state=p.ModelState.COMMITTED,
                                               model_version=1, msg_id="s1"), "gw-1")
-    batch = [*events, sync, status]
+    telemetry = _item(p.Channel.TELEMETRY, p.Telemetry(v=p.PROTOCOL_VERSION, device="gw-2", ts=1.7e9, interval_s=10.0,
+                                                       scored=5, score_mean=0.5, score_max=0.9,
+                                                       readings_scored_total=50, msg_id="t1"), "gw-2")
+    batch = [*events, sync, status, telemetry]
     with sessions() as s:
         first = store.write(s, batch)
         s.commit()
@@ -189,17 +192,22 @@ def test_redelivered_messages_are_stored_once(database_url: str) -> None:
     with sessions() as s:
         again = store.write(s, batch + events[:5])
         s.commit()
-    assert first.stored == {"anomaly": 30, "sync": 1, "status": 1}
+    assert first.stored == {"anomaly": 30, "sync": 1, "status": 1, "telemetry": 1}
     assert sum(again.stored.values()) == 0
-    assert again.duplicates == {"anomaly": 35, "sync": 1, "status": 1}
+    assert again.duplicates == {"anomaly": 35, "sync": 1, "status": 1, "telemetry": 1}
     # Every durable id is acknowledged again so the agents can delete them.
     assert sorted(again.acked) == ["gw-0", "gw-1", "gw-2"]
-    assert sum(len(set(ids)) for ids in again.acked.values()) == 32
+    assert sum(len(set(ids)) for ids in again.acked.values()) == 33
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(db.AnomalyEvent)) == 30
         assert s.scalar(select(func.count()).select_from(db.SyncBatch)) == 1
         assert s.scalar(select(func.count()).select_from(db.StatusChange)) == 1
+        assert s.scalar(select(func.count()).select_from(db.TelemetryRecord)) == 1
         assert s.scalar(select(func.count()).select_from(db.Device)) == 3
+        stored = s.scalars(select(db.AnomalyEvent).where(db.AnomalyEvent.event_id == events[0].message.event_id)).one()
+    # Every column lands where it belongs (rows go to the driver as positional tuples).
+    assert (stored.device_id, stored.ts, stored.score, stored.top_features, stored.attribution, stored.likelihood) == (
+        "gw-0", 1.7e9, 5.0, ["temp"], {"temp": 0.9}, 0.99)
 
 
 def test_init_with_a_postgresql_url_puts_the_hub_there(tmp_path: Path, postgres_url: str) -> None:

@@ -104,3 +104,16 @@ def test_rolling_std_of_a_mixed_batch_equals_the_nan_aware_formula_per_window() 
     var = np.where(present, (w - mean[:, None, :]) ** 2, 0.0).sum(axis=1) / np.maximum(n, 1)
     want = np.where(n * 2 >= w.shape[1], np.sqrt(var), np.nan)
     assert np.array_equal(_rolling_std(w), want, equal_nan=True) and np.isnan(want[7, 0])
+
+
+def test_rolling_std_equals_numpy_std_bit_for_bit() -> None:
+    """The fast path replays numpy's std pass for pass: the same bits, on contiguous windows and on the
+    newest-k slice the stuck check takes."""
+    from shared.stuck import _rolling_std
+
+    rng = np.random.default_rng(8)
+    w = rng.normal(20.0, 3.0, size=(257, 32, 4)) * rng.choice([1e-6, 1.0, 1e6], size=(257, 1, 4))
+    w[5, :, 1] = 7.25  # frozen: exactly 0
+    for x in (w, w[:, -20:, :], w[:1]):
+        assert np.array_equal(_rolling_std(x), x.std(axis=1))
+    assert _rolling_std(w)[5, 1] == 0.0

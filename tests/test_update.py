@@ -3,7 +3,6 @@ and recovery from a SIGKILL at every state boundary — on real Mosquitto, the r
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -47,7 +46,6 @@ from shared.protocol import (
     device_topic,
     encode,
 )
-from shared.schema import load
 from shared.signing import parse_public_key
 from tests.conftest import REPO, simulated_series, wait_until, write_csv
 
@@ -110,9 +108,9 @@ WINDOW = 16  # trained_home's window
 def _bundle(home: HubHome, src: Path, version: int, *, threshold: float | None = None,
             model: bytes | None = None) -> bytes:
     """Re-version (and optionally break) the trained bundle, sign it with ``home``'s key, register it."""
-    m = load(bundle_fmt.Manifest, json.loads(bundle_fmt.read_dir(src)[bundle_fmt.MANIFEST]))
-    scoring = None if threshold is None else replace(m.scoring, threshold=threshold)
-    return signed_copy(home, src, version, source="test", scoring=scoring, model=model).read_bytes()
+    m = bundle_fmt.parse_manifest(bundle_fmt.read_dir(src)[bundle_fmt.MANIFEST])
+    decision = None if threshold is None else replace(m.decision, score_threshold=threshold)
+    return signed_copy(home, src, version, source="test", decision=decision, model=model).read_bytes()
 
 
 def _nan_model(window: int, n_features: int, heads: list[str]) -> bytes:
@@ -250,7 +248,7 @@ def test_bad_bundles_are_refused_before_the_swap(fleet: Fleet, trained_home) -> 
     """NaN outputs, a model too slow for the profile, one that flags everything: each refused at the
     staged check on the recent windows; a model over the profile's model bytes or memory budget: refused
     on load. v1 scoring throughout, the hub told why."""
-    m = load(bundle_fmt.Manifest, json.loads(bundle_fmt.read_dir(fleet.src)[bundle_fmt.MANIFEST]))
+    m = bundle_fmt.parse_manifest(bundle_fmt.read_dir(fleet.src)[bundle_fmt.MANIFEST])
     _bundle(fleet.home, fleet.src, 2, model=_nan_model(WINDOW, m.preprocessing.n_features, m.scoring.heads))
     _bundle(fleet.home, fleet.src, 3)  # a sound model; the gateway's profile is what it cannot meet
     _bundle(fleet.home, fleet.src, 4, threshold=1e-9)

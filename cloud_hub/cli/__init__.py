@@ -18,6 +18,7 @@ from cloud_hub.cli.web import HTTP_OPTION, NO_AUTH_OPTION, OperatorView, check_w
 from cloud_hub.config import TrainingConfig
 from cloud_hub.data import TrainingData
 from cloud_hub.db import queries
+from cloud_hub.evaluation.evaluate import ScoreOn
 from cloud_hub.home import DEFAULT_HOME, HubHome
 from cloud_hub.retrain_policy import RetrainPolicy
 from shared.decision import DecisionMode
@@ -184,10 +185,13 @@ def train(ctx: click.Context, data_path: Path | None, synced: bool, features: st
 @click.option("--folds", default=0, show_default=True, type=int, help="Also run k-fold cross-validation (k > 1).")
 @click.option("--quantization", "-q", type=click.Choice([*(q.value for q in Quantization), "none"]),
               default="int8", show_default=True, help="Also score the exported TFLite model (quantization delta).")
+@click.option("--score-on", type=click.Choice([s.value for s in ScoreOn]), default=ScoreOn.TEST.value,
+              show_default=True, help="Report on the test split, or on a validation part of the training split "
+                                      "(compare configurations there; the test rows stay unused).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @SET_OPTION
 def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, test_size: float, seed: int,
-             folds: int, quantization: str, out: Path, settings: tuple[str, ...]) -> None:
+             folds: int, quantization: str, score_on: str, out: Path, settings: tuple[str, ...]) -> None:
     """Train on a stratified split of a labelled table and report held-out metrics (metrics.json, report.md,
     ROC / PR / score plots).  Unsupervised models train on the normal rows only."""
     from dataclasses import replace
@@ -206,7 +210,8 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 
     def run_one(name: str, where: Path) -> dict[str, Any]:
         with console.status(f"{name}: training and scoring…"):
-            m = run_evaluate(name, data_path, where, replace(cfg, seed=seed), label_column, test_size, seed, folds, q)
+            m = run_evaluate(name, data_path, where, replace(cfg, seed=seed), label_column, test_size, seed, folds, q,
+                             score_on=ScoreOn(score_on))
         console.print(f"[bold]{name}[/]: F1 {m['f1']:.4f}  ROC-AUC {m['roc_auc'] or 0:.4f}  "
                       + (f"F1 {q} {m[q]['f1']:.4f}  " if q and m.get(q) else "")
                       + f"({m['train_seconds']} s) → {where / 'report.md'}")

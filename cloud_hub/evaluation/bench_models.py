@@ -110,7 +110,8 @@ def label_ceiling(path: Path) -> dict[str, float]:
     from shared.tabular import read_table
 
     t = read_table(path)
-    assert t.y is not None
+    if t.y is None:
+        raise ValueError(f"{path}: no label column, so no label ceiling")
     x = np.nan_to_num(t.x, nan=-1.0).round(9)
     _, inverse = np.unique(x, axis=0, return_inverse=True)
     pos = np.bincount(inverse, weights=(t.y > 0).astype(float))

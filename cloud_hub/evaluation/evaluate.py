@@ -7,6 +7,7 @@ quantization delta).  Everything lands in ``out``: metrics.json, scores.csv, rep
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -45,6 +46,13 @@ def labels_of(data: Table) -> np.ndarray:
     if data.y is None:
         raise ValueError("evaluation needs labelled data: the table has no label column")
     return data.y
+
+
+class ScoreOn(enum.StrEnum):
+    """Which held-out rows ``evaluate`` reports on."""
+
+    TEST = "test"  # the stratified test split: report a chosen configuration once
+    VALIDATION = "validation"  # a stratified part of the training rows: compare configurations; test rows unused
 
 
 def split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,12 +119,12 @@ def fit_score(model: str, cfg: TrainingConfig, data: Table, train: np.ndarray, t
                                      "threshold": threshold, "validation_rows": len(semi_val),
                                      "labelled_attacks": int((y_semi > 0).sum())}
     if quantization and quantization in det.quantizations:
-        tflite, scoring, _, agree = exported(det, Quantization(quantization))
-        t_scores = det.tflite_scores(tflite, x_test, scoring)
-        q = pointwise(y_test, t_scores, Decision(DecisionMode.SCORE, scoring.threshold).flags(t_scores))
-        result[quantization] = {**q, "threshold": scoring.threshold, "tflite_bytes": len(tflite),
+        tflite, ex, agree = exported(det, Quantization(quantization))
+        t_scores = det.tflite_scores(tflite, x_test, ex.scoring)
+        q = pointwise(y_test, t_scores, Decision(DecisionMode.SCORE, ex.threshold).flags(t_scores))
+        result[quantization] = {**q, "threshold": ex.threshold, "tflite_bytes": len(tflite),
                                 "agreement": asdict(agree),
-                                "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, scoring), x_test)}
+                                "ms_per_batch": ms_per_batch(lambda a: det.tflite_scores(tflite, a, ex.scoring), x_test)}
         result["quantization_f1_delta"] = q["f1"] - result["f1"]
         result["scores_" + quantization] = t_scores
     elif quantization:
@@ -139,7 +147,10 @@ def cross_validate(model: str, cfg: TrainingConfig, data: Table, folds: int, see
 
 def evaluate(model: str, data_path: Path, out: Path, cfg: TrainingConfig, label_column: str = "label",
              test_size: float = 0.3, seed: int = 0, folds: int = 0, quantization: str | None = "int8",
-             plots: bool = True) -> dict[str, Any]:
+             plots: bool = True, score_on: ScoreOn = ScoreOn.TEST) -> dict[str, Any]:
+    """Train on the training split and report on the test split — or, with ``score_on=validation``, train
+    on part of the training split and report on the rest of it, so configurations are compared without
+    ever scoring the test rows (they are split off first, with the same seed, and not used)."""
     if not 0 < test_size < 1:
         raise ValueError("--test-size must be in (0, 1)")
     data = read_table(data_path, label_column)
@@ -148,11 +159,14 @@ def evaluate(model: str, data_path: Path, out: Path, cfg: TrainingConfig, label_
         raise ValueError(f"{data_path}: the label column holds a single class")
     out.mkdir(parents=True, exist_ok=True)
     train, test = split(y, test_size, seed)
+    if score_on == ScoreOn.VALIDATION:
+        fit_pos, val_pos = split(y[train], test_size, seed)
+        train, test = train[fit_pos], train[val_pos]
     r = fit_score(model, cfg, data, train, test, quantization)
     scores, y_test = r.pop("scores"), r.pop("y_test")
     q_scores = r.pop("scores_" + quantization, None) if quantization else None
     metrics = {**r, "dataset": str(data_path), "rows": len(y), "test_rows": len(test), "test_size": test_size,
-               "seed": seed, "features": len(data.features)}
+               "seed": seed, "features": len(data.features), "scored_on": score_on.value}
     if folds > 1:
         metrics["cross_validation"] = cross_validate(model, cfg, data, folds, seed)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -183,7 +197,8 @@ def write_report(m: dict[str, Any], out: Path, quantization: str | None) -> None
         f"# {m['model']} on {Path(m['dataset']).name}",
         "",
         f"{m['mode']} · {m['rows']} rows, {m['features']} features · stratified test split {m['test_size']} "
-        f"(seed {m['seed']}): {m['test_rows']} rows · trained in {m['train_seconds']} s ({m['epochs']} epochs)",
+        f"(seed {m['seed']}) · scored on the {m.get('scored_on', 'test')} rows: {m['test_rows']} · "
+        f"trained in {m['train_seconds']} s ({m['epochs']} epochs)",
         "",
         table(rows, ["variant", *METRIC_KEYS, "ms_per_batch"]),
         "",

@@ -156,7 +156,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         raw.parent.mkdir(parents=True, exist_ok=True)
         np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
         return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), first.size,
-                          first.scoring.threshold, first.agreement.score_pearson, retrains=retrains)
+                          first.decision.score_threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -172,14 +172,14 @@ def reexported(archive: Path, cfg: NabConfig) -> Any:
     would export from the same version with other settings — signed again and verified as the agent does.
     The original is verified first when its run left the hub's public key next to it."""
     from shared import bundle as bf
-    from shared.schema import load
+    from shared.decision import DecisionMode
     from shared.signing import generate_private_key, parse_public_key
 
     files = bf.unpack(archive.read_bytes())
     pub = archive.with_suffix("").with_suffix(".pub")
     if pub.exists():
         bf.verify(files, [parse_public_key(pub.read_text().strip())])
-    manifest = load(bf.Manifest, json.loads(files[bf.MANIFEST]))
+    manifest = bf.parse_manifest(files[bf.MANIFEST])
     lik = manifest.likelihood
     if lik is None:
         raise ValueError(f"{archive}: the bundle has no likelihood section to re-use")
@@ -187,10 +187,12 @@ def reexported(archive: Path, cfg: NabConfig) -> Any:
         raise ValueError(f"{archive}: its prior was fitted with short window {lik.short_window}; "
                          "a different one needs a run with training")
     new = replace(lik, history=cfg.likelihood_history, spatial_tolerance=cfg.spatial_tolerance,
-                  onset_window=cfg.onset_window, threshold=cfg.likelihood_threshold, decide_on="likelihood")
+                  onset_window=cfg.onset_window)
+    decision = replace(manifest.decision, mode=DecisionMode.LIKELIHOOD, likelihood_threshold=cfg.likelihood_threshold)
     key = generate_private_key()
     payload = {n: b for n, b in files.items() if n not in (bf.MANIFEST, bf.SIGNATURE)}
-    return bf.verify(bf.signed_files(replace(manifest, likelihood=new), payload, key), [key.public_key()])
+    return bf.verify(bf.signed_files(replace(manifest, likelihood=new, decision=decision), payload, key),
+                     [key.public_key()])
 
 
 def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
@@ -213,7 +215,7 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     n = len(series.values)
     agreement = bundle.manifest.quantization.agreement
     return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), src.stat().st_size,
-                      bundle.manifest.scoring.threshold, agreement.score_pearson if agreement else float("nan"))
+                      bundle.manifest.decision.score_threshold, agreement.score_pearson if agreement else float("nan"))
 
 
 def _worker_init() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
@@ -53,13 +53,13 @@ def write(s: Session, items: Sequence[Inbound]) -> StoreResult:
     by_channel: dict[p.Channel, list[Inbound]] = {}
     for it in items:
         by_channel.setdefault(it.channel, []).append(it)
-    _insert_keyed(s, dialect, db.AnomalyEvent, "event_id", by_channel.get(p.Channel.ANOMALY, []), _anomaly_row,
-                  result)
-    _insert_keyed(s, dialect, db.SyncBatch, "batch_id", by_channel.get(p.Channel.SYNC, []), _sync_row, result)
+    _insert_keyed(s, db.AnomalyEvent, "event_id", by_channel.get(p.Channel.ANOMALY, []), ANOMALY_COLUMNS,
+                  _anomaly_row, result)
+    _insert_keyed(s, db.SyncBatch, "batch_id", by_channel.get(p.Channel.SYNC, []), SYNC_COLUMNS, _sync_row, result)
     telemetry = by_channel.get(p.Channel.TELEMETRY, [])
     if telemetry:
         rows = {(it.device, _telemetry_id(it.message)): _telemetry_row(it) for it in telemetry}
-        new = _insert_many(s, db.TelemetryRecord, list(rows.values()))
+        new = _insert_many(s, db.TelemetryRecord, TELEMETRY_COLUMNS, list(rows.values()))
         result.stored[p.Channel.TELEMETRY.value] += new
         result.duplicates[p.Channel.TELEMETRY.value] += len(telemetry) - new
     heartbeats = by_channel.get(p.Channel.HEARTBEAT, [])
@@ -91,43 +91,54 @@ def _touch_devices(s: Session, dialect: str, items: Sequence[Inbound]) -> None:
         return
     # Sorted: concurrent workers lock device rows in the same order, so they wait instead of deadlocking.
     ordered = sorted(last.items())
-    s.execute(db.insert_ignoring_duplicates(dialect, db.Device.__table__),
+    devices = _table(db.Device)
+    s.execute(db.insert_ignoring_duplicates(dialect, devices),  # Core: it fills the columns' Python defaults
               [{"device_id": d, "first_seen": t, "last_seen": t, "online": True} for d, t in ordered])
-    s.execute(update(db.Device), [{"device_id": d, "last_seen": t} for d, t in ordered])
+    s.execute(update(devices).where(devices.c.device_id == bindparam("d")).values(last_seen=bindparam("t")),
+              [{"d": d, "t": t} for d, t in ordered])
 
 
-def _insert_keyed(s: Session, dialect: str, model: type[db.Base], key: str, items: list[Inbound],
-                  to_row: Any, result: StoreResult) -> None:
+def _insert_keyed(s: Session, model: type[db.Base], key: str, items: list[Inbound], columns: tuple[str, ...],
+                  to_row: Callable[[Inbound], tuple[Any, ...]], result: StoreResult) -> None:
     """Insert rows unique on (device_id, key), skipping those already stored; acknowledge all of them."""
     if not items:
         return
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    acked = result.acked
     for it in items:
         durable_id = getattr(it.message, key)
-        result.ack(it.device, durable_id)
-        rows.setdefault((it.device, durable_id), to_row(it))
+        device_ids = acked.get(it.device)
+        if device_ids is None:
+            device_ids = acked[it.device] = []
+        device_ids.append(durable_id)
+        if (it.device, durable_id) not in rows:
+            rows[(it.device, durable_id)] = to_row(it)
     channel = items[0].channel.value
-    new = _insert_many(s, model, list(rows.values()))
+    new = _insert_many(s, model, columns, list(rows.values()))
     result.stored[channel] += new
     result.duplicates[channel] += len(items) - new
 
 
-def _insert_many(s: Session, model: type[db.Base], rows: list[dict[str, Any]]) -> int:
+def _insert_many(s: Session, model: type[db.Base], columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> int:
     """``INSERT … ON CONFLICT DO NOTHING`` of many rows through the driver's ``executemany``; returns how
     many were new.  The statement is SQLAlchemy's, compiled once per dialect, table and columns with
-    NAMED parameters, so the row dicts (JSON columns already encoded, see :func:`_json`) go to the driver
-    as they are: no per-row processing in Python, which was most of the cost of a batch."""
+    POSITIONAL parameters, so the row tuples (JSON columns already encoded, see :func:`_json`) go to the
+    driver as they are: no per-row processing in Python (most of the cost of a batch once), and no
+    per-row dict for the driver to look parameters up in."""
     conn = s.connection()
-    res = conn.exec_driver_sql(_compiled(conn.dialect, model, tuple(rows[0])), rows)  # type: ignore[arg-type]
+    res = conn.exec_driver_sql(_compiled(conn.dialect, model, columns), rows)  # type: ignore[arg-type]
     return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(rows)
 
 
 @functools.cache
 def _compiled(dialect: Dialect, model: type[db.Base], columns: tuple[str, ...]) -> str:
-    if dialect.positional:  # SQLite's qmark: its driver takes :name parameters from dicts as well
-        dialect = type(dialect)(paramstyle="named")  # type: ignore[call-arg]
-    stmt = db.insert_ignoring_duplicates(dialect.name, _table(model))
-    return stmt.compile(dialect=dialect, column_keys=list(columns)).string
+    if not dialect.positional:  # psycopg's pyformat: its driver takes %s parameters from tuples as well
+        dialect = type(dialect)(paramstyle="format")  # type: ignore[call-arg]
+    compiled = db.insert_ignoring_duplicates(dialect.name, _table(model)).compile(dialect=dialect,
+                                                                                 column_keys=list(columns))
+    if tuple(compiled.positiontup or ()) != columns:  # the row builders' tuples follow ``columns``
+        raise AssertionError(f"{model.__name__}: columns {columns} compile as {compiled.positiontup}")
+    return compiled.string
 
 
 def _json(value: Any) -> str:
@@ -135,32 +146,35 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _anomaly_row(it: Inbound) -> dict[str, Any]:
+# Row tuples in the order of these columns (the table's own order: ``_compiled`` checks it).
+ANOMALY_COLUMNS = ("device_id", "event_id", "ts", "detected_at", "received_at", "score", "threshold", "model_version",
+                   "top_features", "attribution", "likelihood")
+SYNC_COLUMNS = ("device_id", "batch_id", "received_at", "start_ts", "end_ts", "rows", "features", "data", "flags",
+                "model_version")
+TELEMETRY_COLUMNS = ("device_id", "msg_id", "ts", "received_at", "interval_s", "scored", "score_mean", "score_max")
+
+
+def _anomaly_row(it: Inbound) -> tuple[Any, ...]:
     m: p.AnomalyEvent = it.message
-    return {"device_id": it.device, "event_id": m.event_id, "ts": m.ts, "detected_at": m.detected_at,
-            "received_at": it.received_at, "score": m.score, "threshold": m.threshold,
-            "model_version": m.model_version, "top_features": _json(m.top_features),
-            "attribution": _json(m.attribution), "likelihood": m.likelihood}
+    return (it.device, m.event_id, m.ts, m.detected_at, it.received_at, m.score, m.threshold, m.model_version,
+            _json(m.top_features), _json(m.attribution), m.likelihood)
 
 
-def _sync_row(it: Inbound) -> dict[str, Any]:
+def _sync_row(it: Inbound) -> tuple[Any, ...]:
     m: p.SyncBatch = it.message
     data = m.table()  # the one decoder: JSON rows or packed
     flags = np.array(m.flags or [0] * len(data), dtype=np.int8)
-    return {"device_id": it.device, "batch_id": m.batch_id, "received_at": it.received_at,
-            "start_ts": float(data[:, 0].min()), "end_ts": float(data[:, 0].max()), "rows": len(data),
-            "features": _json(m.features), "data": npy_bytes(data), "flags": npy_bytes(flags),
-            "model_version": m.model_version}
+    return (it.device, m.batch_id, it.received_at, float(data[:, 0].min()), float(data[:, 0].max()), len(data),
+            _json(m.features), npy_bytes(data), npy_bytes(flags), m.model_version)
 
 
 def _telemetry_id(m: p.Telemetry) -> str:
     return m.msg_id or f"t:{m.ts!r}"
 
 
-def _telemetry_row(it: Inbound) -> dict[str, Any]:
+def _telemetry_row(it: Inbound) -> tuple[Any, ...]:
     m: p.Telemetry = it.message
-    return {"device_id": it.device, "msg_id": _telemetry_id(m), "ts": m.ts, "received_at": it.received_at,
-            "interval_s": m.interval_s, "scored": m.scored, "score_mean": m.score_mean, "score_max": m.score_max}
+    return (it.device, _telemetry_id(m), m.ts, it.received_at, m.interval_s, m.scored, m.score_mean, m.score_max)
 
 
 def _heartbeat_row(it: Inbound) -> dict[str, Any]:

@@ -44,6 +44,16 @@ class NotExportable(ModelError):
     """The model has no TFLite form (or not in the requested quantization)."""
 
 
+@dataclass(frozen=True)
+class ExportedScoring:
+    """An exported model's scoring, its threshold (learned on its own validation scores, by the same
+    :meth:`Detector.learn_threshold` as the original's) and those scores."""
+
+    scoring: ScoringParams
+    threshold: float
+    val_scores: np.ndarray
+
+
 @dataclass
 class FitReport:
     epochs: int = 0
@@ -176,7 +186,7 @@ class Detector(ABC):
     def export_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         raise NotExportable(f"{self.name} cannot be exported: {self.export_note}")
 
-    def exported_scoring(self, model: bytes) -> tuple[ScoringParams, np.ndarray]:
+    def exported_scoring(self, model: bytes) -> ExportedScoring:
         raise NotExportable(f"{self.name} cannot be exported: {self.export_note}")
 
     def tflite_scores(self, model: bytes, x: np.ndarray, scoring: ScoringParams | None = None) -> np.ndarray:

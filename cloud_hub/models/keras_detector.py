@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub.models.base import Detector, FitReport, ModelError, NotExportable
+from cloud_hub.models.base import Detector, ExportedScoring, FitReport, ModelError, NotExportable
 from cloud_hub.models.calibration import int8_calibration
 from shared.scoring import Head, ScoringParams, calibrate, head_errors, score_outputs
 
@@ -137,13 +137,16 @@ class KerasDetector(Detector):
         self.prepare(x, y, x_val, y_val)
         self.model = self.compile(self.build(x.shape[1], x.shape[2]))
         epochs = self.train_network(x, y, x_val, y_val)
-        if self.supervised:
-            self.scoring = ScoringParams(threshold=0.5, heads=[Head.PROBABILITY.value])
-        else:
-            errors = head_errors(x_val, self.outputs(x_val))
-            self.scoring = calibrate(errors, self.cfg.alpha, self.cfg.beta, self.cfg.threshold_quantile,
-                                     self.cfg.threshold_margin, heads=[h.value for h in self.heads()])
+        self.scoring = self._calibrated_scoring(x_val, self.outputs(x_val))
         return FitReport(epochs=epochs)
+
+    def _calibrated_scoring(self, x_val: np.ndarray, outputs: dict[Head, np.ndarray]) -> ScoringParams:
+        """How a model's outputs become scores (per-channel normalisers from its validation errors); the
+        threshold on those scores is learned afterwards, once, by :meth:`Detector.learn_threshold`."""
+        if self.supervised:
+            return ScoringParams(heads=[Head.PROBABILITY.value])
+        return calibrate(head_errors(x_val, outputs), self.cfg.alpha, self.cfg.beta,
+                         heads=[h.value for h in self.heads()])
 
     def fitted_scoring(self) -> ScoringParams:
         if self.scoring is None:
@@ -154,7 +157,7 @@ class KerasDetector(Detector):
         return score_outputs(np.asarray(x, np.float32), self.outputs(x), self.fitted_scoring()).scores
 
     def scoring_params(self) -> ScoringParams:
-        return ScoringParams(**{**self.fitted_scoring().to_dict(), "threshold": self.decision.threshold})
+        return self.fitted_scoring()
 
     def export_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         if quantization not in self.quantizations:
@@ -165,7 +168,7 @@ class KerasDetector(Detector):
             representative = self.calibration["representative"]
         return convert(self.model, quantization, representative)
 
-    def exported_scoring(self, model: bytes) -> tuple[ScoringParams, np.ndarray]:
+    def exported_scoring(self, model: bytes) -> ExportedScoring:
         """Scoring for an exported model, re-learned on its own validation outputs exactly as fit() did
         for Keras (so quantisation noise does not shift the false-alarm rate); also its val scores."""
         from shared.inference import TFLiteModel
@@ -173,15 +176,9 @@ class KerasDetector(Detector):
         x_val = self.calibration["x_val"]
         y_val = self.calibration.get("y_val")
         outputs = TFLiteModel(model, heads=self.heads()).predict_batched(x_val)
-        if self.supervised:
-            params = ScoringParams(threshold=0.5, heads=[Head.PROBABILITY.value])
-        else:
-            params = calibrate(head_errors(x_val, outputs), self.cfg.alpha, self.cfg.beta,
-                               self.cfg.threshold_quantile, self.cfg.threshold_margin,
-                               heads=[h.value for h in self.heads()])
+        params = self._calibrated_scoring(x_val, outputs)
         scores = score_outputs(x_val, outputs, params).scores
-        threshold = self.learn_threshold(scores, y_val if self.supervised else None)
-        return ScoringParams(**{**params.to_dict(), "threshold": threshold}), scores
+        return ExportedScoring(params, self.learn_threshold(scores, y_val if self.supervised else None), scores)
 
     def state(self) -> dict[str, Any]:
         return {"scoring": self.scoring.to_dict() if self.scoring else None}

@@ -30,8 +30,8 @@ from cloud_hub.rollout.api import start_rollout
 from cloud_hub.rollout.waves import Gates, Selector
 from shared import bundle as bundle_fmt
 from shared import protocol as p
+from shared.decision import DecisionParams
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.scoring import ScoringParams
 from shared.signing import parse_public_key
 
 AGENTS_PER_PROCESS = 50
@@ -127,18 +127,15 @@ def _agents_process(url: str, devices: list[str], public_key: str, ready: Any, s
 
 
 def signed_copy(home: HubHome, bundle_dir: Path, version: int, *, source: str = "bench",
-                scoring: ScoringParams | None = None, model: bytes | None = None) -> Path:
+                decision: DecisionParams | None = None, model: bytes | None = None) -> Path:
     """The exported bundle re-signed with this hub's key and registered as ``version`` (optionally with
-    other scoring parameters or another model: tests use it to build bad candidates)."""
-    import json
-
-    from shared.schema import load
-
+    another decision or another model: tests use it to build bad candidates)."""
     files = bundle_fmt.read_dir(bundle_dir)
-    m = load(bundle_fmt.Manifest, json.loads(files[bundle_fmt.MANIFEST]))
+    m = bundle_fmt.parse_manifest(files[bundle_fmt.MANIFEST])
     model = model or files[bundle_fmt.MODEL_FILE]
     manifest = bundle_fmt.build_manifest(name=m.name, version=version, preprocessing=m.preprocessing,
-                                         scoring=scoring or m.scoring, quantization=m.quantization,
+                                         scoring=m.scoring, decision=decision or m.decision,
+                                         quantization=m.quantization,
                                          files={bundle_fmt.MODEL_FILE: model}, likelihood=m.likelihood)
     archive = bundle_fmt.pack(bundle_fmt.signed_files(manifest, {bundle_fmt.MODEL_FILE: model}, home.signing_key()))
     path = home.path / f"v{version}.tar.gz"

@@ -4,6 +4,7 @@ and synced (its log), what the hub stored (its database)."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from cloud_hub.data import npy_load
 from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 from cloud_hub.home import HubHome
 from edge_agent.model_store import ModelStore
+from edge_agent.outbox import FILENAME as OUTBOX_FILE
+from edge_agent.outbox import Kind
 from edge_agent.update import provision
 from shared import bundle as bundle_fmt
 from shared.mqtt import BrokerConfig, connect, make_client
-from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, device_topic, encode
+from shared.protocol import PROTOCOL_VERSION, Channel, Reading, Readings, decode, device_topic, encode
 from shared.signing import parse_public_key
 from tests.conftest import simulated_series, write_csv
 
@@ -91,7 +94,7 @@ class Sensor(threading.Thread):
 
 @dataclass
 class Raised:
-    """What agent logs say was raised (anomaly event ids) and put in the outbox (sync batches)."""
+    """What an agent raised (anomaly event ids) and put in its outbox (sync batches: rows per batch id)."""
 
     events: list[str]
     batches: dict[str, int]
@@ -99,6 +102,10 @@ class Raised:
     @property
     def rows(self) -> int:
         return sum(self.batches.values())
+
+    def __or__(self, other: Raised) -> Raised:
+        """Both, each id once (the log and the outbox of one agent overlap)."""
+        return Raised(list(dict.fromkeys(self.events + other.events)), {**self.batches, **other.batches})
 
 
 def raised(*logs: Path) -> Raised:
@@ -108,6 +115,23 @@ def raised(*logs: Path) -> Raised:
         text = log.read_text() if log.exists() else ""
         events += EVENT_RE.findall(text)
         batches.update({b: int(n) for b, n in SYNC_RE.findall(text)})
+    return Raised(events, batches)
+
+
+def in_outbox(state_dir: Path) -> Raised:
+    """Anomaly events and sync batches waiting in a (SIGKILLed) agent's outbox.  The agent logs a report just
+    after it is durable, so a SIGKILL can fall between the two: such a report is delivered after the restart
+    but is in no log.  What was raised = the log | this, read right after the kill (read-write: the agent is
+    dead, and SQLite may have to recover its write-ahead log)."""
+    conn = sqlite3.connect(state_dir / OUTBOX_FILE)
+    try:
+        rows = conn.execute("SELECT id, kind, payload FROM entries WHERE kind IN (?, ?)",
+                            (Kind.ANOMALY.value, Kind.SYNC.value)).fetchall()
+    finally:
+        conn.close()
+    events = [id_ for id_, kind, _ in rows if kind == Kind.ANOMALY.value]
+    batches = {id_: len(decode(Channel.SYNC, bytes(payload)).flags) for id_, kind, payload in rows
+               if kind == Kind.SYNC.value}
     return Raised(events, batches)
 
 

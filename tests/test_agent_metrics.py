@@ -4,7 +4,6 @@ without [metrics] the agent never imports prometheus-client."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -12,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.brokers import RunningBroker
+from cloud_hub.brokers import RunningBroker, free_port
 from edge_agent.config import MetricsConfig
 from shared import bundle as bundle_fmt
 from shared.schema import SchemaError
 from shared.signing import parse_public_key
 from tests.conftest import CSV_REPLAY_TOML, REPO, simulated_series, start_agent, wait_until, write_csv
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _value(text: str, name: str) -> float | None:
@@ -42,7 +35,7 @@ def test_agent_metrics_while_scoring(tmp_path: Path, mosquitto: RunningBroker, t
     provision(tmp_path / "state", 1)
     ts, values = simulated_series(30, seed=5)
     write_csv(tmp_path / "replay.csv", ts, values)
-    port = _free_port()
+    port = free_port()
     agent, log = start_agent(tmp_path, "gw-metrics", home.public_key(), mosquitto.url,
                              f'[metrics]\nlisten = "127.0.0.1:{port}"\n[sync]\nenabled = false\n{CSV_REPLAY_TOML}')
     url = f"http://127.0.0.1:{port}/metrics"

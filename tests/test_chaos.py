@@ -25,7 +25,16 @@ import pytest
 from cloud_hub.brokers import RunningBroker, mosquitto_path, start_mosquitto
 from cloud_hub.home import HubHome
 from tests.conftest import REPO, start_agent, wait_until
-from tests.faults import Raised, Sensor, Stored, hub_toml_fast_reconnect, install_model, raised, stored
+from tests.faults import (
+    Raised,
+    Sensor,
+    Stored,
+    hub_toml_fast_reconnect,
+    in_outbox,
+    install_model,
+    raised,
+    stored,
+)
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-chaos"
@@ -48,6 +57,7 @@ class Rig:
     log: Path = Path()
     rows: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)  # the printed table
     mark: tuple[int, int, int] = (0, 0, 0)  # events stored, events raised, readings sent at the last settle
+    unlogged: Raised = field(default_factory=lambda: Raised([], {}))  # in the outbox at a SIGKILL (see in_outbox)
 
     def start_hub(self) -> None:
         """Start `cloud-hub serve` and wait until it is connected (the next fault may stop the broker)."""
@@ -94,7 +104,7 @@ class Rig:
         seen: list[tuple[Raised, Stored]] = []
 
         def delivered() -> bool:
-            r, s = raised(self.log), stored(self.home, DEVICE)
+            r, s = raised(self.log) | self.unlogged, stored(self.home, DEVICE)
             seen[:] = [(r, s)]
             return (set(r.events) == set(s.events) and r.batches == s.batches
                     and bool(np.isin(published, s.timestamps).all()))
@@ -129,6 +139,7 @@ class Rig:
         self.cloud.kill()
         self.wait_events(3)  # reports pile up in the outbox
         self.kill(self.agent)
+        self.unlogged = self.unlogged | in_outbox(self.tmp / "state")
         self.wait_readings()  # the gateway broker queues the sensor's readings for the agent's session
         self.cloud.restart(persistence=False)
         self.start_agent()

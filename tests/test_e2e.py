@@ -259,8 +259,10 @@ def _heartbeat_rejected(home: HubHome) -> int:
 def test_demo_runs_through_the_embedded_broker(tmp_path: Path) -> None:
     """`cloud-hub demo --quick`: amqtt, hub, three agents, two model versions, a scored summary."""
     summary = tmp_path / "summary.json"
+    # --dashboard-port 0: an ephemeral port, not 8080 (two demos on one machine would both try that one)
     out = subprocess.run([sys.executable, "-m", "cloud_hub.cli", "demo", "--quick", "--workdir", str(tmp_path / "w"),
-                          "--summary", str(summary)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          "--summary", str(summary), "--dashboard-port", "0"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     s = json.loads(summary.read_text())
     for key in ("model_versions", "bundle_bytes", "agents_online", "readings_scored", "anomalies_reported",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -231,4 +232,38 @@ def test_status_command_reports_outbox_and_model_state(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "edge_agent.cli", "status", "--config", str(conf)],
                           cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "v3 (committed)" in text and "dropped     sync" in text
+    box.close()
+
+
+def test_checkpoint_runs_beside_the_writer_after_enough_changes(tmp_path: Path) -> None:
+    """The WAL is copied into the database by ``checkpoint`` (housekeeping), on its own connection, once
+    enough rows changed; commits never wait for it and nothing is lost."""
+    box = Outbox(tmp_path / FILENAME)
+    assert box._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 10_000  # only a safety net
+    assert not box.checkpoint(min_changes=10)
+    for i in range(12):
+        box.put(f"e{i}", Kind.ANOMALY, TOPIC, b"{}")
+    box.mark_sent([e.seq for e in box.due(time.time(), 100)], 30.0, 60.0)
+    seq = box.put_sending("sent", Kind.ANOMALY, TOPIC, b"{}", 30.0)
+    assert seq is not None and box.due(time.time(), 100) == []  # published by the caller: not due yet
+    wal = tmp_path / (FILENAME + "-wal")
+    assert wal.stat().st_size > 0
+    assert box.checkpoint(min_changes=10) and not box.checkpoint(min_changes=10)
+    frames = sqlite3.connect(tmp_path / FILENAME).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert frames[1] == frames[2]  # every WAL frame is already in the database file
+    box.close()
+    again = Outbox(tmp_path / FILENAME)
+    assert len(again) == 13
+    again.close()
+
+
+def test_put_sending_keeps_order_behind_unsent_entries_of_its_priority(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / FILENAME)
+    box.put("status", Kind.STATUS, TOPIC, b"{}")
+    assert box.put_sending("first", Kind.ANOMALY, TOPIC, b"{}", 30.0) is not None  # only lower priority waits
+    box.put("queued", Kind.ANOMALY, TOPIC, b"{}")  # e.g. stored while offline, not yet published
+    assert box.put_sending("second", Kind.ANOMALY, TOPIC, b"{}", 30.0) is None  # waits its turn
+    assert [e.id for e in box.due(time.time(), 10)] == ["queued", "second", "status"]
+    assert box.put_sending("second", Kind.ANOMALY, TOPIC, b"{}", 30.0) is None  # a duplicate id: stored once
+    assert len(box) == 4
     box.close()

@@ -24,7 +24,7 @@ from cloud_hub.server import HubServer
 from shared.mqtt import BrokerConfig, connect, make_client
 from shared.protocol import Channel, device_topic
 from tests.conftest import start_agent, wait_until
-from tests.faults import Sensor, hub_toml_fast_reconnect, install_model, raised
+from tests.faults import Raised, Sensor, hub_toml_fast_reconnect, in_outbox, install_model, raised
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-smart"
@@ -102,10 +102,11 @@ def test_smart_sync_end_to_end_within_the_cap_and_resumed_after_sigkill(tmp_path
             return sensor is not None and sensor.sent >= TOTAL // 2 and len(raised(log).batches) > len(tap.got) + 1
 
         wait_until(held_back, 60, "sync batches waiting in the outbox behind the bandwidth cap")
-        queued_before_kill = raised(log).batches
         agent.send_signal(signal.SIGKILL)
         agent.wait()
         killed_at = time.monotonic()
+        killed: Raised = raised(log) | in_outbox(tmp_path / "state")  # durable just before the kill: in no log
+        queued_before_kill = killed.batches
         agent, log = start_agent(tmp_path, DEVICE, src_home.public_key(), mosquitto.url, extra, "reconnect_max_s = 2")
         assert sensor.done.wait(60)
 
@@ -113,8 +114,8 @@ def test_smart_sync_end_to_end_within_the_cap_and_resumed_after_sigkill(tmp_path
 
         def delivered() -> bool:
             final[:] = [_stored(home)]
-            return final[0][2] == raised(log).batches and set(raised(log).events) <= set(
-                e for e in _event_ids(home))
+            r = raised(log) | killed
+            return final[0][2] == r.batches and set(r.events) <= set(_event_ids(home))
 
         wait_until(delivered, 120, "every queued sync batch and every event stored", interval_s=0.5)
         table, flags, ids = final[0]

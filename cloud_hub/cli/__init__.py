@@ -500,7 +500,7 @@ def events(ctx: click.Context, device: str | None, limit: int) -> None:
 @click.option("--summary", type=click.Path(path_type=Path), default=Path("demo-summary.json"), show_default=True)
 @click.option("--quick", is_flag=True, help="Shorter phases (for tests).")
 @click.option("--dashboard-port", default=8080, show_default=True,
-              help="Dashboard on 127.0.0.1 (no login) while the demo runs; a free port if this one is taken.")
+              help="Dashboard on 127.0.0.1 (no login) while the demo runs; a free port if this one is taken (0: any).")
 def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboard_port: int) -> None:
     """Whole loop: broker, hub, three agents, simulator, train, roll out, detect, retrain."""
     from cloud_hub.demo.run import run_demo

@@ -419,7 +419,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     """
     import re
 
-    from cloud_hub.ingest.service import ScaleOutError
+    from cloud_hub.ingest.service import ScaleOutError, tune_gc
     from cloud_hub.server import HubServer
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
@@ -457,6 +457,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     except click.ClickException:
         server.stop()
         raise
+    tune_gc()  # after startup: what it built is frozen, never scanned again
     scheduler = None
     if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler

@@ -383,7 +383,8 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
-                  f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+                  f"mean rel diff {a.mean_abs_rel_diff:.4f}; flags on the unperturbed held-out windows "
+                  f"{a.flag_agreement_heldout:.4f}, outside ±{a.band:.0%} of the thresholds {a.flag_agreement_outside_band:.4f}")
     if profile is not None:
         model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
                             num_threads=profile.num_threads)
@@ -456,7 +457,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     """
     import re
 
-    from cloud_hub.ingest.service import ScaleOutError
+    from cloud_hub.ingest.service import ScaleOutError, tune_gc
     from cloud_hub.server import HubServer
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
@@ -494,6 +495,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     except click.ClickException:
         server.stop()
         raise
+    tune_gc()  # after startup: what it built is frozen, never scanned again
     scheduler = None
     if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler

@@ -21,6 +21,12 @@ class TrainingConfig:
     latent: int = doc("Autoencoder bottleneck width.", default=16)
     hidden: int = doc("Autoencoder hidden layer width.", default=64)
     lstm_units: int = doc("LSTM units of the prediction head.", default=32)
+    prediction_residual: bool = doc(
+        "ae-lstm / anomalynet: the prediction head outputs the newest reading it sees plus a learned change, "
+        "not the reading itself: the same functions, but the int8 LSTM's noise scales with the small change "
+        "(int8 flags agree better with Keras, docs/benchmarks.md). false = the paper's plain Dense head. "
+        "Prediction-only baselines keep the plain head (persistence would predict a level shift away).",
+        default=True)
     alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
     beta: float = doc("Score weight of the prediction error.", default=0.5)
     threshold_quantile: float = doc("Quantile of normal validation scores used for the threshold.", default=0.999)

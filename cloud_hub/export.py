@@ -8,7 +8,7 @@ false-alarm rate.  The bundle also carries the likelihood prior fitted on those 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from cloud_hub import db
 from cloud_hub.home import HubHome
 from cloud_hub.models import Detector, NotExportable
 from cloud_hub.models.base import ExportedScoring
+from cloud_hub.models.calibration import agreement_probe
 from cloud_hub.training import load_version
 from shared import bundle as bundle_fmt
 from shared.decision import Decision, DecisionMode, DecisionParams
@@ -46,37 +47,24 @@ class ExportResult:
     likelihood: LikelihoodParams
 
 
-def perturbed(val: np.ndarray, seed: int) -> np.ndarray:
-    """Held-out windows plus a perturbed copy (spike or level shift on one channel, last readings),
-    so flag agreement is measured on windows either side of the threshold, not only normal ones."""
-    rng = np.random.default_rng(seed)
-    b, w, f = val.shape
-    channel = np.eye(f)[rng.integers(0, f, b)]  # (b, f) one-hot
-    tail = np.arange(w)[None, :] >= (w - rng.integers(1, max(w // 2, 2), b))[:, None]  # (b, w): last readings
-    magnitude = rng.uniform(0.05, 1.0, b) * rng.choice([-1, 1], b)
-    x = val + tail[:, :, None] * channel[:, None, :] * magnitude[:, None, None]
-    return np.concatenate([val, x]).astype(np.float32)
+BAND = 0.05  # ± relative distance from a threshold within which a flag is threshold noise
 
 
-def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, flags_keras: np.ndarray,
-              flags_tflite: np.ndarray) -> bundle_fmt.Agreement:
+def agreement(keras_scores: np.ndarray, tfl_scores: np.ndarray, keras_threshold: float, tfl_threshold: float,
+              heldout: int) -> bundle_fmt.Agreement:
+    """Scores and flags of the original vs the exported model, each flagged against its own threshold (score
+    mode, like the agent); the first ``heldout`` windows are the unperturbed held-out ones."""
+    fk = Decision(DecisionMode.SCORE, keras_threshold).flags(keras_scores)
+    ft = Decision(DecisionMode.SCORE, tfl_threshold).flags(tfl_scores)
     both_vary = keras_scores.std() > 0 and tfl_scores.std() > 0
     pearson = float(np.corrcoef(keras_scores, tfl_scores)[0, 1]) if both_vary else 1.0
-    flags = float(np.mean(flags_keras == flags_tflite))
     rel = float(np.mean(np.abs(tfl_scores - keras_scores) / np.maximum(np.abs(keras_scores), 1e-9)))
-    return bundle_fmt.Agreement(windows=len(keras_scores), score_pearson=pearson, flag_agreement=flags,
-                                mean_abs_rel_diff=rel)
-
-
-def int8_calibration(detector: Detector) -> np.ndarray | None:
-    """Representative data for full-int8 conversion of an unsupervised model: its training sample plus a
-    perturbed copy (spikes and level shifts on one channel), so the int8 activation ranges cover the
-    anomalies the model must score and not only normal windows (AE-LSTM on demo-like data: score Pearson
-    with Keras 0.947 → 0.988).  Held-out windows stay out: they measure the agreement.  Classifiers keep
-    their training sample (their F1 is what is measured, and wider ranges cost resolution)."""
-    if detector.supervised or "representative" not in detector.calibration:
-        return None
-    return perturbed(detector.calibration["representative"], detector.cfg.seed + 1)
+    clear = ((np.abs(keras_scores / keras_threshold - 1) > BAND) & (np.abs(tfl_scores / tfl_threshold - 1) > BAND)
+             if keras_threshold > 0 and tfl_threshold > 0 else np.ones(len(fk), bool))
+    same = fk == ft
+    return bundle_fmt.Agreement(windows=len(keras_scores), score_pearson=pearson, flag_agreement=float(same.mean()),
+                                mean_abs_rel_diff=rel, flag_agreement_heldout=float(same[:heldout].mean()),
+                                band=BAND, flag_agreement_outside_band=float(same[clear].mean()) if clear.any() else 1.0)
 
 
 def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, ExportedScoring, bundle_fmt.Agreement]:
@@ -84,17 +72,17 @@ def exported(detector: Detector, quantization: Quantization) -> tuple[bytes, Exp
     if quantization.value not in detector.quantizations:
         raise NotExportable(f"{detector.name} does not export as {quantization.value}: "
                             f"{detector.export_note or 'supported: ' + ', '.join(detector.quantizations)}")
-    tflite = detector.export_tflite(quantization.value, int8_calibration(detector))
+    tflite = detector.export_tflite(quantization.value)
     try:
         ex = detector.exported_scoring(tflite)
     except RuntimeError as exc:  # the interpreter refuses the converted graph: nothing an agent could run
         raise NotExportable(f"the exported {quantization.value} model does not run on LiteRT ({exc}); constant "
                             "training data gives zero-range tensors — train on data that varies") from None
-    probe = perturbed(detector.calibration["x_val"], detector.cfg.seed)
+    probe = agreement_probe(detector)
     k_scores = detector.score(probe)
     t_scores = detector.tflite_scores(tflite, probe, ex.scoring)
-    agree = agreement(k_scores, t_scores, detector.decision.flags(k_scores),
-                      Decision(DecisionMode.SCORE, ex.threshold).flags(t_scores))
+    agree = agreement(k_scores, t_scores, detector.decision.threshold, ex.threshold,
+                      heldout=len(detector.calibration["x_val"]))
     return tflite, ex, agree
 
 
@@ -144,8 +132,7 @@ def export(home: HubHome, version: int, quantization: Quantization, decide_on: D
         row = existing or db.Bundle(version=version, quantization=quantization.value)
         row.path, row.sha256, row.size = str(archive), bundle_fmt.sha256_hex(archive_bytes), len(archive_bytes)
         row.profile = profile.name if profile is not None else ""
-        row.agreement = {"windows": agree.windows, "score_pearson": agree.score_pearson,
-                         "flag_agreement": agree.flag_agreement, "mean_abs_rel_diff": agree.mean_abs_rel_diff}
+        row.agreement = asdict(agree)
         s.add(row)
         s.commit()
     return ExportResult(version, quantization, bundle_dir, archive, len(archive_bytes), len(tflite), agree, ex.scoring,

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,16 +22,16 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.config import AgentConfig, CsvSource, MqttSource, agent_profile
 from edge_agent.detector import ActiveModel, EpisodeTracker, PushResult, ScoredWindow, StreamingDetector
-from edge_agent.gateway_source import HWM_META, AckLedger, GatewaySource
 from edge_agent.health import SystemdNotifier, Watchdog
 from edge_agent.model_store import ModelStore
+from edge_agent.mqtt_source import HWM_META, AckLedger, MqttReadingSource
 from edge_agent.outbox import DEFAULT_MAX_BYTES, FILENAME, Kind, Outbox, Sender
 from edge_agent.readings_queue import ReadingQueue
-from edge_agent.sources import CsvReplay
+from edge_agent.sources import CsvReplay, csv_progress_key
 from edge_agent.sync import SyncSelector
 from edge_agent.update import Updater, verified_announcement
 from shared import __version__
-from shared.mqtt import MessageGuard, make_client, topic_channel
+from shared.mqtt import BrokerConfig, MessageGuard, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -67,7 +67,7 @@ TOP_FEATURES = 3
 OUTBOX_KIND = {Channel.ANOMALY: Kind.ANOMALY, Channel.STATUS: Kind.STATUS, Channel.TELEMETRY: Kind.TELEMETRY,
                Channel.SYNC: Kind.SYNC}
 STOP_DRAIN_S = 5.0
-# Gateway readings are acknowledged by a commit (sync rows + high-water mark in one outbox transaction)
+# MQTT readings are acknowledged by a commit (sync rows + high-water mark in one outbox transaction)
 # once COMMIT_MESSAGES messages are processed or the oldest processed one waited COMMIT_S seconds.
 # COMMIT_MESSAGES stays below Mosquitto's default max_inflight_messages (20) so the broker never stalls.
 COMMIT_MESSAGES = 16
@@ -76,6 +76,22 @@ COMMIT_S = 0.5
 # processed but not yet committed are redelivered) yields the same id and is stored once.
 EVENT_NAMESPACE = uuid.UUID("9c7d7f3e-5b7a-4f35-9d61-2f1b8a6e0c41")
 GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is 0.005)
+
+
+@dataclass
+class TelemetryStats:
+    """Windows one model scored in a telemetry interval."""
+
+    n: int = 0
+    flagged: int = 0
+    total: float = 0.0
+    peak: float = 0.0
+
+    def add(self, scores: np.ndarray, anomalous: np.ndarray) -> None:
+        self.n += len(scores)
+        self.flagged += int(np.count_nonzero(anomalous))
+        self.total += float(scores.sum())
+        self.peak = max(self.peak, float(scores.max()))
 
 
 @dataclass
@@ -107,16 +123,16 @@ class Agent:
                                swap=self._swap, request=self._request, publish_status=self._publish_status)
         self.sync = SyncSelector(cfg.sync)
         self._tele_lock = threading.Lock()
-        self._tele_n = 0
-        self._tele_sum = 0.0
-        self._tele_max = 0.0
+        self._tele: dict[int, TelemetryStats] = {}  # per model version, since the last telemetry message
         self._hb_seq = 0
         self._threads: list[threading.Thread] = []
         self.sources: list[CsvReplay] = []
-        self.gateways: list[GatewaySource] = []
+        self.readers: list[MqttReadingSource] = []  # every MQTT readings path, one client per broker
+        self._own_readers: list[MqttReadingSource] = []  # those on the agent's own broker
         self.ledger = AckLedger()
         self._announcements: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
-        self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush (gateway sources)
+        self._next_sync = time.monotonic() + cfg.sync.interval_s  # the scorer's sync flush and commit
+        self._committed_hwm = -float("inf")
         self.metrics: AgentMetrics | None = None
         if cfg.metrics.listen:  # imported only when on: prometheus-client costs memory
             from edge_agent.metrics import AgentMetrics
@@ -136,12 +152,26 @@ class Agent:
         self.client.on_disconnect = self.guard.callback(lambda *_: self.sender.on_disconnect(), "disconnect")
         self.client.on_publish = self.guard.callback(lambda _c, _u, mid, *_: self.sender.on_publish(mid), "publish")
         self.client.on_message = self.guard.on_message(self._on_message)
-        self._reading_topics = {self._topic(Channel.READINGS)} if not cfg.sources else set()
-        for src in cfg.sources:
-            if isinstance(src, MqttSource) and src.broker is None:
-                self._reading_topics.add(src.topic or self._topic(Channel.READINGS))
+        self._reading_brokers = self._reading_subscriptions()
+        self._reading_topics = {t for topics in self._reading_brokers.values() for t in topics}
         # Every JSON readings topic T has a binary sibling T/npy (numpy .npy rows, see docs/protocol.md).
         self._npy_topics = {npy_topic(t) for t in self._reading_topics}
+        # Topics an older agent read through its main session: unsubscribed at connect (see _on_connect).
+        self._legacy_topics = {t for t in self._reading_brokers.get(cfg.broker, [])}
+        self._legacy_topics |= {npy_topic(t) for t in self._legacy_topics}
+
+    def _reading_subscriptions(self) -> dict[BrokerConfig, list[str]]:
+        """Readings topics per broker: the agent's own readings topic when no source is configured, else
+        every ``[[sources]]`` mqtt topic on its broker (none = the agent's broker)."""
+        mqtt_sources = ([s for s in self.cfg.sources if isinstance(s, MqttSource)] if self.cfg.sources
+                        else [MqttSource(type="mqtt")])
+        out: dict[BrokerConfig, list[str]] = {}
+        for src in mqtt_sources:
+            topics = out.setdefault(src.broker or self.cfg.broker, [])
+            topic = src.topic or self._topic(Channel.READINGS)
+            if topic not in topics:
+                topics.append(topic)
+        return out
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,42 +190,41 @@ class Agent:
             self._threads.append(t)
         for src in self.cfg.sources:
             if isinstance(src, CsvSource):
-                replay = CsvReplay(src, self.queue.put, self.stop_event)
+                resume = self.outbox.meta(csv_progress_key(src))
+                replay = CsvReplay(src, self.queue.put, self.stop_event, int(resume) if resume else 0)
                 replay.start()
                 self.sources.append(replay)
-            elif src.broker is not None:
-                self._start_extra_source(src)
-        log.info("agent %s started (model %s)", self.device, self.model_version)
-
-    def _start_extra_source(self, src: MqttSource) -> None:
-        assert src.broker is not None
-        topic = src.topic or self._topic(Channel.READINGS)
         hwm = self.outbox.meta(HWM_META)
-        # Stable id + persistent QoS-1 session: the gateway broker queues readings while the agent restarts;
-        # manual acks after the commit: nothing acknowledged lives only in memory.
-        source = GatewaySource(src.broker, f"edge-src-{self.device}", topic, self.guard,
-                               lambda t, p: self._decode_block(t, p, t == npy_topic(topic)), self.queue.put,
-                               self.ledger, float(hwm) if hwm else -float("inf"))
-        source.start()
-        self.gateways.append(source)
+        for broker, topics in self._reading_brokers.items():
+            # Stable id + persistent QoS-1 session: the broker queues readings while the agent restarts;
+            # manual acks after the commit: nothing acknowledged lives only in memory.
+            own = broker == self.cfg.broker
+            if own:  # beside the main session, whose id the broker config may set
+                broker = replace(broker, client_id=f"{broker.client_id or f'edge-{self.device}'}-readings")
+            source = MqttReadingSource(broker, broker.client_id if own else f"edge-src-{self.device}", topics,
+                                       self.guard, lambda t, p: self._decode_block(t, p, t in self._npy_topics),
+                                       self.queue.put, self.ledger, float(hwm) if hwm else -float("inf"),
+                                       on_subscribed=self._readers_subscribed if own else None)
+            self.readers.append(source)
+            if own:
+                self._own_readers.append(source)
+            source.start()
+        log.info("agent %s started (model %s)", self.device, self.model_version)
 
     def stop(self) -> None:
         """Put the last reports in the outbox, publish what is unsent (bounded), disconnect.
 
         Whatever the hub has not acknowledged stays in the outbox and is sent again after the next start.
         """
-        # Gateway-broker sources first: what arrives from now on stays queued in their persistent session for
+        # Reading sources first: what arrives from now on stays queued in their persistent session for
         # the next run; what was received and not acknowledged is redelivered to it.
-        for source in self.gateways:
+        for source in self.readers:
             source.stop()
         self.stop_event.set()
         self.queue.close()
         for t in self._threads:
             t.join(timeout=10)
-        if self.gateways:
-            self._commit_readings(force=True)  # what was scored is kept; the next run skips it
-        elif self.cfg.sync.enabled:
-            self._flush_sync()
+        self._commit_readings(force=True)  # what was scored is kept; the next run skips it
         if self.client.is_connected():
             self._heartbeat()
         self._telemetry()
@@ -230,11 +259,17 @@ class Agent:
         if getattr(reason, "is_failure", False):
             return
         subs = [(fleet_model_topic(), 1), (self._topic(Channel.MODEL), 1), (self._topic(Channel.MODEL_CHUNK), 1)]
-        subs += [(t, 1) for t in self._reading_topics | self._npy_topics]
         subs.append((self._topic(Channel.ACK), 1))
         client.subscribe(subs)
+        if self._legacy_topics:  # readings have their own session now (MqttReadingSource)
+            client.unsubscribe(sorted(self._legacy_topics))
         self.sender.on_connect()
-        self._publish_status()
+        if all(r.subscribed.is_set() for r in self._own_readers):
+            self._publish_status()  # else once they are: "online" means readings published now reach us
+
+    def _readers_subscribed(self) -> None:
+        if self.client.is_connected() and all(r.subscribed.is_set() for r in self._own_readers):
+            self._publish_status()
 
     def _channel_of(self, topic: str) -> str:
         if topic in self._reading_topics:
@@ -244,8 +279,8 @@ class Agent:
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         """Route one message (run under ``self.guard``: whatever it raises is counted, never fatal)."""
         topic = msg.topic
-        if topic in self._reading_topics or topic in self._npy_topics:
-            self._handle_readings(topic, msg.payload)
+        if topic in self._legacy_topics:  # queued for an older agent's main session before the upgrade
+            self.queue.put(self._decode_block(topic, msg.payload, topic in self._npy_topics))
         elif topic in (fleet_model_topic(), self._topic(Channel.MODEL)):
             self._announcements.put(msg)  # its signature check (a helper process) must not hold up readings
         elif topic == self._topic(Channel.MODEL_CHUNK):
@@ -256,11 +291,8 @@ class Agent:
         else:
             raise ProtocolError(RejectReason.BAD_TOPIC, "not a topic this agent consumes")
 
-    def _handle_readings(self, topic: str, payload: bytes | bytearray) -> None:
-        """JSON (per reading or columnar) or .npy → one numpy block on the scoring queue."""
-        self.queue.put(self._decode_block(topic, payload, topic in self._npy_topics))
-
     def _decode_block(self, _topic: str, payload: bytes | bytearray, npy: bool) -> ReadingsBlock:
+        """JSON (per reading or columnar) or .npy → one numpy block for the scoring queue."""
         if npy:
             model = self.detector.model
             return decode_readings_npy(payload, model.preprocessing.features if model else None)
@@ -333,30 +365,38 @@ class Agent:
             batch = self.queue.get(max_items=1024, timeout=COMMIT_S)
             if batch:
                 self._process(batch)
-            if self.gateways:
-                self._commit_readings()
+            self._commit_readings()
 
     def _commit_readings(self, force: bool = False) -> None:
-        """Acknowledge processed gateway messages once what the agent keeps of them is durable.
+        """Acknowledge processed MQTT messages and record CSV progress once what the agent keeps of them is
+        durable.
 
-        Runs on the scorer thread, the only writer of sync rows while gateway sources exist (the sync
-        interval's flush included), so the high-water mark (the newest admitted reading) written in the
-        same outbox transaction as the sync batches covers exactly the rows stored: a restarted agent
+        Runs on the scorer thread, the only writer of sync rows (the sync interval's flush included), so
+        the high-water mark (the newest admitted reading) and each CSV replay's next row, written in the
+        same outbox transaction as the sync batches, cover exactly the rows stored: a restarted agent
         skips what this run stored and nothing else.  Anomaly events are already in the outbox (``_report``).
+        Commits happen every COMMIT_MESSAGES messages or COMMIT_S s (the broker's in-flight window waits for
+        the acks), at the end of each sync interval (CSV progress), and at stop.
         """
         now = time.monotonic()
-        settled = self.ledger.settled(self.queue.taken)
-        interval = self.cfg.sync.enabled and now >= self._next_sync
+        taken = self.queue.taken
+        settled = self.ledger.settled(taken)
+        interval = now >= self._next_sync
         if not (force or interval or (settled and (len(settled) >= COMMIT_MESSAGES
                                                    or now - settled[0].received >= COMMIT_S))):
             return
         if interval:
             self._next_sync = now + self.cfg.sync.interval_s
         hwm = self.detector.last_ts
-        meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) else None
+        meta = {HWM_META: repr(hwm)} if np.isfinite(hwm) and hwm != self._committed_hwm else {}
+        self._committed_hwm = hwm  # unchanged: no write (an idle gateway's SD card is not written every interval)
+        for replay in self.sources:
+            row = replay.progress(taken)
+            if row is not None:
+                meta[csv_progress_key(replay.cfg)] = str(row)
         batches = (self.sync.take(self.device, self.model_version, reservoir=interval or force)
                    if self.cfg.sync.enabled else [])
-        self._queue_sync(batches, meta)
+        self._queue_sync(batches, meta or None)
         for p in settled:
             p.source.ack(p.mid, p.qos, p.generation)
         self.ledger.remove(settled)
@@ -384,9 +424,7 @@ class Agent:
         if scored is not None and len(scored):
             self.counters.scored += len(scored)
             with self._tele_lock:
-                self._tele_n += len(scored)
-                self._tele_sum += float(scored.scores.sum())
-                self._tele_max = max(self._tele_max, float(scored.scores.max()))
+                self._tele.setdefault(scored.model_version, TelemetryStats()).add(scored.scores, scored.anomalous)
             for i in self.tracker.starts(scored.anomalous):
                 self._report(scored.window(i))
         if self.cfg.sync.enabled:
@@ -422,7 +460,7 @@ class Agent:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        next_hb, next_tele, next_sync = now, now + self.cfg.telemetry_s, now + self.cfg.sync.interval_s
+        next_hb, next_tele = now, now + self.cfg.telemetry_s
         while not self.stop_event.wait(0.5):
             now = time.monotonic()
             if now >= next_hb:
@@ -431,9 +469,6 @@ class Agent:
             if now >= next_tele:
                 next_tele = now + self.cfg.telemetry_s
                 self._telemetry()
-            if self.cfg.sync.enabled and not self.gateways and now >= next_sync:  # else: the scorer's commit
-                next_sync = now + self.cfg.sync.interval_s
-                self._flush_sync()
             self.updater.tick(now)
             self.outbox.checkpoint()  # the WAL's fsyncs here, not in the scorer's commits
 
@@ -460,27 +495,25 @@ class Agent:
         self.client.publish(self._topic(Channel.HEARTBEAT), encode(hb), qos=0)
 
     def _telemetry(self) -> None:
+        """Score statistics since the last call, one message per model that scored (the rollout gate compares
+        flagged-window rates per model); one message without a model when nothing was scored."""
         with self._tele_lock:
-            n, total, peak = self._tele_n, self._tele_sum, self._tele_max
-            self._tele_n, self._tele_sum, self._tele_max = 0, 0.0, 0.0
-        msg = Telemetry(
+            stats, self._tele = self._tele, {}
+        per_model: list[tuple[int | None, TelemetryStats]] = list(stats.items()) or [(None, TelemetryStats())]
+        messages = [Telemetry(
             v=PROTOCOL_VERSION,
             device=self.device,
             ts=time.time(),
             interval_s=self.cfg.telemetry_s,
-            scored=n,
-            score_mean=finite(total / n) if n else 0.0,
-            score_max=finite(peak),
+            scored=st.n,
+            score_mean=finite(st.total / st.n) if st.n else 0.0,
+            score_max=finite(st.peak),
             readings_scored_total=self.counters.scored,
             msg_id=uuid.uuid4().hex,
-        )
-        self._send(Channel.TELEMETRY, msg)
-
-    def _flush_sync(self) -> None:
-        """End of a sync interval: what the policy chose, the reservoir sample included, into the outbox as
-        sync batches (the outbox holds them while offline and delivers them resumably within the
-        bandwidth cap, one batch_id each)."""
-        self._queue_sync(self.sync.take(self.device, self.model_version))
+            flagged=st.flagged,
+            model_version=version,
+        ) for version, st in per_model]
+        self._send(Channel.TELEMETRY, *messages)
 
     def _queue_sync(self, batches: list[SyncBatch], meta: dict[str, str] | None = None) -> None:
         if batches or meta:

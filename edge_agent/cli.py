@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     agent.watchdog.notifier.notify("READY=1", f"STATUS=scoring as {cfg.device_id}, model v{agent.model_version}")
     supervisor = NetworkSupervisor()
     supervisor.watch(agent.client, "agent", cfg.broker.disconnect_limit(AGENT_MAX_DISCONNECTED_S))
+    for source in agent.readers:
+        supervisor.watch(source.client, f"readings on {source.broker.url}",
+                         source.broker.disconnect_limit(AGENT_MAX_DISCONNECTED_S))
     code = supervisor.run(stop, logging.getLogger("edge_agent"))
     agent.watchdog.notifier.notify("STOPPING=1")
     try:

@@ -75,12 +75,21 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Agreement:
-    """How closely the exported model tracks the Keras model on held-out normal windows."""
+    """How closely the exported model tracks the Keras model: on the held-out windows and a perturbed copy
+    of them (a spike or level shift on one channel), so windows lie on both sides of the threshold."""
 
-    windows: int = doc("Held-out windows compared.")
+    windows: int = doc("Windows compared: the held-out windows and their perturbed copies.")
     score_pearson: float = doc("Pearson correlation of anomaly scores (Keras vs TFLite).")
-    flag_agreement: float = doc("Fraction of windows flagged identically against each model's threshold.")
+    flag_agreement: float = doc("Fraction of windows flagged identically, each model against its own threshold "
+                                "(the exported model's is learned on its own scores).")
     mean_abs_rel_diff: float = doc("Mean |s_tflite - s_keras| / s_keras.")
+    flag_agreement_heldout: float | None = doc("Flag agreement on the unperturbed held-out windows alone.",
+                                               default=None)
+    band: float | None = doc("Relative half-width of the band around each model's threshold used below.",
+                             default=None)
+    flag_agreement_outside_band: float | None = doc(
+        "Flag agreement on the windows whose scores are more than ``band`` (relative) from the threshold for "
+        "both models: disagreements there are not threshold noise.", default=None)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,18 @@ the right-tail probability, reported on a log scale so the rare tail is spread o
 carried in the bundle) blended with the last ``history`` averages: no look-ahead, constant memory,
 identical on hub and edge.
 
-Two optional refinements, both causal:
+Optional refinements, all causal and all learned on the stream itself (no retraining):
 
+* deviation — a model-free second opinion: each reading's robust distance from the median of the
+  previous ``deviation_window`` readings (in median absolute deviations, the largest over features)
+  goes through a likelihood of its own, primed on its first ``deviation_warmup`` scores on the stream;
+  ℓ is the larger of the two.  It catches what a model trained on little data does not model (a
+  level the model reconstructs well but the stream has never dwelt on) and carries over model swaps;
 * onsets only — ℓ is reported only where it exceeds every value of the previous ``onset_window``
   readings (0 elsewhere), so one sustained excursion yields one alarm rather than hundreds;
+* re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``rearm_level``:
+  one alarm per excursion, the next once the stream has been quiet for ``rearm`` readings (unlike
+  onsets, a smaller excursion after a quiet stretch still alarms);
 * range novelty — a reading beyond the range seen so far (the training range, then the stream's) by
   more than ``spatial_tolerance`` of that range gets ℓ = 1, whatever the model's error says.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +60,25 @@ class LikelihoodParams:
     range_max: list[float] = doc("Per-feature maximum seen in training.", default_factory=list)
     onset_window: int = doc("Report the likelihood only where it exceeds the previous N readings' (0 = off).",
                             default=0)
+    rearm: int = doc("Report the likelihood only where none of the previous N readings' reached `rearm_level` "
+                     "(0 = off): one alarm per excursion, re-armed after N quiet readings.", default=0)
+    rearm_level: float = doc("Likelihood that counts as an alarm for re-arming (normally the decision's "
+                             "likelihood threshold).", default=0.5)
+    deviation_window: int = doc("Model-free second opinion: distance of each reading from the median of the "
+                                "previous N readings in median absolute deviations, through its own likelihood; "
+                                "the larger likelihood is reported (0 = off).", default=0)
+    deviation_warmup: int = doc("Deviation scores that prime the deviation likelihood on the stream before it "
+                                "reports anything.", default=300)
 
     def __post_init__(self) -> None:
         if self.prior_std <= 0 or self.history < 2 or self.short_window < 1 or self.prior_weight < 0:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
+        if self.rearm < 0 or self.deviation_window < 0 or self.deviation_window == 1 or self.deviation_warmup < 2:
+            raise ValueError("rearm >= 0, deviation_window 0 (off) or >= 2, deviation_warmup >= 2")
+        if not 0 < self.rearm_level <= 1:
+            raise ValueError("rearm_level must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -97,6 +119,10 @@ class AnomalyLikelihood:
         self._hi = np.asarray(params.range_max, np.float64)
         self._evicted = 0
         self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
+        self._crossed_tail = np.zeros(0, dtype=bool)  # the last `rearm` readings: did ℓ reach the threshold?
+        self._deviation: _Deviation | None = (
+            _Deviation(params.deviation_window, params.deviation_warmup, params.history)
+            if params.deviation_window else None)
 
     def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
         """The likelihood of a new model (same features) on this stream: the score history starts over
@@ -111,6 +137,11 @@ class AnomalyLikelihood:
             nxt._lo, nxt._hi = self._lo.copy(), self._hi.copy()
         if params.onset_window:
             nxt._onset_tail = self._onset_tail[-params.onset_window :].copy()
+        if params.rearm:
+            nxt._crossed_tail = self._crossed_tail[-params.rearm :].copy()
+        if self._deviation is not None and nxt._deviation is not None and \
+                self._deviation.window == nxt._deviation.window:
+            nxt._deviation = self._deviation  # the readings' own statistics: not the model's
         return nxt
 
     def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
@@ -124,9 +155,12 @@ class AnomalyLikelihood:
         if not len(scores):
             return np.zeros(0)
         lik = self._likelihoods(scores) if len(scores) > 1 else np.array([self._likelihood_one(float(scores[0]))])
-        out = self._onsets(lik)
-        if readings is not None and self.params.spatial_tolerance >= 0:
-            novel = self._novel(np.asarray(readings, np.float64).reshape(len(scores), -1))
+        rows = None if readings is None else np.asarray(readings, np.float64).reshape(len(scores), -1)
+        if self._deviation is not None and rows is not None:
+            lik = np.maximum(lik, self._deviation.update(rows))
+        out = self._rearmed(self._onsets(lik))
+        if rows is not None and self.params.spatial_tolerance >= 0:
+            novel = self._novel(rows)
             out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
         return out
 
@@ -254,6 +288,20 @@ class AnomalyLikelihood:
         self._onset_tail = ext[-k:].copy()
         return np.where(lik > previous, lik, 0.0)
 
+    def _rearmed(self, lik: np.ndarray) -> np.ndarray:
+        """Keep ℓ only where no value of the previous ``rearm`` readings reached the threshold."""
+        k = self.params.rearm
+        if k == 0:
+            return lik
+        crossed = lik >= self.params.rearm_level
+        ext = np.concatenate([np.zeros(max(0, k - len(self._crossed_tail)), bool), self._crossed_tail, crossed])
+        counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
+        # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
+        starts = np.arange(len(lik))
+        before = counts[starts + k] - counts[starts]
+        self._crossed_tail = ext[-k:].copy()
+        return np.where(before == 0, lik, 0.0)
+
     def _novel(self, readings: np.ndarray) -> np.ndarray:
         """Per reading: beyond the range seen before it by more than the tolerance (then widen the range)."""
         out = np.zeros(len(readings), dtype=bool)
@@ -270,4 +318,55 @@ class AnomalyLikelihood:
         margin = self.params.spatial_tolerance * (hi - lo)
         out[:] = np.any(ok & ((readings > hi + margin) | (readings < lo - margin)), axis=1)
         self._hi, self._lo = hi_run[-1].copy(), lo_run[-1].copy()
+        return out
+
+
+class _Deviation:
+    """The deviation likelihood's stream state: the last ``window`` readings, the warm-up scores, then a
+    likelihood primed on them.  Per reading the score is max over features of
+    |x − median| / (MAD + 1e-3·|median| + 1e-9) over the previous ``window`` readings (NaN-aware; 0 until
+    a window of history exists), so a flat stretch does not divide by zero.  Bit-identical however the
+    readings are batched: every score depends only on its own window."""
+
+    def __init__(self, window: int, warmup: int, history: int) -> None:
+        self.window, self.warmup, self.history = window, warmup, history
+        self._recent = np.zeros((0, 0))
+        self._warm: list[float] = []
+        self._lik: AnomalyLikelihood | None = None
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Deviation score of each row against the ``window`` readings before it (NaN without history)."""
+        if self._recent.shape[1] != rows.shape[1]:
+            self._recent = np.zeros((0, rows.shape[1]))
+        ext = np.vstack([self._recent, rows])
+        self._recent = ext[-self.window :].copy()
+        out = np.full(len(rows), np.nan)
+        first = max(0, self.window - (len(ext) - len(rows)))  # rows with a full window of history
+        if first >= len(rows):
+            return out
+        win = np.lib.stride_tricks.sliding_window_view(ext[:-1], self.window, axis=0)[len(ext) - len(rows) - self.window + first :]
+        # win: (m, f, window) for rows[first:]
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN score
+            med = np.nanmedian(win, axis=2)
+            mad = np.nanmedian(np.abs(win - med[:, :, None]), axis=2)
+            dev = np.abs(rows[first:] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
+            out[first:] = np.nanmax(np.where(np.isfinite(dev), dev, -np.inf), axis=1)
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+    def update(self, rows: np.ndarray) -> np.ndarray:
+        """ℓ of each row's deviation (0 while warming up or without history)."""
+        dev = self.scores(rows)
+        out = np.zeros(len(rows))
+        ok = np.flatnonzero(np.isfinite(dev))
+        i = 0
+        while i < len(ok) and self._lik is None:  # warm-up: collect, then prime on what was collected
+            self._warm.append(float(dev[ok[i]]))
+            i += 1
+            if len(self._warm) >= self.warmup:
+                self._lik = AnomalyLikelihood(fit_prior(np.array(self._warm), short_window=1, history=self.history))
+                self._lik.update(np.array(self._warm))  # learned, not reported
+        if self._lik is not None and i < len(ok):
+            out[ok[i:]] = self._lik.update(dev[ok[i:]])
         return out

@@ -261,6 +261,11 @@ class Telemetry:
     score_max: float = doc("Max score in the interval.")
     readings_scored_total: int = doc("Readings scored since start.")
     msg_id: str = doc("Durable id (acknowledged by the hub).", default="")
+    flagged: int | None = doc("Of the windows scored, how many the model flagged anomalous (its per-window "
+                              "decision, before events group them into episodes); null from older agents.",
+                              default=None)
+    model_version: int | None = doc("Model that scored these windows (one message per model when an interval "
+                                    "spans a swap); null from older agents or without a model.", default=None)
 
 
 MAX_SYNC_FEATURES = 256

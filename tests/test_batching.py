@@ -72,3 +72,15 @@ def test_stop_returns_what_is_queued_then_none_and_wakes_a_blocked_writer() -> N
     b2.stop()
     assert [it.message for it in b2.next() or []] == [0, 1, 2]
     assert b2.next() is None
+
+
+def test_tune_gc_freezes_startup_and_raises_the_young_threshold() -> None:
+    """``serve`` (and the ingest bench) call it after startup; run in a child so this process keeps its GC."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from cloud_hub.ingest.service import GC_THRESHOLDS, tune_gc; tune_gc(); "
+            "assert gc.get_threshold() == GC_THRESHOLDS and GC_THRESHOLDS[0] > 700, gc.get_threshold(); "
+            "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count(); "
+            "x = []; x.append(x); del x; assert gc.collect() >= 1  # cycles are still collected")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

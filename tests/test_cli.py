@@ -47,6 +47,19 @@ def test_init_train_export_from_the_command_line(tmp_path: Path) -> None:
     assert manifest["preprocessing"]["features"] == ["temperature", "humidity"]
     assert manifest["quantization"]["mode"] == "int8" and manifest["quantization"]["agreement"]["windows"] > 0
 
+    # The agents' likelihood post-processing is set per bundle (NAB's configuration, on any model).
+    out = runner.invoke(main, [*home, "export", "--model", "1", "--decide-on", "likelihood", "--likelihood",
+                               "rearm=500", "--likelihood", "deviation_window=144", "--likelihood",
+                               "spatial_tolerance=0.05"])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((tmp_path / "hub" / "bundles" / "ae-lstm-v1-int8" / "manifest.json").read_text())
+    assert (manifest["likelihood"]["rearm"], manifest["likelihood"]["deviation_window"],
+            manifest["likelihood"]["spatial_tolerance"]) == (500, 144, 0.05)
+    for bad, says in (("votes=3", "KEY=VALUE with KEY one of"), ("rearm=soon", "rearm needs a number"),
+                      ("deviation_window=1", "deviation_window 0 (off) or >= 2")):
+        out = runner.invoke(main, [*home, "export", "--model", "1", "--likelihood", bad])
+        assert out.exit_code != 0 and says in " ".join(out.output.split()), out.output
+
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('name = "tiny"\ndescription = "d"\narch = "armv7l"\nmax_model_bytes = 1000\n')
     out = runner.invoke(main, [*home, "export", "--model", "1", "--profile", str(tiny)])

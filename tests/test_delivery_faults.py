@@ -1,5 +1,6 @@
 """Delivery under faults on a real Mosquitto with the real hub: every anomaly the agent raised (it logs
-each one after it is in the outbox) is stored exactly once; every sync batch it queued arrives once."""
+each one after it is in the outbox) is stored exactly once; every sync batch it queued arrives once;
+readings on the agent's own broker and from a CSV survive an agent SIGKILL and are stored exactly once."""
 
 from __future__ import annotations
 
@@ -10,14 +11,26 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sqlalchemy import select
 
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker, free_port, mosquitto_path, start_mosquitto
 from cloud_hub.home import HubHome
 from cloud_hub.server import HubServer
+from edge_agent.mqtt_source import SUBSCRIBED_LOG
 from tests.conftest import REPO, start_agent, wait_until
-from tests.faults import Raised, hub_toml_fast_reconnect, in_outbox, install_model, raised, spiky_csv, stored
+from tests.faults import (
+    Raised,
+    Sensor,
+    hub_toml_fast_reconnect,
+    in_outbox,
+    install_model,
+    raised,
+    spiky_csv,
+    stored,
+)
 
 pytestmark = pytest.mark.integration
 DEVICE = "gw-faults"
@@ -170,3 +183,82 @@ def test_ten_minute_outage_at_50_hz_keeps_every_anomaly_and_counts_drops(tmp_pat
     assert "anomaly" not in hub_drops()
     print(f"\n10-minute outage at 50 Hz: {len(offline.events)} events raised, {len(s.events)} stored; "
           f"{len(offline.batches)} sync batches queued, {len(s.batches)} stored, dropped by kind {dropped}")
+
+
+def _sigkill(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.poll() is None, "the agent died on its own"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_readings_on_the_agents_own_broker_survive_sigkill_exactly_once(tmp_path: Path, trained_home,  # type: ignore[no-untyped-def]
+                                                                        cluster) -> None:
+    """No [[sources]]: the agent reads edgesentry/<device>/readings on its (cloud) broker.  A sensor keeps
+    publishing there while the agent is SIGKILLed and restarted: every reading reaches the hub once."""
+    src_home, exported = trained_home
+    broker = cluster["broker"] = _broker(tmp_path)
+    home, cluster["server"] = _hub(tmp_path, broker.url)
+    install_model(tmp_path / "state", src_home, exported.bundle_dir)
+    toml = "heartbeat_s = 1.0\ntelemetry_s = 1.0\n[sync]\ninterval_s = 0.5\n[outbox]\nack_timeout_s = 3"
+
+    def start() -> tuple[subprocess.Popen[bytes], Path]:
+        before = log.read_text().count(SUBSCRIBED_LOG) if log.is_file() else 0
+        proc, path = start_agent(tmp_path, DEVICE, src_home.public_key(), broker.url, toml, FAST)
+        wait_until(lambda: path.read_text().count(SUBSCRIBED_LOG) > before, 60, "the readings subscription")
+        return proc, path
+
+    log = tmp_path / "agent.log"
+    agent, log = start()  # the first run creates the readings session: readings count from now on
+    cluster["agents"] = [agent]
+    sensor = Sensor(broker.url, DEVICE, rate=200, every=100)
+    sensor.start()
+    wait_until(lambda: len(raised(log).events) >= 2 and sensor.sent >= 600, 60, "spikes raised before the kill")
+    _sigkill(agent)
+    killed_at = sensor.sent
+    unlogged = in_outbox(tmp_path / "state")  # a report made durable just before the kill is in no log
+    wait_until(lambda: sensor.sent >= killed_at + 600, 30, "readings published while the agent is down")
+    agent, log = start()
+    cluster["agents"] = [*cluster["agents"], agent]  # type: ignore[list-item]
+    wait_until(lambda: sensor.sent >= killed_at + 1200, 30, "readings after the restart")
+    sensor.stop.set()
+    assert sensor.done.wait(30)
+    published = np.asarray(sensor.stamps)
+
+    def delivered() -> bool:
+        s = stored(home, DEVICE)
+        return bool(np.isin(published, s.timestamps).all()) and set(s.events) >= set((raised(log) | unlogged).events)
+
+    wait_until(delivered, 90, "every published reading and every raised event at the hub", interval_s=0.5)
+    s, r = stored(home, DEVICE), raised(log) | unlogged
+    assert len(s.timestamps) == len(np.unique(s.timestamps)) == len(published)  # each reading exactly once
+    assert sorted(set(s.events)) == sorted(set(r.events)) and len(s.events) == len(set(s.events))
+    # Telemetry names the model and counts the windows it flagged (the rollout gate's anomaly rate).
+    with home.sessions()() as ses:
+        tele = list(ses.scalars(select(db.TelemetryRecord).where(db.TelemetryRecord.device_id == DEVICE,
+                                                                 db.TelemetryRecord.scored > 0)))
+    assert tele and {t.model_version for t in tele} == {1}
+    assert 0 < sum(t.flagged or 0 for t in tele) < sum(t.scored for t in tele)
+    _sigkill(agent)
+
+
+def test_csv_replay_resumes_after_sigkill_exactly_once(tmp_path: Path, trained_home, cluster) -> None:  # type: ignore[no-untyped-def]
+    """The CSV position is committed with the sync rows: a SIGKILLed agent resumes where they end."""
+    src_home, exported = trained_home
+    broker = cluster["broker"] = _broker(tmp_path)
+    home, cluster["server"] = _hub(tmp_path, broker.url)
+    install_model(tmp_path / "state", src_home, exported.bundle_dir)
+    n = spiky_csv(tmp_path / "replay.csv", seconds=60, rate_hz=20, every=100, t0=T0)
+    agent, log = start_agent(tmp_path, DEVICE, src_home.public_key(), broker.url, _agent_toml(200), FAST)
+    cluster["agents"] = [agent]
+    wait_until(lambda: stored(home, DEVICE).rows >= 300, 60, "a part of the file stored")
+    _sigkill(agent)
+    unlogged = in_outbox(tmp_path / "state")  # a report made durable just before the kill is in no log
+    agent, log = start_agent(tmp_path, DEVICE, src_home.public_key(), broker.url, _agent_toml(200), FAST)
+    cluster["agents"] = [*cluster["agents"], agent]  # type: ignore[list-item]
+    wait_until(lambda: "finished after" in log.read_text(), 60, "the resumed replay to finish")
+    wait_until(lambda: stored(home, DEVICE).rows >= n
+               and set(stored(home, DEVICE).events) >= set((raised(log) | unlogged).events), 60, "the rest delivered")
+    s = stored(home, DEVICE)
+    assert len(s.timestamps) == len(np.unique(s.timestamps)) == n  # every row once: no gap, no overlap
+    assert sorted(set(s.events)) == sorted(set((raised(log) | unlogged).events))
+    assert "resumes at row" in log.read_text()

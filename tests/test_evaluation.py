@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,11 +192,26 @@ def test_reduced_nab_through_the_edge_path(tmp_path: Path) -> None:
     assert [x["is_anomaly"] for x in again_rows] == [x["is_anomaly"] for x in rows]
     # ...and other post-processing needs no training; a tampered bundle is refused.
     r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(tmp_path / "off"), *files,
-                                  "--reuse-bundles", str(out), "--onset-window", "0"])
+                                  "--reuse-bundles", str(out), "--onset-window", "0", "--rearm", "0"])
     assert r.exit_code == 0, r.output
     flags_off = [x["is_anomaly"] for x in csv.DictReader((tmp_path / "off" / res.relative_to(out)).read_text()
                                                           .splitlines())]
-    assert flags_off.count("1") >= [x["is_anomaly"] for x in rows].count("1")  # no onset filter: more alarms
+    assert flags_off.count("1") >= [x["is_anomaly"] for x in rows].count("1")  # no onset or re-arm filter: more alarms
+    # A file the previous run has no bundle for (its model was not deployable) stays silent, and says so;
+    # a folder without any bundle is not a previous run.
+    quiet = tmp_path / "quiet"
+    shutil.copytree(out / "bundles", quiet / "bundles")
+    next((quiet / "bundles").glob("*no_noise.tar.gz")).unlink()
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(tmp_path / "q"), *files,
+                                  "--reuse-bundles", str(quiet)])
+    assert r.exit_code == 0, r.output
+    notes = {f["name"]: f["note"] for f in json.loads((tmp_path / "q" / "nab_scores.json").read_text())["files"]}
+    assert notes["artificialNoAnomaly/art_daily_no_noise.csv"].startswith("no model") and \
+        not notes["artificialWithAnomaly/art_daily_jumpsup.csv"]
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(main, ["nab", "--data", str(DATASETS / "nab"), "--out", str(tmp_path / "e"), *files,
+                                  "--reuse-bundles", str(tmp_path / "empty")])
+    assert r.exit_code != 0 and "holds no bundles" in r.output
     pub = next((out / "bundles").glob("*jumpsup.pub"))
     from shared.signing import generate_private_key, public_key_b64
 

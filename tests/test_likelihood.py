@@ -192,3 +192,69 @@ def test_single_score_path_has_the_bits_of_the_batch_path(history: int, prior_we
     parts = np.concatenate([mixed.update(s[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)])
     assert np.array_equal(whole, parts)
     assert (single._sum, single._sq, list(single._history)) == (mixed._sum, mixed._sq, list(mixed._history))
+
+
+def test_rearm_one_alarm_per_excursion_and_a_smaller_one_after_a_quiet_stretch() -> None:
+    """Re-arm: after a reading reaches the threshold nothing is reported until ``rearm`` readings stayed below
+    it; then even a smaller excursion alarms (onsets would hide it behind the larger one)."""
+    params = fit_prior(normal_scores(300), short_window=1, rearm=40, history=5000)
+    lik = AnomalyLikelihood(params)
+    lik.update(normal_scores(2000, 1))
+    big = lik.update(np.full(3, 400.0))  # a sustained excursion: one alarm at its start
+    assert big[0] >= 0.5 and (big[1:] == 0).all()
+    soon = lik.update(np.concatenate([normal_scores(20, 2), [90.0]]))  # 20 quiet readings: still disarmed
+    assert soon.max() < 0.5
+    later = lik.update(np.concatenate([normal_scores(60, 3), [90.0]]))  # re-armed: the smaller one alarms
+    assert later[-1] >= 0.5 and later[:-1].max() < 0.5
+    onsets = AnomalyLikelihood(fit_prior(normal_scores(300), short_window=1, onset_window=200, history=5000))
+    onsets.update(normal_scores(2000, 1))
+    onsets.update(np.full(3, 400.0))
+    onsets.update(np.concatenate([normal_scores(20, 2), [90.0]]))
+    assert onsets.update(np.concatenate([normal_scores(60, 3), [90.0]]))[-1] == 0.0
+
+
+def test_deviation_catches_a_level_the_model_scores_as_normal() -> None:
+    """The model-free deviation likelihood: silent while it primes on the stream, then ℓ ≥ 0.5 on a reading far
+    from the recent median although the model's score stays normal; without it the same stream is quiet."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(10.0, 1.0, (900, 2))
+    x[800, 1] = 30.0  # one channel jumps; the model's score does not move
+    s = normal_scores(900, 8)
+    on = AnomalyLikelihood(fit_prior(normal_scores(300), deviation_window=50, deviation_warmup=200))
+    out = on.update(s, x)
+    off = AnomalyLikelihood(fit_prior(normal_scores(300))).update(s, x)
+    assert out[:250].max() == off[:250].max()  # 50 readings of history + 200 of warm-up: the model's ℓ only
+    assert out[800] >= 0.5 > off[800]
+    assert np.quantile(out[250:800], 0.99) < 0.5
+
+
+def test_rearm_and_deviation_are_batch_independent_and_carry_over_a_model_swap() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (1500, 2))
+    x[1200, 0] += 15
+    s = normal_scores(1500, 4)
+    s[900:905] = 40.0
+    params = fit_prior(normal_scores(300), deviation_window=40, deviation_warmup=100, rearm=30)
+    whole = AnomalyLikelihood(params).update(s, x)
+    chunked, i = AnomalyLikelihood(params), 0
+    parts = []
+    for k in [1, 2, 39, 40, 41, 100, 7, 1, 500, 1500]:
+        parts.append(chunked.update(s[i : i + k], x[i : i + k]))
+        i += k
+    single = AnomalyLikelihood(params)
+    assert np.array_equal(whole, np.concatenate(parts))
+    assert np.array_equal(whole, [single.update_one(float(s[j]), x[j]) for j in range(len(s))])
+    assert whole[900] >= 0.5 and whole[1200] >= 0.5
+    # A new model on the same stream: its score history starts over, the readings' deviation state does not.
+    first = AnomalyLikelihood(params)
+    first.update(s[:1100], x[:1100])
+    swapped = first.continued(fit_prior(normal_scores(300, 9), deviation_window=40, deviation_warmup=100, rearm=30))
+    fresh = AnomalyLikelihood(fit_prior(normal_scores(300, 9), deviation_window=40, deviation_warmup=100, rearm=30))
+    assert swapped.update(s[1100:], x[1100:])[100] >= 0.5  # primed: reading 1200 is judged at once
+    assert fresh.update(s[1100:], x[1100:])[100] < 0.5  # a fresh stream is still warming up
+
+
+def test_rearm_and_deviation_params_validate() -> None:
+    for bad in ({"rearm": -1}, {"deviation_window": 1}, {"deviation_window": -2}, {"deviation_warmup": 1}):
+        with pytest.raises(ValueError):
+            LikelihoodParams(prior_mean=0, prior_std=1, **bad)

@@ -94,6 +94,10 @@ def test_challenger_promoted_then_kept_and_every_decision_stored(tmp_path: Path,
         assert n["labels"] == {"fp_events": 1, "tp_events": 1}
         assert n["challenger"]["tp_events"] == 1 and n["challenger"]["tp_recall"] == 1.0
         assert n["challenger"]["normal_windows"] > 100
+        # Judged by the int8 bundles through the agent's scoring path; the float models' numbers are kept too.
+        assert n["scored_with"] == "int8 bundles" and "judged by the int8 bundles" in d.detail
+        assert n["float_models"]["challenger"]["tp_recall"] == 1.0
+        assert n["float_models"]["champion"]["false_alarm_rate"] > n["float_models"]["challenger"]["false_alarm_rate"]
         assert champion.champion(s, "north") == champion.CurrentChampion(2, champion.ChampionSource.GROUP)
         assert champion.champion(s, "south").version == 2  # type: ignore[union-attr]  # newest, no champion there
         v2 = lineage.version(s, 2)
@@ -106,17 +110,27 @@ def test_challenger_promoted_then_kept_and_every_decision_stored(tmp_path: Path,
         assert sorted(x.device_id for x in s.scalars(select(db.RolloutDevice).where(
             db.RolloutDevice.rollout_id == rollout.id))) == ["n1", "n2"]  # only the group's devices
 
-    home.update_config({"retrain": {"margin": 0.5}})  # an unchanged fleet: the next challenger must not win
+    # An unchanged fleet: the next challenger must not win.  Judged by the float models (no export: lean).
+    home.update_config({"retrain": {"margin": 0.5, "evaluate_bundles": False}})
     out = runner.invoke(main, [*h, "retrain", "--group", "north", "--no-rollout"])
     assert out.exit_code == 0 and "kept_champion" in out.output, out.output
+    home.update_config({"retrain": {"evaluate_bundles": True}})
+    # A challenger without a bundle (the scikit-learn baselines do not export): both judged by float models.
+    out = runner.invoke(main, [*h, "retrain", "--group", "north", "--no-rollout", "--model", "isolation-forest"])
+    assert out.exit_code == 0, out.output
+    with home.sessions()() as s:
+        d = s.scalars(select(db.RetrainDecision).order_by(db.RetrainDecision.id.desc())).first()
+        assert d is not None and d.numbers["scored_with"].startswith("float models (int8 bundles unavailable: v4")
+        assert d.numbers["champion"]["cost"] is not None  # the champion judged by its float model as well
     out = runner.invoke(main, [*h, "retrain", "--group", "nowhere"])
     assert out.exit_code == 1 and "no device in group 'nowhere'" in out.output
     out = runner.invoke(main, [*h, "retrain", "history", "--json"])
     hist = [json.loads(line) for line in out.output.splitlines()]
     assert [(x["outcome"], x["trigger"], x["challenger_version"]) for x in hist] == [
-        ("failed", "manual", None), ("kept_champion", "manual", 3), ("promoted", "manual", 2),
-        ("promoted", "promote", 1)]
-    assert "< margin 0.5" in hist[1]["detail"] and hist[1]["numbers"]["champion"]["cost"] is not None
+        ("failed", "manual", None), (hist[1]["outcome"], "manual", 4), ("kept_champion", "manual", 3),
+        ("promoted", "manual", 2), ("promoted", "promote", 1)]
+    assert "< margin 0.5" in hist[2]["detail"] and hist[2]["numbers"]["champion"]["cost"] is not None
+    assert hist[2]["numbers"]["scored_with"] == "float models" and "judged by the float models:" in hist[2]["detail"]
     with home.sessions()() as s:
         assert champion.champion(s, "north").version == 2  # type: ignore[union-attr]
     out = runner.invoke(main, [*h, "retrain", "history"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker
@@ -191,7 +192,8 @@ def test_anomaly_gate_compares_the_same_devices_under_both_models(tmp_path: Path
         assert scored_readings(s, "gw-0", 1, before=100) == 1000
         assert scored_readings(s, "gw-0", 2, after=100) == 500
         tripped = anomaly_gate(s, [row], 2, gates, min_readings=100)
-        assert not tripped.passed and "0.0120 (6/500) vs previous 0.0020 (2/1000): rise 0.0100" in tripped.reason
+        assert not tripped.passed and ("events per scored reading 0.0120 (6/500) vs previous 0.0020 (2/1000) on 1 "
+                                       "device(s); rise 0.0100" in tripped.reason), tripped.reason
         assert anomaly_gate(s, [row], 2, Gates(max_anomaly_increase=0.02), 100).passed
         waiting = anomaly_gate(s, [row], 2, gates, min_readings=1000)
         assert waiting.passed and waiting.waiting  # not enough data under the new model yet
@@ -432,9 +434,90 @@ def test_operator_commands_timeouts_and_a_pausing_gate(hub_server: HubServer, tr
             a.close()
 
 
+def _telemetry(s: Session, device: str, t: float, version: int | None, scored: int, flagged: int | None) -> None:
+    s.add(db.TelemetryRecord(device_id=device, msg_id=f"m{t}", ts=t, received_at=t, interval_s=10.0, scored=scored,
+                             score_mean=0.1, score_max=0.5, flagged=flagged, model_version=version))
+
+
+def test_anomaly_gate_judges_flagged_windows_per_device_and_falls_back_to_events(tmp_path: Path) -> None:
+    """A model that flags continuously raises ONE episode: the event rate hides it, the flagged-window rate
+    (telemetry) does not.  Devices without flagged counts (older agents) are judged by events."""
+    home = _home(tmp_path)
+    gates = Gates(max_anomaly_increase=0.05)
+    with home.sessions()() as s:
+        rows = [db.RolloutDevice(rollout_id=1, device_id=d, wave=0, state=D.HEALTHY, previous_version=1,
+                                 sent_at=100.0, updated_at=0.0) for d in ("gw-0", "gw-1")]
+        # gw-0 (new agent): v1 flagged 10 of 1000 windows; v2 flags 300 of 1000 in one long episode.
+        _telemetry(s, "gw-0", 50, 1, 1000, 10)
+        _telemetry(s, "gw-0", 150, 2, 600, 200)
+        _telemetry(s, "gw-0", 160, 2, 400, 100)
+        _telemetry(s, "gw-0", 170, None, 0, 0)  # an interval without a model: not counted
+        s.add(db.AnomalyEvent(device_id="gw-0", event_id="long", ts=150, detected_at=150, received_at=150, score=1,
+                              threshold=0.5, model_version=2))
+        s.flush()
+        tripped = anomaly_gate(s, rows[:1], 2, gates, min_readings=500)
+        assert not tripped.passed, tripped.reason
+        assert ("flagged windows per scored window 0.3000 (300/1000) vs previous 0.0100 (10/1000) on 1 device(s); "
+                "rise 0.2900") in tripped.reason
+        # gw-1 is an older agent (telemetry without flagged counts): its events and heartbeats speak for it.
+        _telemetry(s, "gw-1", 150, None, 500, None)
+        for i, (t, scored, v) in enumerate([(10, 0, 1), (90, 1000, 1), (110, 0, 2), (190, 3000, 2)]):
+            s.add(db.Heartbeat(device_id="gw-1", ts=t, received_at=t, seq=i, model_version=v, readings_scored=scored,
+                               anomalies=0, rejected=0, queue_depth=0))
+        s.add(db.AnomalyEvent(device_id="gw-1", event_id="x", ts=150, detected_at=150, received_at=150, score=1,
+                              threshold=0.5, model_version=2))
+        s.flush()
+        both = anomaly_gate(s, rows, 2, gates, min_readings=500)
+        # Weighted by what each scored under v2: (0.29 * 1000 + 1/3000 * 3000) / 4000 = 0.07275 (binary: 0.0727).
+        assert not both.passed and "rise 0.0727 (worst gw-0 0.3000 vs 0.0100)" in both.reason, both.reason
+        assert "events per scored reading 0.0003 (1/3000) vs previous 0.0000 (0/1000) on 1 device(s)" in both.reason
+        assert anomaly_gate(s, rows[1:], 2, gates, 500).passed  # alone, the older agent passes
+        assert anomaly_gate(s, rows, 2, Gates(max_anomaly_increase=0.08), 500).passed
+
+
 def fleet_dev(home: HubHome, device: str) -> db.Device | None:
     with home.sessions()() as s:
         return s.get(db.Device, device)
+
+
+@pytest.mark.integration
+def test_anomaly_rate_gate_reads_flagged_windows_from_telemetry(hub_server: HubServer, trained_home) -> None:  # type: ignore[no-untyped-def]
+    """v1 → v2 on a device that reports flagged windows through MQTT (telemetry, stored by the hub's ingest):
+    v2 flags 40% of its windows in ONE episode (no new event at all); the gate sees the rise and aborts."""
+    from cloud_hub.config import RolloutConfig
+    from cloud_hub.rollout.bench import SimAgent, signed_copy
+
+    home = hub_server.home
+    hub_server.rollouts.cfg = RolloutConfig(min_gate_readings=500)
+    _, exported = trained_home
+    signed_copy(home, exported.bundle_dir, 1)
+    signed_copy(home, exported.bundle_dir, 2)
+    agent = SimAgent("sim-t", home.config().broker, home.public_key())
+
+    def telemetry_rows() -> int:
+        with home.sessions()() as s:
+            return len(list(s.scalars(select(db.TelemetryRecord).where(db.TelemetryRecord.device_id == "sim-t"))))
+
+    try:
+        assert agent.subscribed.wait(15)
+        agent.version = 1
+        agent.status(ModelState.COMMITTED)
+        agent.telemetry(1000, 10)  # v1: 1% of its windows
+        wait_until(lambda: telemetry_rows() == 1 and (d := fleet_dev(home, "sim-t")) is not None
+                   and d.model_version == 1, 15, "v1's telemetry stored")
+        rid = start_rollout(home, 2, Selector(), [100], Gates(wait_s=60, max_anomaly_increase=0.1))
+        wait_until(lambda: _rollout(home, rid)[1]["sim-t"] == D.HEALTHY, 30, "device healthy on v2")
+        assert _rollout(home, rid)[0] == R.RUNNING  # no window scored by v2 yet: the gate waits
+        agent.telemetry(600, 240)
+        agent.telemetry(400, 160)
+        hub_server.rollouts.wake()
+        wait_until(lambda: _rollout(home, rid)[0] == R.ABORTED, 30, "the gate aborted the rollout")
+        with home.sessions()() as s:
+            r = s.get(db.Rollout, rid)
+            assert r is not None and ("flagged windows per scored window 0.4000 (400/1000) vs previous 0.0100 "
+                                      "(10/1000)") in r.reason, r.reason
+    finally:
+        agent.close()
 
 
 @pytest.mark.integration
@@ -471,7 +554,8 @@ def test_anomaly_rate_gate_waits_for_data_then_aborts(hub_server: HubServer, tra
         wait_until(lambda: _rollout(home, rid)[0] == R.ABORTED, 30, "the anomaly-rate gate aborted the rollout")
         with home.sessions()() as s:
             r = s.get(db.Rollout, rid)
-            assert r is not None and "anomaly rate 0.0500 (50/1000) vs previous 0.0000 (0/0)" in r.reason, r.reason
+            assert r is not None and "events per scored reading 0.0500 (50/1000) vs previous 0.0000 (0/0)" in r.reason, (
+                r.reason)
         assert _rollout(home, rid)[1] == {"sim-a": D.ROLLED_BACK}
     finally:
         agent.close()

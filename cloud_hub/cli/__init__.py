@@ -247,13 +247,20 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 @click.option("--onset-window", type=click.IntRange(min=0), default=None,
               help="Agents report the likelihood only where it exceeds the previous N readings' (0 = off; "
                    "default: the corpus configuration).")
+@click.option("--rearm", type=click.IntRange(min=0), default=None,
+              help="Agents report the likelihood only after N readings below the threshold (0 = off; "
+                   "default: the corpus configuration).")
+@click.option("--deviation-window", type=click.IntRange(min=0), default=None,
+              help="Agents also score each reading's deviation from the median of the previous N readings "
+                   "(0 = off; default: the corpus configuration).")
 @click.option("--reuse-bundles", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A previous run's --out: replay its exported bundles with this run's post-processing "
                    "(likelihood settings, onsets, threshold) instead of training again.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
         likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
-        onset_window: int | None, reuse_bundles: Path | None, settings: tuple[str, ...]) -> None:
+        onset_window: int | None, rearm: int | None, deviation_window: int | None, reuse_bundles: Path | None,
+        settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
     stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
     nab_scores.json, NAB results files and report.md."""
@@ -275,7 +282,8 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
                                 likelihood_threshold=likelihood_threshold, workers=workers,
                                 retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows),
                                 reuse_bundles=str(reuse_bundles or ""),
-                                **({} if onset_window is None else {"onset_window": onset_window}))
+                                **{k: v for k, v in (("onset_window", onset_window), ("rearm", rearm),
+                                                     ("deviation_window", deviation_window)) if v is not None})
     if reuse_bundles and retrain_every:
         raise click.BadParameter("--reuse-bundles replays existing models: it cannot retrain",
                                  param_hint="--retrain-every")
@@ -334,8 +342,34 @@ def bench_models(datasets: Path, out: Path, model_names: tuple[str, ...], nab_mo
     console.print(f"Wrote {path}")
 
 
+def _likelihood_settings(settings: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs for the bundle's likelihood post-processing (shared/likelihood.py), typed by field."""
+    import dataclasses
+
+    from shared.likelihood import LikelihoodParams
+
+    fields = {f.name: f.type for f in dataclasses.fields(LikelihoodParams)
+              if f.name not in ("prior_mean", "prior_std", "range_min", "range_max")}
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}",
+                                     param_hint="--likelihood")
+        try:
+            out[key] = int(value) if fields[key] in (int, "int") else float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {key} needs a number", param_hint="--likelihood") from None
+    try:  # refuse bad values before the (slow) conversion
+        LikelihoodParams(prior_mean=0.0, prior_std=1.0, **out)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--likelihood") from None
+    return out
+
+
 def _export(home: HubHome, version: int, quantization: str, profile: FirmwareProfile | None = None,
-            decide_on: str = "score", likelihood_threshold: float = 0.5) -> None:
+            decide_on: str = "score", likelihood_threshold: float = 0.5, likelihood: dict[str, Any] | None = None
+            ) -> None:
     import numpy as np
 
     from cloud_hub.export import export
@@ -345,11 +379,12 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
 
     with console.status(f"exporting v{version} as {quantization}…"):
         r = export(home, version, Quantization(quantization), DecisionMode(decide_on), likelihood_threshold,
-                   profile=profile)
+                   profile=profile, **(likelihood or {}))
     a = r.agreement
     console.print(f"Bundle [bold]{r.archive.name}[/]: {r.size} bytes (model {r.tflite_bytes}); agreement with "
                   f"Keras on {a.windows} windows: pearson {a.score_pearson:.4f}, flags {a.flag_agreement:.4f}, "
-                  f"mean rel diff {a.mean_abs_rel_diff:.4f}")
+                  f"mean rel diff {a.mean_abs_rel_diff:.4f}; flags on the unperturbed held-out windows "
+                  f"{a.flag_agreement_heldout:.4f}, outside ±{a.band:.0%} of the thresholds {a.flag_agreement_outside_band:.4f}")
     if profile is not None:
         model = TFLiteModel((r.bundle_dir / MODEL_FILE).read_bytes(), heads=r.scoring.head_list,
                             num_threads=profile.num_threads)
@@ -373,10 +408,14 @@ def _export(home: HubHome, version: int, quantization: str, profile: FirmwarePro
               help="What agents threshold: the raw score (calibrated threshold) or the streaming likelihood.")
 @click.option("--likelihood-threshold", type=float, default=0.5, show_default=True,
               help="Likelihood (log-scaled, in (0,1)) at which agents flag when --decide-on likelihood.")
+@click.option("--likelihood", "likelihood_settings", multiple=True, metavar="KEY=VALUE",
+              help="Agents' likelihood post-processing in the bundle (repeatable), e.g. rearm=500, "
+                   "deviation_window=144, spatial_tolerance=0.05, history=8000 (NAB's configuration).")
 @click.pass_context
 def export(ctx: click.Context, version: int, quantization: tuple[str, ...], profile_ref: str | None, decide_on: str,
-           likelihood_threshold: float) -> None:
+           likelihood_threshold: float, likelihood_settings: tuple[str, ...]) -> None:
     """Convert a version to TFLite, measure agreement with the original, write a signed bundle."""
+    likelihood = _likelihood_settings(likelihood_settings)
     home = _home(ctx)
     try:
         profile = resolve_profile(profile_ref) if profile_ref else None
@@ -389,7 +428,7 @@ def export(ctx: click.Context, version: int, quantization: tuple[str, ...], prof
                       f"{profile.quantization}[/]")
     for q in quantization:
         try:
-            _export(home, version, q, profile, decide_on, likelihood_threshold)
+            _export(home, version, q, profile, decide_on, likelihood_threshold, likelihood)
         except (ValueError, SchemaError) as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -418,7 +457,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     """
     import re
 
-    from cloud_hub.ingest.service import ScaleOutError
+    from cloud_hub.ingest.service import ScaleOutError, tune_gc
     from cloud_hub.server import HubServer
     from shared.mqtt import HUB_MAX_DISCONNECTED_S, NetworkSupervisor
 
@@ -456,6 +495,7 @@ def serve(ctx: click.Context, workers: int, worker_name: str | None, no_web: boo
     except click.ClickException:
         server.stop()
         raise
+    tune_gc()  # after startup: what it built is frozen, never scanned again
     scheduler = None
     if server.cfg.retrain.enabled:  # [retrain] triggers, on the leader only: niced retrain children, one at a time
         from cloud_hub.registry.triggers import RetrainScheduler

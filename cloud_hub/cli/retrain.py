@@ -82,7 +82,7 @@ def retrain(ctx: click.Context, group: str, since: float | None, epochs: int | N
     q = quantization or cfg.retrain.quantization or cfg.default_quantization
     req = reg_retrain.RetrainRequest(group=group, trigger=db.RetrainTrigger(trigger),
                                      trigger_detail=json.loads(trigger_detail), force=force, model=model_name,
-                                     since=time.time() - since if since else None)
+                                     since=time.time() - since if since else None, quantization=q)
     outcome, on_promoted = _roll_out(home, q, policy.phases, wait)
     with Progress(TextColumn("[bold]challenger[/] epoch {task.completed}/{task.total}"), BarColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:

@@ -21,3 +21,6 @@ class TelemetryRecord(Base):
     scored: Mapped[int] = mapped_column(Integer)
     score_mean: Mapped[float] = mapped_column(Float)
     score_max: Mapped[float] = mapped_column(Float)
+    # Windows flagged and the model that scored them (the rollout's anomaly-rate gate); NULL from older agents.
+    flagged: Mapped[int | None] = mapped_column(Integer)
+    model_version: Mapped[int | None] = mapped_column(Integer)

@@ -356,5 +356,19 @@ def _print_summary(console: Console, s: dict[str, Any], path: Path) -> None:
                 "anomalies_reported", "injected_anomalies", "injected_detected", "recall", "recall_by_kind",
                 "false_alarms", "latency_ms_p50", "latency_ms_p99", "duration_s"):
         table.add_row(key, str(s.get(key)))
+    for b in s.get("bundles", []):
+        table.add_row(f"v{b['version']} {b['quantization']} vs Keras", agreement_line(b["agreement"]))
     console.print(table)
     console.print(f"written to {path}")
+
+
+def agreement_line(a: dict[str, Any]) -> str:
+    """A bundle's measured agreement with its Keras model (cloud_hub.export.agreement), one line."""
+    if not a:
+        return "not measured"
+    line = (f"pearson {a['score_pearson']:.4f}, flags {a['flag_agreement']:.4f}, mean rel diff "
+            f"{a['mean_abs_rel_diff']:.3f} on {a['windows']} windows")
+    if a.get("flag_agreement_outside_band") is not None:
+        line += (f" (held-out only {a['flag_agreement_heldout']:.4f}, outside ±{a['band']:.0%} of the thresholds "
+                 f"{a['flag_agreement_outside_band']:.4f})")
+    return line

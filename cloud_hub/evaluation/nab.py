@@ -52,7 +52,10 @@ class NabConfig:
     likelihood_history: int = 8000
     likelihood_short_window: int = 1
     spatial_tolerance: float = 0.05  # a value beyond the range seen so far (by 5 % of it) is an anomaly
-    onset_window: int = 1200  # one alarm per excursion: report only new highs of the last 1200 readings
+    onset_window: int = 0  # report only new highs of the last N readings (off: `rearm` does this job better)
+    rearm: int = 500  # one alarm per excursion: report only after 500 readings below the threshold
+    deviation_window: int = 144  # model-free second opinion: deviation from the median of the last 144 readings
+    deviation_warmup: int = 300  # deviation scores that prime its likelihood on the stream
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training
@@ -112,8 +115,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
     n = len(series.values)
     probation = probationary_length(n)
     work = Path(tempfile.mkdtemp(prefix="nab-"))
-    likelihood = {"history": cfg.likelihood_history, "short_window": cfg.likelihood_short_window,
-                  "spatial_tolerance": cfg.spatial_tolerance, "onset_window": cfg.onset_window}
+    likelihood = {"short_window": cfg.likelihood_short_window, **post_processing(cfg)}
     try:
         home = HubHome(work / "home")
         home.init()
@@ -125,10 +127,7 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         try:
             first = train_export(TrainingData(["value"], [series.values[:probation]], f"nab:{name}", probation))
         except NotExportable as exc:  # no bundle an agent could run: it reports nothing on this stream
-            raw = out / "raw" / name
-            raw.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(raw.with_suffix(".npz"), score=np.full(n, np.nan), likelihood=np.zeros(n),
-                     anomalous=np.zeros(n, dtype=bool))
+            _save_raw(out, name, np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
             return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), 0, float("nan"),
                               float("nan"), note=f"no model: {exc}")
         keys = [home.public_key()]
@@ -152,13 +151,26 @@ def run_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResult:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(first.archive, dest)
         dest.with_suffix("").with_suffix(".pub").write_text(home.public_key())  # to verify it when reused
-        raw = out / "raw" / name
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
+        _save_raw(out, name, r.score, r.likelihood, r.anomalous)
         return FileResult(name, n, probation, round(time.perf_counter() - t0, 2), first.size,
                           first.decision.score_threshold, first.agreement.score_pearson, retrains=retrains)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def post_processing(cfg: NabConfig) -> dict[str, Any]:
+    """The LikelihoodParams fields this configuration sets on every bundle (the agent's post-processing)."""
+    return {"history": cfg.likelihood_history, "spatial_tolerance": cfg.spatial_tolerance,
+            "onset_window": cfg.onset_window, "rearm": cfg.rearm, "rearm_level": cfg.likelihood_threshold,
+            "deviation_window": cfg.deviation_window,
+            "deviation_warmup": cfg.deviation_warmup}
+
+
+def _save_raw(out: Path, name: str, score: np.ndarray, likelihood: np.ndarray, anomalous: np.ndarray) -> None:
+    """The per-row output of one file (scored and written as NAB results once every file is done)."""
+    raw = out / "raw" / name
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(raw.with_suffix(".npz"), score=score, likelihood=likelihood, anomalous=anomalous)
 
 
 def bundle_path(out: Path, name: str) -> Path:
@@ -186,8 +198,7 @@ def reexported(archive: Path, cfg: NabConfig) -> Any:
     if lik.short_window != cfg.likelihood_short_window:
         raise ValueError(f"{archive}: its prior was fitted with short window {lik.short_window}; "
                          "a different one needs a run with training")
-    new = replace(lik, history=cfg.likelihood_history, spatial_tolerance=cfg.spatial_tolerance,
-                  onset_window=cfg.onset_window)
+    new = replace(lik, **post_processing(cfg))
     decision = replace(manifest.decision, mode=DecisionMode.LIKELIHOOD, likelihood_threshold=cfg.likelihood_threshold)
     key = generate_private_key()
     payload = {n: b for n, b in files.items() if n not in (bf.MANIFEST, bf.SIGNATURE)}
@@ -204,15 +215,15 @@ def rerun_file(nab_dir: Path, name: str, cfg: NabConfig, out: Path) -> FileResul
     t0 = time.perf_counter()
     series = read_series(nab_dir / "data" / name, "timestamp", ["value"])
     src = bundle_path(Path(cfg.reuse_bundles), name)
-    if not src.exists():
-        raise ValueError(f"no bundle {src} from a previous run for {name} (a file without a deployable model "
-                         "has none: leave it out with --files)")
+    n = len(series.values)
+    if not src.exists():  # the previous run had no deployable model for it: the agent stays silent, as then
+        log.warning("no bundle %s from the previous run for %s: no model, the agent stays silent", src, name)
+        _save_raw(out, name, np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
+        return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), 0, float("nan"),
+                          float("nan"), note=f"no model: no bundle in {cfg.reuse_bundles}")
     bundle = reexported(src, cfg)
     r = replay(bundle, series)
-    raw = out / "raw" / name
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(raw.with_suffix(".npz"), score=r.score, likelihood=r.likelihood, anomalous=r.anomalous)
-    n = len(series.values)
+    _save_raw(out, name, r.score, r.likelihood, r.anomalous)
     agreement = bundle.manifest.quantization.agreement
     return FileResult(name, n, probationary_length(n), round(time.perf_counter() - t0, 2), src.stat().st_size,
                       bundle.manifest.decision.score_threshold, agreement.score_pearson if agreement else float("nan"))
@@ -242,6 +253,8 @@ def run(nab_dir: Path, cfg: NabConfig, out: Path, files: list[str] | None = None
     if not (nab_dir / "data").is_dir() or not (nab_dir / "labels" / "combined_windows.json").exists():
         raise ValueError(f"{nab_dir} is not a NAB directory (needs data/ and labels/combined_windows.json)")
     files = files or data_files(nab_dir)
+    if cfg.reuse_bundles and not any((Path(cfg.reuse_bundles) / "bundles").glob("*.tar.gz")):
+        raise ValueError(f"{cfg.reuse_bundles} holds no bundles (bundles/*.tar.gz): not the --out of a NAB run")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     jobs = [(nab_dir, f, cfg, out) for f in files]

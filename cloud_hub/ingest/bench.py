@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker
 from cloud_hub.home import HubHome
-from cloud_hub.ingest.service import HubServer
+from cloud_hub.ingest.service import HubServer, tune_gc
 from shared import protocol as p
 from shared.mqtt import BrokerConfig, connect, make_client
 
@@ -79,6 +79,7 @@ def ingest_in_process(workdir: Path, broker: RunningBroker, events: int = 50_000
                  "bench-hub-in-process" + ("-pg" if database_url else ""), database_url)
     server = HubServer(home)
     server.start()
+    tune_gc()  # as `serve` does
     try:
         per = events // devices
         msgs = [(p.device_topic(f"gw-{d}", p.Channel.ANOMALY), m) for d in range(devices)
@@ -134,6 +135,7 @@ def ingest_through_broker(workdir: Path, broker: RunningBroker, events: int = 40
     home = _home(workdir / "ingest-hub-e2e", broker.url, "bench-hub-e2e")
     server = HubServer(home)
     server.start()
+    tune_gc()  # as `serve` does
     ctx = mp.get_context("spawn")
     ready, go = ctx.Semaphore(0), ctx.Event()
     per = events // publishers

@@ -151,7 +151,8 @@ ANOMALY_COLUMNS = ("device_id", "event_id", "ts", "detected_at", "received_at", 
                    "top_features", "attribution", "likelihood")
 SYNC_COLUMNS = ("device_id", "batch_id", "received_at", "start_ts", "end_ts", "rows", "features", "data", "flags",
                 "model_version")
-TELEMETRY_COLUMNS = ("device_id", "msg_id", "ts", "received_at", "interval_s", "scored", "score_mean", "score_max")
+TELEMETRY_COLUMNS = ("device_id", "msg_id", "ts", "received_at", "interval_s", "scored", "score_mean", "score_max",
+                     "flagged", "model_version")
 
 
 def _anomaly_row(it: Inbound) -> tuple[Any, ...]:
@@ -174,7 +175,8 @@ def _telemetry_id(m: p.Telemetry) -> str:
 
 def _telemetry_row(it: Inbound) -> tuple[Any, ...]:
     m: p.Telemetry = it.message
-    return (it.device, _telemetry_id(m), m.ts, it.received_at, m.interval_s, m.scored, m.score_mean, m.score_max)
+    return (it.device, _telemetry_id(m), m.ts, it.received_at, m.interval_s, m.scored, m.score_mean, m.score_max,
+            m.flagged, m.model_version)
 
 
 def _heartbeat_row(it: Inbound) -> dict[str, Any]:

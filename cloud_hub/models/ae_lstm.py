@@ -33,6 +33,23 @@ def past(inp: Any) -> Any:
     return layers.Cropping1D((0, 1))(inp)
 
 
+def prediction_head(inp: Any, features: Any, channels: int, residual: bool) -> Any:
+    """The newest reading predicted from ``features`` of the readings before it.
+
+    ``residual``: reading t-1 plus a learned change.  The same family of functions as a plain Dense
+    head (the encoder sees t-1), but in int8 the encoder's quantisation noise reaches the output scaled
+    by the small change rather than by the whole signal range: the unrolled LSTM's int8 noise on the
+    prediction falls ~3× (docs/benchmarks.md, "Quantization").  For hybrids only: a level shift that lasts
+    past t-1 is predicted away by persistence, and only a reconstruction head still sees it."""
+    from keras import layers
+
+    if not residual:
+        return layers.Dense(channels, name="prediction")(features)
+    steps = int(inp.shape[1])
+    newest_seen = layers.Reshape((channels,))(layers.Cropping1D((steps - 2, 1))(inp))  # reading t-1
+    return layers.Add(name="prediction")([newest_seen, layers.Dense(channels, name="change")(features)])
+
+
 class AELSTM(KerasDetector):
     name = "ae-lstm"
     summary = "AE-LSTM hybrid: dense autoencoder + LSTM next-step predictor, A = α·rec + β·pred"
@@ -45,5 +62,5 @@ class AELSTM(KerasDetector):
         inp = keras.Input((steps, channels), name="window")
         rec = dense_autoencoder(inp, steps, channels, [self.cfg.hidden], self.cfg.latent)
         state = layers.LSTM(self.cfg.lstm_units, unroll=True)(past(inp))
-        pred = layers.Dense(channels, name="prediction")(state)
+        pred = prediction_head(inp, state, channels, self.cfg.prediction_residual)
         return keras.Model(inp, [rec, pred], name="ae_lstm")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cloud_hub.models.ae_lstm import past
+from cloud_hub.models.ae_lstm import past, prediction_head
 from cloud_hub.models.base import Mode
 from cloud_hub.models.keras_detector import KerasDetector, classifier_head
 
@@ -48,5 +48,5 @@ class AnomalyNet(KerasDetector):
         z = layers.Dense(cfg.latent, activation="relu", name="latent")(encode(inp))
         h = layers.Dense(cfg.hidden, activation="relu")(z)
         rec = layers.Reshape((steps, channels), name="reconstruction")(layers.Dense(steps * channels)(h))
-        pred = layers.Dense(channels, name="prediction")(encode(past(inp)))
+        pred = prediction_head(inp, encode(past(inp)), channels, cfg.prediction_residual)
         return keras.Model(inp, [rec, pred], name="anomalynet")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cloud_hub.models.base import Detector, ExportedScoring, FitReport, ModelError, NotExportable
+from cloud_hub.models.calibration import int8_calibration
 from shared.scoring import Head, ScoringParams, calibrate, head_errors, score_outputs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -161,8 +162,11 @@ class KerasDetector(Detector):
     def export_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         if quantization not in self.quantizations:
             raise NotExportable(f"{self.name} does not support {quantization} export: {self.export_note}")
-        rep = self.calibration["representative"] if representative is None else representative
-        return convert(self.model, quantization, rep)
+        if representative is None:  # the same int8 calibration whoever converts (export, tests, benchmarks)
+            representative = int8_calibration(self)
+        if representative is None:
+            representative = self.calibration["representative"]
+        return convert(self.model, quantization, representative)
 
     def exported_scoring(self, model: bytes) -> ExportedScoring:
         """Scoring for an exported model, re-learned on its own validation outputs exactly as fit() did

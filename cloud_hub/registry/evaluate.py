@@ -1,8 +1,9 @@
 """Challenger vs champion on the same data: held-out recent synced readings plus operator labels.
 
-Each version scores the windows with its own preprocessing and threshold (the hub's float model, as
-trained; a bundle's int8 agreement with it is measured at export).  Windows are sorted by the reading
-that ends them:
+Each version scores the windows with its own preprocessing and decision: by default its exported
+bundle through the agent's own streaming path (:func:`score_bundle`: ring buffer, LiteRT, scoring,
+streaming likelihood, decision — what the devices would run), else the hub's float model
+(:func:`score_versions`).  Windows are sorted by the reading that ends them:
 
 - **normal**: in the held-out recent slice, outside every labelled stretch and away from readings the
   running agent flagged without an operator label (those are unknown, neither normal nor anomalous);
@@ -16,8 +17,9 @@ TP-labelled events missed (an event counts as flagged when any window of its str
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -26,10 +28,14 @@ from cloud_hub.data import Span, SyncedRows, in_spans, near_flags
 from cloud_hub.db import LabelKind
 from cloud_hub.models import Detector
 from cloud_hub.registry.labels import labelled_events
-from shared.csvdata import split_on_gaps
+from shared.csvdata import Series, split_on_gaps
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
 
+if TYPE_CHECKING:
+    from shared.bundle import Bundle
+
 MAX_NORMAL_WINDOWS = 20_000  # evenly subsampled beyond: Keras scoring on the hub's CPU stays seconds
+REPLAY_WARMUP = 1_000  # a bundle's replay starts this many readings before the first window it must judge
 MAX_THRESHOLD_RAISE = 3.0  # label calibration never lifts a threshold above 3x the learned one
 
 
@@ -88,32 +94,81 @@ class Scored:
     tp_event_max: list[float]  # per TP event, its highest window score
 
 
-def _windows(es: EvalSet, pre: PreprocessParams) -> tuple[list[np.ndarray], list[tuple[str, np.ndarray]]]:
-    """Raw windows per contiguous segment and, per segment, (device, end timestamps)."""
+Segment = tuple[str, np.ndarray, np.ndarray]  # device, timestamps, values in the model's feature order
+# Scores and the decision for the windows (segment index, window index) asked for, in that order.
+WindowScorer = Callable[[list[tuple[int, int]]], tuple[np.ndarray, np.ndarray]]
+
+
+def _segments(es: EvalSet, pre: PreprocessParams) -> list[Segment]:
+    """Contiguous runs of readings at least one window long, columns in the model's feature order."""
     missing = [f for f in pre.features if f not in es.features]
     if missing:
         raise ValueError(f"the synced data has no column(s) {missing} this model needs")
     cols = [es.features.index(f) for f in pre.features]
-    wins, ends = [], []
+    out = []
     for device, r in es.rows.items():
         for s in split_on_gaps(r.ts):
-            seg = r.values[s][:, cols]
-            if len(seg) < pre.window:
-                continue
-            wins.append(sliding_windows(seg, pre.window))
-            ends.append((device, r.ts[s][pre.window - 1:]))
-    return wins, ends
+            if len(r.ts[s]) >= pre.window:
+                out.append((device, r.ts[s], r.values[s][:, cols]))
+    return out
 
 
 def score_versions(es: EvalSet, pre: PreprocessParams, detector: Detector) -> Scored:
-    """Score the evaluation windows with one version and sort the flags into the three kinds."""
-    wins, ends = _windows(es, pre)
+    """Score the evaluation windows with one version's float model and sort the flags into the three kinds."""
+    segs = _segments(es, pre)
+    wins = [sliding_windows(values, pre.window) for _, _, values in segs]
+
+    def scorer(idx: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        # one scoring call: one batch shape for the model
+        scores = (np.asarray(detector.score(preprocess_windows(np.stack([wins[k][i] for k, i in idx]), pre)),
+                             np.float64) if idx else np.empty(0))
+        return scores, detector.decision.flags(scores)
+
+    return _sort(es, segs, pre.window, scorer, subsample=True)
+
+
+def score_bundle(es: EvalSet, bundle: Bundle) -> Scored:
+    """Score the evaluation windows with a signed bundle exactly as an agent would: each segment that holds
+    a window to judge is replayed in time order through ``edge_agent.replay.Replayer`` (the agent's
+    detector, LiteRT, streaming likelihood and decision), from REPLAY_WARMUP readings before its first
+    such window (an agent that just started there).  Every held-out window is judged (no subsampling:
+    the replay is streaming, and the interpreter scores thousands of windows per second)."""
+    from edge_agent.replay import Replayer
+
+    pre = bundle.manifest.preprocessing
+    segs = _segments(es, pre)
+    w = pre.window
+
+    def scorer(idx: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        span: dict[int, tuple[int, int]] = {}
+        for k, i in idx:
+            lo, hi = span.get(k, (i, i))
+            span[k] = (min(lo, i), max(hi, i))
+        replayed: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        for k, (lo, hi) in span.items():
+            _, ts, values = segs[k]
+            first, stop = max(0, lo - REPLAY_WARMUP), hi + w  # rows [first, stop) end windows lo..hi
+            r = Replayer(bundle, Series(ts[first:stop], list(pre.features), values[first:stop]))
+            r.advance(stop - first)
+            replayed[k] = (first, r.score, r.anomalous)
+        rows = [(replayed[k], i + w - 1 - replayed[k][0]) for k, i in idx]
+        scores = np.array([rep[1][row] for rep, row in rows], dtype=np.float64)
+        flags = np.array([bool(rep[2][row]) for rep, row in rows], dtype=bool)
+        return scores, flags
+
+    return _sort(es, segs, w, scorer, subsample=False)
+
+
+def _sort(es: EvalSet, segs: list[Segment], window: int, scorer: WindowScorer, subsample: bool) -> Scored:
+    """Sort every window by the reading that ends it (normal / FP stretch / TP stretch), score them with
+    ``scorer``, and gather the flags per kind and per labelled event."""
     # (segment, window index, event index)
     normal_idx: list[tuple[int, int, int]] = []
     fp_idx: list[tuple[int, int, int]] = []
     tp_idx: list[tuple[int, int, int]] = []
     fp_events, tp_events = es.spans.fp, es.spans.tp
-    for k, (device, ts_end) in enumerate(ends):
+    for k, (device, ts, _) in enumerate(segs):
+        ts_end = ts[window - 1:]
         r = es.rows[device]
         unknown = near_flags(r.flags, es.window_hint)
         # readings the agent flagged, unless an operator labelled them: map each window end to its row
@@ -128,26 +183,24 @@ def score_versions(es: EvalSet, pre: PreprocessParams, detector: Detector) -> Sc
                 out.extend((k, int(i), e) for i in inside)
         normal = (ts_end >= es.cut) & ~labelled & ~unknown[row_of]
         normal_idx.extend((k, int(i), -1) for i in np.nonzero(normal)[0])
-    if len(normal_idx) > MAX_NORMAL_WINDOWS:
+    if subsample and len(normal_idx) > MAX_NORMAL_WINDOWS:
         keep = np.linspace(0, len(normal_idx) - 1, MAX_NORMAL_WINDOWS).astype(int)
         normal_idx = [normal_idx[i] for i in keep]
 
-    every = normal_idx + fp_idx + tp_idx  # one scoring call: one batch shape for the model
-    all_scores = (np.asarray(detector.score(preprocess_windows(np.stack([wins[k][i] for k, i, _ in every]), pre)),
-                             np.float64) if every else np.empty(0))
-    n_scores = all_scores[:len(normal_idx)]
-    f_scores = all_scores[len(normal_idx):len(normal_idx) + len(fp_idx)]
-    t_scores = all_scores[len(normal_idx) + len(fp_idx):]
-    decision = detector.decision
-    n_flags, f_flags, t_flags = decision.flags(n_scores), decision.flags(f_scores), decision.flags(t_scores)
+    every = normal_idx + fp_idx + tp_idx
+    all_scores, all_flags = scorer([(k, i) for k, i, _ in every])
+    n, f = len(normal_idx), len(fp_idx)
+    f_scores, t_scores = all_scores[n:n + f], all_scores[n + f:]
+    n_flags, f_flags, t_flags = all_flags[:n], all_flags[n:n + f], all_flags[n + f:]
     fp_flagged = [False] * len(fp_events)
-    for (_, _, e), f in zip(fp_idx, f_flags, strict=True):
-        fp_flagged[e] |= bool(f)
+    for (_, _, e), fl in zip(fp_idx, f_flags, strict=True):
+        fp_flagged[e] |= bool(fl)
     tp_flagged = [False] * len(tp_events)
     tp_max = [-math.inf] * len(tp_events)
-    for (_, _, e), f, sc in zip(tp_idx, t_flags, t_scores, strict=True):
-        tp_flagged[e] |= bool(f)
-        tp_max[e] = max(tp_max[e], float(sc))
+    for (_, _, e), fl, sc in zip(tp_idx, t_flags, t_scores, strict=True):
+        tp_flagged[e] |= bool(fl)
+        if math.isfinite(sc):
+            tp_max[e] = max(tp_max[e], float(sc))
     # events whose stretch has no synced window at all cannot be judged: leave them out
     fp_seen = {e for _, _, e in fp_idx}
     tp_seen = {e for _, _, e in tp_idx}

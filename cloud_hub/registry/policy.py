@@ -60,6 +60,11 @@ class RetrainConfig:
     phases: list[int] = doc("Rollout waves as cumulative percentages of the group's devices.",
                             default_factory=lambda: [25, 100])
     quantization: str = doc("Bundle rolled out; empty = default_quantization.", default="")
+    evaluate_bundles: bool = doc("Judge challenger and champion by their signed bundles of that quantization "
+                                "(exported first if missing) through the agent's scoring path — what the devices "
+                                "would run; false, or when a bundle cannot be made or run (no LiteRT, a model "
+                                "that does not export): by the hub's float models, noted in the decision.",
+                                default=True)
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout_fraction < 0.9:

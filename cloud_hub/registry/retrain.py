@@ -15,7 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -29,6 +30,9 @@ from cloud_hub.registry import evaluate, lineage
 from cloud_hub.registry.policy import RetrainConfig, judge
 from cloud_hub.retrain_policy import RetrainPolicy
 from shared.preprocessing import PreprocessParams
+
+if TYPE_CHECKING:
+    from shared.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class RetrainRequest:
     force: bool = False  # promote whatever the evaluation says (the numbers are still stored)
     model: str | None = None  # default: [retrain] model, else the champion's, else ae-lstm
     since: float | None = None  # only readings at or after this timestamp
+    quantization: str = ""  # the bundles judged (and rolled out): default [retrain] quantization, else the hub's
 
 
 @dataclass
@@ -99,7 +104,8 @@ def retrain(home: HubHome, req: RetrainRequest, training_cfg: TrainingConfig | N
                                                   if champ else "ae-lstm")
         devices = group_devices(home, req.group)
         since = req.since if req.since is not None else (time.time() - policy.since_s if policy.since_s else None)
-        result = _challenge(home, req, devices, since, model, tcfg, policy, champ, on_epoch)
+        quantization = req.quantization or policy.quantization or cfg.default_quantization
+        result = _challenge(home, req, devices, since, model, tcfg, policy, champ, on_epoch, quantization)
     except (ValueError, ModelError, RetrainError, OSError) as exc:
         decision.outcome, decision.finished_at = db.RetrainOutcome.FAILED, time.time()
         decision.detail = str(exc)[:1000]
@@ -129,7 +135,7 @@ def retrain(home: HubHome, req: RetrainRequest, training_cfg: TrainingConfig | N
 
 def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, since: float | None, model: str,
                tcfg: TrainingConfig, policy: RetrainConfig, champ: reg_champion.CurrentChampion | None,
-               on_epoch: EpochCallback | None) -> dict[str, Any]:
+               on_epoch: EpochCallback | None, quantization: str) -> dict[str, Any]:
     from cloud_hub import training
 
     with home.sessions()() as s:
@@ -172,11 +178,22 @@ def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, si
                 evaluate.score_versions(es, PreprocessParams.from_dict(meta["preprocessing"]), det), det.threshold)
         except (ValueError, ModelError, OSError) as exc:
             champion_note = f"champion v{champ.version} cannot score this data ({exc}); "
+    float_numbers = {"challenger": challenger_m, "champion": champion_m}
+    scored_with = "float models"
+    if policy.evaluate_bundles:
+        try:
+            # a champion that cannot score this data at all (champion_note) stays out
+            challenger_m, champion_m = _bundle_metrics(home, es, challenger, champ if champion_m else None,
+                                                       quantization)
+            scored_with = f"{quantization} bundles"
+        except BundleUnavailable as exc:
+            scored_with = f"float models ({quantization} bundles unavailable: {exc})"
+            log.warning("retrain %s: judged by the %s", req.group or "fleet", scored_with)
     verdict = judge(champion_m["cost"] if champion_m else None, challenger_m["cost"],
                     champion_m["tp_recall"] if champion_m else None, challenger_m["tp_recall"], policy.margin)
-    if champion_note:
-        verdict = replace(verdict, reason=champion_note + verdict.reason)
-    numbers = {"challenger": challenger_m, "champion": champion_m,
+    verdict = replace(verdict, reason=f"{champion_note}judged by the {scored_with}: {verdict.reason}")
+    numbers = {"challenger": challenger_m, "champion": champion_m, "scored_with": scored_with,
+               "float_models": float_numbers,
                "champion_source": champ.source.value if champ else None,
                "improvement": verdict.improvement if verdict.improvement != float("inf") else None,
                "holdout_cut": cut, "holdout_fraction": policy.holdout_fraction,
@@ -185,6 +202,48 @@ def _challenge(home: HubHome, req: RetrainRequest, devices: list[str] | None, si
                "labels": {"fp_events": len(spans.fp), "tp_events": len(spans.tp)},
                "label_calibration": calibration}
     return {"challenger": challenger, "numbers": numbers, "verdict": verdict}
+
+
+class BundleUnavailable(RuntimeError):
+    """A version's bundle cannot be exported, loaded or run here (the evaluation falls back to float models)."""
+
+
+def _bundle_metrics(home: HubHome, es: evaluate.EvalSet, challenger: int, champ: reg_champion.CurrentChampion | None,
+                    quantization: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Challenger's and champion's metrics from their signed bundles through the agent's scoring path;
+    BundleUnavailable if either cannot be exported, loaded or run here (both are then judged by floats)."""
+    from cloud_hub.export import NotExportable
+    from shared import bundle as bundle_fmt
+    from shared.inference import RuntimeUnavailable
+
+    out: list[dict[str, Any] | None] = []
+    for version in (challenger, champ.version if champ else None):
+        if version is None:
+            out.append(None)
+            continue
+        try:
+            bundle = _bundle(home, version, quantization)
+            out.append(evaluate.metrics(evaluate.score_bundle(es, bundle), bundle.manifest.decision.score_threshold))
+        except (NotExportable, RuntimeUnavailable, bundle_fmt.BundleError, ModelError, OSError, ValueError) as exc:
+            raise BundleUnavailable(f"v{version}: {exc}") from exc
+    assert out[0] is not None
+    return out[0], out[1]
+
+
+def _bundle(home: HubHome, version: int, quantization: str) -> Bundle:
+    """The version's signed bundle, exported first if it has none (a rollout of it then reuses it)."""
+    from cloud_hub.export import export
+    from shared import bundle as bundle_fmt
+    from shared.inference import Quantization
+    from shared.signing import parse_public_key
+
+    with home.sessions()() as s:
+        row = s.scalar(select(db.Bundle).where(db.Bundle.version == version, db.Bundle.quantization == quantization))
+        path = row.path if row is not None else None
+    if path is None or not Path(path).is_file():
+        log.info("exporting v%d (%s) to judge the bundle the devices would run", version, quantization)
+        path = str(export(home, version, Quantization(quantization)).archive)
+    return bundle_fmt.load_archive(Path(path).read_bytes(), [parse_public_key(home.public_key())])
 
 
 def roll_out(home: HubHome, version: int, group: str, quantization: str, phases: list[int]) -> int:

@@ -70,6 +70,13 @@ class SimAgent:
                        error=error, failed_version=failed, rollout_id=rollout_id, msg_id=uuid.uuid4().hex)
         self.client.publish(self._topic(p.Channel.STATUS), p.encode(msg), qos=1, retain=True)
 
+    def telemetry(self, scored: int, flagged: int) -> None:
+        """Report ``scored`` windows of which ``flagged`` were flagged, under the running model."""
+        msg = p.Telemetry(v=p.PROTOCOL_VERSION, device=self.device, ts=time.time(), interval_s=10.0, scored=scored,
+                          score_mean=0.1, score_max=1.0, readings_scored_total=scored, msg_id=uuid.uuid4().hex,
+                          flagged=flagged, model_version=self.version)
+        self.client.publish(self._topic(p.Channel.TELEMETRY), p.encode(msg), qos=1)
+
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         from edge_agent.update import verified_announcement
 

@@ -87,15 +87,16 @@ class Gates:
                         "(then it counts as timed out).", default=600.0)
     max_failure: float = doc("Largest fraction of a wave that may fail, roll back or time out.", default=0.1)
     max_anomaly_increase: float | None = doc(
-        "Largest rise of the anomaly rate (events per scored reading) of the wave's devices under the new model "
-        "over their previous model; None = not checked.", default=None)
+        "Largest rise of the anomaly rate of the wave's devices under the new model over the same devices under "
+        "their previous model: flagged windows per scored window from the agents' telemetry (events per scored "
+        "reading for agents that do not report flagged windows); None = not checked.", default=None)
     on_failure: GateAction = doc("What a tripped gate does.", default=GateAction.ABORT)
 
     def __post_init__(self) -> None:
         if self.wait_s <= 0 or not 0 <= self.max_failure <= 1:
             raise ValueError("wait must be > 0 and max failure within [0, 100%]")
         if self.max_anomaly_increase is not None and not 0 <= self.max_anomaly_increase <= 1:
-            raise ValueError("max anomaly-rate increase must be within [0, 1] (events per scored reading)")
+            raise ValueError("max anomaly-rate increase must be within [0, 1] (a difference of rates)")
 
 
 def parse_phases(text: str | Sequence[int]) -> list[int]:
@@ -210,36 +211,94 @@ def anomaly_events(s: Session, device: str, version: int, before: float | None =
     return int(s.scalar(q) or 0)
 
 
+class RateUnit(enum.StrEnum):
+    WINDOWS = "flagged windows per scored window"  # the agents' telemetry: what the model decides per window
+    EVENTS = "events per scored reading"  # older agents (no flagged counts): episodes, from events + heartbeats
+
+
 @dataclass
 class Rate:
-    events: int = 0
-    readings: int = 0
+    flagged: int = 0  # flagged windows, or anomaly events
+    scored: int = 0  # scored windows, or scored readings
 
     @property
     def value(self) -> float:
-        return self.events / self.readings if self.readings else 0.0
+        return self.flagged / self.scored if self.scored else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.value:.4f} ({self.flagged}/{self.scored})"
+
+
+def flagged_windows(s: Session, device: str, version: int, before: float | None = None,
+                    after: float | None = None) -> Rate | None:
+    """Windows ``device`` scored and flagged under ``version``, from its telemetry; None if it sent no
+    flagged counts for that model (an agent older than the field)."""
+    t = db.TelemetryRecord
+    q = select(func.sum(t.flagged), func.sum(t.scored), func.count()).where(
+        t.device_id == device, t.model_version == version, t.flagged.is_not(None))
+    if before is not None:
+        q = q.where(t.received_at <= before)
+    if after is not None:
+        q = q.where(t.received_at >= after)
+    flagged, scored, n = s.execute(q).one()
+    return Rate(int(flagged or 0), int(scored or 0)) if n else None
+
+
+@dataclass
+class DeviceRates:
+    """One device under the new model (since it was sent) and its previous model (before)."""
+
+    device: str
+    unit: RateUnit
+    new: Rate
+    old: Rate
+
+    @property
+    def rise(self) -> float:
+        return self.new.value - self.old.value
+
+
+def device_rates(s: Session, row: db.RolloutDevice, version: int) -> DeviceRates:
+    """Flagged-window rates when the device reported them for both models (or has no previous model), else
+    its event rates: a continuously flagging model raises one long episode, which event counts hide."""
+    assert row.sent_at is not None
+    prev = row.previous_version
+    new = flagged_windows(s, row.device_id, version, after=row.sent_at)
+    old = flagged_windows(s, row.device_id, prev, before=row.sent_at) if prev is not None else Rate()
+    if new is not None and old is not None:
+        return DeviceRates(row.device_id, RateUnit.WINDOWS, new, old)
+    new, old = Rate(), Rate()
+    new.flagged = anomaly_events(s, row.device_id, version, after=row.sent_at)
+    new.scored = scored_readings(s, row.device_id, version, after=row.sent_at)
+    if prev is not None:
+        old.flagged = anomaly_events(s, row.device_id, prev, before=row.sent_at)
+        old.scored = scored_readings(s, row.device_id, prev, before=row.sent_at)
+    return DeviceRates(row.device_id, RateUnit.EVENTS, new, old)
 
 
 def anomaly_gate(s: Session, rows: Sequence[db.RolloutDevice], version: int, gates: Gates,
                  min_readings: int) -> GateResult:
-    """Anomaly rate of the wave's healthy devices under ``version`` (since it was sent) against the same
-    devices under their previous model (before it was sent)."""
+    """The anomaly-rate rise of the wave's healthy devices: each device under ``version`` (since it was sent)
+    against itself under its previous model (before), averaged over the wave weighted by what each scored
+    under ``version``.  Waits until the wave scored ``min_readings`` under ``version``."""
     if gates.max_anomaly_increase is None:
         return GateResult(True, "")
-    new, old = Rate(), Rate()
-    for r in rows:
-        if r.state != DeviceRolloutState.HEALTHY or r.sent_at is None:
-            continue
-        new.events += anomaly_events(s, r.device_id, version, after=r.sent_at)
-        new.readings += scored_readings(s, r.device_id, version, after=r.sent_at)
-        if r.previous_version is not None:
-            old.events += anomaly_events(s, r.device_id, r.previous_version, before=r.sent_at)
-            old.readings += scored_readings(s, r.device_id, r.previous_version, before=r.sent_at)
-    if new.readings < min_readings:
-        return GateResult(True, f"anomaly rate: only {new.readings} readings scored by v{version}", waiting=True)
-    rise = new.value - old.value
-    text = (f"anomaly rate {new.value:.4f} ({new.events}/{new.readings}) vs previous {old.value:.4f} "
-            f"({old.events}/{old.readings})")
+    per_device = [device_rates(s, r, version) for r in rows
+                  if r.state == DeviceRolloutState.HEALTHY and r.sent_at is not None]
+    scored = sum(d.new.scored for d in per_device)
+    if scored < min_readings:
+        return GateResult(True, f"anomaly rate: only {scored} windows scored by v{version}", waiting=True)
+    rise = sum(d.rise * d.new.scored for d in per_device) / scored
+    parts = []
+    for unit in RateUnit:
+        group = [d for d in per_device if d.unit == unit]
+        if group:
+            new = Rate(sum(d.new.flagged for d in group), sum(d.new.scored for d in group))
+            old = Rate(sum(d.old.flagged for d in group), sum(d.old.scored for d in group))
+            parts.append(f"{unit.value} {new} vs previous {old} on {len(group)} device(s)")
+    worst = max(per_device, key=lambda d: d.rise)
+    text = (f"anomaly rate: {'; '.join(parts)}; rise {rise:.4f} (worst {worst.device} "
+            f"{worst.new.value:.4f} vs {worst.old.value:.4f})")
     if rise > gates.max_anomaly_increase:
-        return GateResult(False, f"{text}: rise {rise:.4f} > {gates.max_anomaly_increase}")
+        return GateResult(False, f"{text} > {gates.max_anomaly_increase}")
     return GateResult(True, text)

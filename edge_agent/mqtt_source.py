@@ -1,9 +1,11 @@
-"""Readings from a gateway broker, acknowledged only once what the agent keeps of them is durable.
+"""MQTT reading subscriptions, acknowledged only once what the agent keeps of them is durable.
 
-Why: QoS 1 on a persistent session lets the gateway broker queue readings while the agent restarts, but
-paho acknowledges a message as soon as its callback returns: readings then held only in memory (queue,
-sync buffer) die with a SIGKILL, and whatever the broker redelivers after a restart is synced twice.
-Here the source client uses ``manual_ack``; every message becomes a :class:`Pending` in the
+Every MQTT readings path goes through :class:`MqttReadingSource`: a ``[[sources]]`` gateway broker and the
+agent's own broker (``edgesentry/<device>/readings`` and any ``[[sources]]`` topic without a broker).
+Why: QoS 1 on a persistent session lets the broker queue readings while the agent restarts, but paho
+acknowledges a message as soon as its callback returns: readings then held only in memory (queue, sync
+buffer) die with a SIGKILL, and whatever the broker redelivers after a restart is synced twice.  Here
+each source client uses ``manual_ack``; every message becomes a :class:`Pending` in the
 :class:`AckLedger` and is acknowledged by the agent's commit (``Agent._commit_readings``) after the
 scorer has processed it and the sync rows and the high-water mark are in the outbox (one SQLite
 transaction).  A restarted agent drops redelivered readings at or before the persisted high-water mark.
@@ -19,13 +21,15 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from shared.mqtt import BrokerConfig, MessageGuard, connect, make_client
+from shared.mqtt import BrokerConfig, MessageGuard, make_client
+from shared.mqtt import start as start_mqtt
 from shared.protocol import npy_topic
 from shared.readings import ReadingsBlock
 
-log = logging.getLogger("edge_agent.gateway_source")
+log = logging.getLogger("edge_agent.mqtt_source")
 
 HWM_META = "readings_hwm"  # outbox meta key: newest reading timestamp whose sync rows are durable
+SUBSCRIBED_LOG = "reading source subscribed"  # logged once a source's subscription is in place (tests wait on it)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Pending:
     """A received reading message not yet acknowledged to its broker."""
 
     position: int  # the reading queue's ``put`` count once this message's readings were queued
-    source: GatewaySource
+    source: MqttReadingSource
     mid: int
     qos: int
     generation: int  # the source's connection at receipt: an ack never crosses a reconnect
@@ -41,7 +45,7 @@ class Pending:
 
 
 class AckLedger:
-    """Received-but-unacknowledged messages of every gateway source, in queue order."""
+    """Received-but-unacknowledged messages of every MQTT reading source, in queue order."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -66,14 +70,19 @@ class AckLedger:
             return len(self._items)
 
 
-class GatewaySource:
-    """One MQTT reading source on a separate (gateway) broker: stable id, persistent session, manual acks."""
+class MqttReadingSource:
+    """The reading topics of one broker: stable client id, persistent QoS-1 session, manual acks.
 
-    def __init__(self, broker: BrokerConfig, client_id: str, topic: str, guard: MessageGuard,
+    ``topics`` are JSON readings topics; each one's ``/npy`` sibling is subscribed too.  The client
+    connects in the background and keeps retrying (a gateway may boot before its network).
+    ``subscribed`` is set while the subscription is in place; ``on_subscribed`` runs each time it is.
+    """
+
+    def __init__(self, broker: BrokerConfig, client_id: str, topics: list[str], guard: MessageGuard,
                  decode: Callable[[str, bytes | bytearray], ReadingsBlock], put: Callable[[ReadingsBlock], int],
-                 ledger: AckLedger, boot_hwm: float) -> None:
+                 ledger: AckLedger, boot_hwm: float, on_subscribed: Callable[[], None] | None = None) -> None:
         self.broker = broker
-        self.topic = topic
+        self.topics = topics
         self._decode = decode
         self._put = put
         self._ledger = ledger
@@ -82,14 +91,16 @@ class GatewaySource:
         self.redelivered = 0  # readings dropped at start: already persisted by the previous run
         self.generation = 0
         self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self._on_subscribed = on_subscribed
         self.client = make_client(broker, client_id, persistent=True, manual_ack=True)
         self.client.on_connect = guard.callback(self._on_connect, "connect")
+        self.client.on_disconnect = guard.callback(lambda *_: self.subscribed.clear(), "disconnect")
         self.client.on_message = self._on_message
-        self.client.on_subscribe = guard.callback(
-            lambda *_: log.info("reading source subscribed to %s on %s", self.topic, broker.url), "subscribe")
+        self.client.on_subscribe = guard.callback(self._on_subscribe, "subscribe")
 
     def start(self) -> None:
-        connect(self.client, self.broker)
+        start_mqtt(self.client, self.broker)
 
     def stop(self) -> None:
         """Disconnect first on shutdown: what is unacknowledged is redelivered to the next run."""
@@ -101,7 +112,13 @@ class GatewaySource:
             return
         with self._lock:
             self.generation += 1
-        client.subscribe([(self.topic, 1), (npy_topic(self.topic), 1)])
+        client.subscribe([(t, 1) for topic in self.topics for t in (topic, npy_topic(topic))])
+
+    def _on_subscribe(self, *_: object) -> None:
+        log.info("%s to %s on %s", SUBSCRIBED_LOG, ", ".join(self.topics), self.broker.url)
+        self.subscribed.set()
+        if self._on_subscribed is not None:
+            self._on_subscribed()
 
     def _on_message(self, _client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         queued: list[bool] = []
@@ -138,4 +155,4 @@ class GatewaySource:
             self.client.ack(mid, qos)
 
 
-__all__ = ["HWM_META", "AckLedger", "GatewaySource", "Pending"]
+__all__ = ["HWM_META", "SUBSCRIBED_LOG", "AckLedger", "MqttReadingSource", "Pending"]

@@ -22,11 +22,11 @@ class TrainingConfig:
     hidden: int = doc("Autoencoder hidden layer width.", default=64)
     lstm_units: int = doc("LSTM units of the prediction head.", default=32)
     prediction_residual: bool = doc(
-        "ae-lstm / anomalynet: the prediction head outputs the newest reading it sees plus a learned change, "
-        "not the reading itself: the same functions, but the int8 LSTM's noise scales with the small change "
-        "(int8 flags agree better with Keras, docs/benchmarks.md). false = the paper's plain Dense head. "
-        "Prediction-only baselines keep the plain head (persistence would predict a level shift away).",
-        default=True)
+        "ae-lstm / anomalynet: the prediction head outputs the newest reading it sees plus a learned change. "
+        "int8 tracks Keras more closely (the LSTM's quantisation noise scales with the small change) but the "
+        "Keras model detects fewer level shifts (persistence predicts a shift lasting past t-1 away): off by "
+        "default, see docs/benchmarks.md. false = the paper's plain Dense head.",
+        default=False)
     alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
     beta: float = doc("Score weight of the prediction error.", default=0.5)
     threshold_quantile: float = doc("Quantile of normal validation scores used for the threshold.", default=0.999)

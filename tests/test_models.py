@@ -96,18 +96,18 @@ def test_vae_dnn_keeps_the_top_k_features() -> None:
 
 @pytest.mark.parametrize("name", ["ae-lstm", "anomalynet"])
 def test_prediction_heads_predict_a_change_from_the_newest_reading_they_see(name: str) -> None:
-    """With prediction_residual (the default) the head is reading t-1 plus a learned change: zero the
+    """With prediction_residual the head is reading t-1 plus a learned change: zero the
     change layer and the prediction is exactly t-1 (never reading t, which the head must not see).
     Hybrids only: their reconstruction head still sees a level shift that persistence would predict."""
     from dataclasses import replace
 
     x, _ = tiny_data(16)
-    det = create(name, TINY, Mode.UNSUPERVISED)
+    det = create(name, replace(TINY, prediction_residual=True), Mode.UNSUPERVISED)
     model = det.build(x.shape[1], x.shape[2])
     change = model.get_layer("change")
     change.set_weights([np.zeros_like(w) for w in change.get_weights()])
     pred = model.predict(x, verbose=0)[-1]
     np.testing.assert_allclose(pred, x[:, -2, :], atol=1e-6)
 
-    plain = create(name, replace(TINY, prediction_residual=False), Mode.UNSUPERVISED).build(x.shape[1], x.shape[2])
+    plain = create(name, TINY, Mode.UNSUPERVISED).build(x.shape[1], x.shape[2])  # the default: plain Dense head
     assert "change" not in [layer.name for layer in plain.layers]

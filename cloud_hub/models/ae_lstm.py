@@ -39,8 +39,8 @@ def prediction_head(inp: Any, features: Any, channels: int, residual: bool) -> A
     ``residual``: reading t-1 plus a learned change.  The same family of functions as a plain Dense
     head (the encoder sees t-1), but in int8 the encoder's quantisation noise reaches the output scaled
     by the small change rather than by the whole signal range: the unrolled LSTM's int8 noise on the
-    prediction falls ~3× (docs/benchmarks.md, "Quantization").  For hybrids only: a level shift that lasts
-    past t-1 is predicted away by persistence, and only a reconstruction head still sees it."""
+    prediction falls ~3× (docs/benchmarks.md, "Quantization").  The price: a level shift that lasts past
+    t-1 is predicted away by persistence, so the Keras model detects fewer of them — off by default."""
     from keras import layers
 
     if not residual:

@@ -18,7 +18,7 @@ def _collector(cfg: BrokerConfig, topic: str) -> tuple[mqtt.Client, list[bytes]]
     subscribed = threading.Event()
     sub.on_connect = lambda c, *_: c.subscribe(topic, 1)
     sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_message = lambda _c, _u, m: got.append(m.payload)
+    sub.on_message = lambda _c, _u, m: got.append(bytes(m.payload))
     connect(sub, cfg)
     assert subscribed.wait(10)
     return sub, got
@@ -45,7 +45,7 @@ def test_two_threads_publish_directly_in_order(mosquitto: RunningBroker) -> None
     assert len(got) == 2 * n
     for name, sent in payloads.items():  # each thread's messages arrive whole, once, in its order
         assert [p for p in got if p.startswith(f"{name}-".encode())] == sent
-    assert pub.direct_writes > 0
+    assert isinstance(pub, DirectWriteClient) and pub.direct_writes > 0
     # PUBACKs came back for all of them: nothing is left in flight.
     wait_until(lambda: not pub._out_messages, 10, "every PUBACK received")  # type: ignore[attr-defined]
     for c in (pub, sub):

@@ -598,6 +598,11 @@ def print_recall(report: dict[str, Any]) -> None:
     table.add_row("all", f"{t['recall']:.3f}", *(f"{t['detected_by_kind'][k][0]}/{t['detected_by_kind'][k][1]}" for k in kinds),
                   "/".join(map(str, t["false_alarms_per_run"])), "", "")
     console.print(table)
+    for r in report["runs"]:
+        only = r["score_only"]
+        console.print(f"run {r['run']}, score alone (no stuck check, no likelihood): " + "; ".join(
+            f"{name} recall {o['recall']:.3f}, false alarms {o['false_alarms']}, " +
+            ", ".join(f"{k} {h}/{n}" for k, (h, n) in o["detected_by_kind"].items()) for name, o in only.items()))
 
 
 @main.command()

@@ -121,6 +121,7 @@ def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any
     rearm = DetectorConfig().rearm_readings
     events: list[tuple[str, float]] = []
     k_scores, t_scores = [], []
+    score_events: dict[str, list[tuple[str, float]]] = {"keras": [], "int8": []}
     for s in streams:
         r = Replayer(bundle, Series(s.ts, FEATURES, s.values))
         r.detector.swap(None)  # the agent buffers readings before its first model arrives...
@@ -134,13 +135,24 @@ def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any
         x = preprocess_windows(sliding_windows(s.values[:, cols], pre.window), pre)[s.detect_from - pre.window + 1:]
         k_scores.append(keras.score(x))
         t_scores.append(out.score[s.detect_from:])
+        for name, scores, threshold in (("keras", k_scores[-1], keras.decision.threshold),
+                                        ("int8", t_scores[-1], res.decision.score_threshold)):
+            flags = Decision(DecisionMode.SCORE, threshold).flags(scores)
+            score_events[name] += [(s.device, float(s.ts[s.detect_from + i])) for i in EpisodeTracker(rearm).starts(flags)]
     injected = [i for s in streams for i in s.injected]
     return {"run": run, "detect_s": settings.detect_s, "devices": len(streams),
             **detection_summary(events, injected), "events": len(events),
             "threshold": res.decision.score_threshold, "model_bytes": res.tflite_bytes,
             "agreement_bundle": asdict(res.agreement),
             "agreement_stream": stream_agreement(np.concatenate(k_scores), np.concatenate(t_scores),
-                                                 keras.decision.threshold, res.decision.score_threshold)}
+                                                 keras.decision.threshold, res.decision.score_threshold),
+            # the model's score alone (no stuck check, no likelihood): what the Keras model itself detects,
+            # so agreement is never bought with detection unnoticed
+            "score_only": {name: _brief(detection_summary(ev, injected)) for name, ev in score_events.items()}}
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("recall", "detected_by_kind", "false_alarms")}
 
 
 def demo_recall(settings: RecallSettings, workdir: Path | None = None) -> dict[str, Any]:
@@ -148,10 +160,7 @@ def demo_recall(settings: RecallSettings, workdir: Path | None = None) -> dict[s
     ≤ 1 false alarm per run)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="demo-recall-"))
     runs = [run_once(settings.first_run + i, settings, workdir) for i in range(settings.runs)]
-    kinds: dict[str, list[int]] = {}
-    for r in runs:
-        for k, (hit, n) in r["detected_by_kind"].items():
-            kinds[k] = [a + b for a, b in zip(kinds.get(k, [0, 0]), (hit, n), strict=True)]
+    kinds = _sum_kinds(runs)
     injected = sum(r["injected_anomalies"] for r in runs)
     detected = sum(r["injected_detected"] for r in runs)
     return {"settings": asdict(settings), "runs": runs,
@@ -161,4 +170,14 @@ def demo_recall(settings: RecallSettings, workdir: Path | None = None) -> dict[s
                       "recall_by_kind": {k: round(h / n, 3) for k, (h, n) in kinds.items()},
                       "false_alarms_per_run": [r["false_alarms"] for r in runs],
                       "flag_agreement_bundle": [round(r["agreement_bundle"]["flag_agreement"], 5) for r in runs],
-                      "flag_agreement_stream": [r["agreement_stream"]["flag_agreement"] for r in runs]}}
+                      "flag_agreement_stream": [r["agreement_stream"]["flag_agreement"] for r in runs],
+                      "score_only_detected_by_kind": {name: _sum_kinds([r["score_only"][name] for r in runs])
+                                                      for name in ("keras", "int8")}}}
+
+
+def _sum_kinds(parts: list[dict[str, Any]]) -> dict[str, list[int]]:
+    kinds: dict[str, list[int]] = {}
+    for p in parts:
+        for k, (hit, n) in p["detected_by_kind"].items():
+            kinds[k] = [a + b for a, b in zip(kinds.get(k, [0, 0]), (hit, n), strict=True)]
+    return kinds

@@ -32,6 +32,10 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cloud-hub demo $(DEMO_ARGS)
 
+## The demo's recall per anomaly kind offline (3 runs, no wall clock; ~7 min idle); writes demo-recall.json.
+demo-recall: $(STAMP)
+	$(BIN)/cloud-hub demo-recall $(RECALL_ARGS)
+
 ## Interpreter speed, agent throughput and latency through a broker, bundle sizes.
 bench: $(STAMP)
 	$(BIN)/cloud-hub bench $(BENCH_ARGS)

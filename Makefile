@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast fuzz demo bench bench-models lint clean
+.PHONY: install test test-fast fuzz demo demo-recall bench bench-models lint clean
 DATASETS ?= ../shared/datasets
 
 install: $(STAMP)

@@ -56,6 +56,7 @@ from shared.mqtt_direct import DirectWriteClient
 from shared.preprocessing import preprocess_windows, sliding_windows
 from shared.protocol import (
     PROTOCOL_VERSION,
+    Ack,
     Channel,
     Reading,
     Readings,
@@ -151,6 +152,7 @@ class _Watcher:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         now = time.time()
+        event_id = None
         with self.cond:
             if msg.topic.endswith("/heartbeat"):
                 hb = decode(Channel.HEARTBEAT, msg.payload)
@@ -160,7 +162,14 @@ class _Watcher:
                 event = decode(Channel.ANOMALY, msg.payload)
                 self.events.append((event.ts, now))
                 self.detected.setdefault(event.ts, event.detected_at)
+                event_id = event.event_id
             self.cond.notify_all()
+        if event_id is not None:
+            # Acknowledged as the hub does once an event is stored: without it the agent's outbox re-sends every
+            # event after ack_timeout_s (30 s), and the re-sends of the throughput phases' events would run
+            # during the latency phase, which an agent with a hub never sees.
+            ack = Ack(v=PROTOCOL_VERSION, device=DEVICE, ids=[event_id])
+            self.client.publish(device_topic(DEVICE, Channel.ACK), encode(ack), qos=1)
 
     def wait(self, predicate: Any, timeout_s: float) -> bool:
         with self.cond:

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
 from cloud_hub import db
 from cloud_hub.brokers import RunningBroker, start_amqtt
+from cloud_hub.demo.score import GRACE_S, detection_summary
 from cloud_hub.demo.simulator import DeviceSimulator, Injected
 from cloud_hub.home import HubHome
 from cloud_hub.procs import die_with_parent
@@ -47,7 +47,6 @@ from shared.protocol import (
 
 DEVICES = ["gw-north", "gw-south", "gw-east"]
 RATE_HZ = 20.0
-GRACE_S = 3.0
 
 
 @dataclass
@@ -327,12 +326,8 @@ def _summarise(home: HubHome, injected: list[Injected], published: int, duration
             for r in s.scalars(select(db.Rollout))
         }
         synced_rows = int(s.scalar(select(func.sum(db.SyncBatch.rows))) or 0)
-    match = match_events([(e.device_id, e.ts) for e in events],
-                         [(i.device, i.start, i.end) for i in injected], grace_s=GRACE_S)
+    scored = detection_summary([(e.device_id, e.ts) for e in events], injected)
     latencies = [(e.received_at - e.ts) * 1000 for e in events]
-    kinds: dict[str, list[int]] = {}
-    for span, hit in zip(injected, match.detected, strict=True):
-        kinds.setdefault(span.kind, []).append(int(hit))
     return {
         "model_versions": versions,
         "bundle_bytes": bundles[-1].size if bundles else 0,
@@ -344,12 +339,7 @@ def _summarise(home: HubHome, injected: list[Injected], published: int, duration
         "readings_scored": sum(d.readings_scored for d in devices),
         "readings_synced": synced_rows,
         "anomalies_reported": len(events),
-        "injected_anomalies": len(injected),
-        "injected_detected": int(sum(match.detected)),
-        "recall": round(float(np.mean(match.detected)), 4) if injected else None,
-        "recall_by_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(kinds.items())},
-        "false_alarms": match.false_alarms,
-        "grace_s": GRACE_S,
+        **scored,
         "latency_ms_p50": round(percentile(latencies, 50), 2) if latencies else None,
         "latency_ms_p99": round(percentile(latencies, 99), 2) if latencies else None,
         "duration_s": round(duration_s, 1),

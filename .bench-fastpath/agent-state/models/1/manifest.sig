@@ -1,1 +1,0 @@
-{"algorithm": "ed25519", "key_id": "2b4f022c00f86097", "signature": "DZj0gJhCvd8uzQJqNW08CeXlJmWW9ksXBwMtOGwe1WxCBw4zYE2n3HxSImMgdf6NhZKTcGhFrHpbDgbFlSP7Dw=="}

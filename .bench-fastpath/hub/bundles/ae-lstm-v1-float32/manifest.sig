@@ -1,1 +1,0 @@
-{"algorithm": "ed25519", "key_id": "2b4f022c00f86097", "signature": "YMIEnp/Xj3+3BEqrM82uVNPJhleIeGn6M/Jbmxo4zvx9nTW1zj/d1l9zHQ2GAoB1XC64T0a0Ww2qy6Cn932lAw=="}

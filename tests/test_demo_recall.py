@@ -42,8 +42,8 @@ def test_streams_inject_every_kind_only_in_the_detection_stretch() -> None:
 @pytest.mark.integration
 def test_demo_recall_finds_injected_spikes(tmp_path: Path) -> None:
     out = tmp_path / "recall.json"
-    r = CliRunner().invoke(main, ["demo-recall", "--runs", "1", "--detect-s", "45", "--collect-s", "30", "--epochs",
-                                  "3", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    r = CliRunner().invoke(main, ["demo-recall", "--runs", "1", "--detect-s", "45", "--collect-s", "45", "--epochs",
+                                  "8", "--workdir", str(tmp_path / "w"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     (run,) = report["runs"]

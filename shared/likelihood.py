@@ -18,6 +18,11 @@ Optional refinements, all causal and all learned on the stream itself (no retrai
   goes through a likelihood of its own, primed on its first ``deviation_warmup`` scores on the stream;
   ℓ is the larger of the two.  It catches what a model trained on little data does not model (a
   level the model reconstructs well but the stream has never dwelt on) and carries over model swaps;
+* seasonal context — a model-free opinion on *when*: each reading's robust distance from the median of
+  the readings seen before in the same time slot (hour of day × weekday, from the readings' own
+  timestamps: ``seasonal_period`` / ``seasonal_slots``), in median absolute deviations, through a
+  likelihood of its own; it speaks only once a slot holds ``seasonal_min`` readings (weeks of stream),
+  so a value normal in range but unusual for its hour (a holiday, a missing daily peak) is seen;
 * onsets only — ℓ is reported only where it exceeds every value of the previous ``onset_window``
   readings (0 elsewhere), so one sustained excursion yields one alarm rather than hundreds;
 * re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``rearm_level``:
@@ -67,8 +72,17 @@ class LikelihoodParams:
     deviation_window: int = doc("Model-free second opinion: distance of each reading from the median of the "
                                 "previous N readings in median absolute deviations, through its own likelihood; "
                                 "the larger likelihood is reported (0 = off).", default=0)
-    deviation_warmup: int = doc("Deviation scores that prime the deviation likelihood on the stream before it "
-                                "reports anything.", default=300)
+    deviation_warmup: int = doc("Deviation (and seasonal) scores that prime their likelihood on the stream before "
+                                "it reports anything.", default=300)
+    seasonal_period: int = doc("Seasonal context: the period in seconds of the time-slot profile (86400 = a day, "
+                               "604800 = a week; 0 = off). Needs the readings' timestamps.", default=0)
+    seasonal_slots: int = doc("Slots per period (168 for hour of day x weekday over a week).", default=168)
+    seasonal_depth: int = doc("Readings kept per slot (the newest): the slot's median and MAD are over them.",
+                              default=32)
+    seasonal_min: int = doc("Readings a slot must hold before its deviation is scored (until then: 0).",
+                            default=12)
+    seasonal_smoothing: int = doc("Seasonal deviations averaged before their likelihood (its short window).",
+                                  default=1)
 
     def __post_init__(self) -> None:
         if self.prior_std <= 0 or self.history < 2 or self.short_window < 1 or self.prior_weight < 0:
@@ -79,6 +93,11 @@ class LikelihoodParams:
             raise ValueError("rearm >= 0, deviation_window 0 (off) or >= 2, deviation_warmup >= 2")
         if not 0 < self.rearm_level <= 1:
             raise ValueError("rearm_level must be in (0, 1]")
+        if self.seasonal_period < 0 or (self.seasonal_period and not (
+                1 <= self.seasonal_slots <= self.seasonal_period and 2 <= self.seasonal_min <= self.seasonal_depth
+                and self.seasonal_smoothing >= 1)):
+            raise ValueError("seasonal_period >= 0; when on: 1 <= seasonal_slots <= seasonal_period, "
+                             "2 <= seasonal_min <= seasonal_depth, seasonal_smoothing >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -123,6 +142,7 @@ class AnomalyLikelihood:
         self._deviation: _Deviation | None = (
             _Deviation(params.deviation_window, params.deviation_warmup, params.history)
             if params.deviation_window else None)
+        self._seasonal: _Seasonal | None = _Seasonal(params) if params.seasonal_period else None
 
     def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
         """The likelihood of a new model (same features) on this stream: the score history starts over
@@ -142,15 +162,21 @@ class AnomalyLikelihood:
         if self._deviation is not None and nxt._deviation is not None and \
                 self._deviation.window == nxt._deviation.window:
             nxt._deviation = self._deviation  # the readings' own statistics: not the model's
+        if self._seasonal is not None and nxt._seasonal is not None and self._seasonal.same_profile(params):
+            nxt._seasonal = self._seasonal
         return nxt
 
-    def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
-        """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty)."""
+    def update_one(self, score: float, reading: np.ndarray | None = None, timestamp: float | None = None) -> float:
+        """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty), ``timestamp``
+        its time in epoch seconds (for the seasonal context)."""
         readings = None if reading is None else np.asarray(reading, np.float64)[None, :]
-        return float(self.update(np.array([score], dtype=np.float64), readings)[0])
+        ts = None if timestamp is None else np.array([timestamp], np.float64)
+        return float(self.update(np.array([score], dtype=np.float64), readings, ts)[0])
 
-    def update(self, scores: np.ndarray, readings: np.ndarray | None = None) -> np.ndarray:
-        """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty."""
+    def update(self, scores: np.ndarray, readings: np.ndarray | None = None,
+               timestamps: np.ndarray | None = None) -> np.ndarray:
+        """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty and the
+        model-free opinions, ``timestamps`` (epoch seconds per window) the seasonal context."""
         scores = np.asarray(scores, np.float64).reshape(-1)
         if not len(scores):
             return np.zeros(0)
@@ -158,6 +184,8 @@ class AnomalyLikelihood:
         rows = None if readings is None else np.asarray(readings, np.float64).reshape(len(scores), -1)
         if self._deviation is not None and rows is not None:
             lik = np.maximum(lik, self._deviation.update(rows))
+        if self._seasonal is not None and rows is not None and timestamps is not None:
+            lik = np.maximum(lik, self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1)))
         out = self._rearmed(self._onsets(lik))
         if rows is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(rows)
@@ -329,10 +357,9 @@ class _Deviation:
     readings are batched: every score depends only on its own window."""
 
     def __init__(self, window: int, warmup: int, history: int) -> None:
-        self.window, self.warmup, self.history = window, warmup, history
+        self.window = window
         self._recent = np.zeros((0, 0))
-        self._warm: list[float] = []
-        self._lik: AnomalyLikelihood | None = None
+        self._primed = _Primed(warmup, history)
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Deviation score of each row against the ``window`` readings before it (NaN without history)."""
@@ -357,16 +384,87 @@ class _Deviation:
 
     def update(self, rows: np.ndarray) -> np.ndarray:
         """ℓ of each row's deviation (0 while warming up or without history)."""
-        dev = self.scores(rows)
-        out = np.zeros(len(rows))
-        ok = np.flatnonzero(np.isfinite(dev))
+        return self._primed.update(self.scores(rows))
+
+
+class _Primed:
+    """A likelihood for a model-free score learned on the stream itself: the first ``warmup`` finite scores
+    prime it (learned, not reported), then each finite score gets ℓ (NaN scores: 0, not learned)."""
+
+    def __init__(self, warmup: int, history: int, short_window: int = 1) -> None:
+        self.warmup, self.history, self.short_window = warmup, history, short_window
+        self._warm: list[float] = []
+        self._lik: AnomalyLikelihood | None = None
+
+    def update(self, scores: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(scores))
+        ok = np.flatnonzero(np.isfinite(scores))
         i = 0
         while i < len(ok) and self._lik is None:  # warm-up: collect, then prime on what was collected
-            self._warm.append(float(dev[ok[i]]))
+            self._warm.append(float(scores[ok[i]]))
             i += 1
             if len(self._warm) >= self.warmup:
-                self._lik = AnomalyLikelihood(fit_prior(np.array(self._warm), short_window=1, history=self.history))
+                self._lik = AnomalyLikelihood(fit_prior(np.array(self._warm), short_window=self.short_window,
+                                                        history=self.history))
                 self._lik.update(np.array(self._warm))  # learned, not reported
         if self._lik is not None and i < len(ok):
-            out[ok[i:]] = self._lik.update(dev[ok[i:]])
+            out[ok[i:]] = self._lik.update(scores[ok[i:]])
         return out
+
+
+class _Seasonal:
+    """The seasonal context's stream state: per time slot (``(t mod period) // (period / slots)``) the newest
+    ``depth`` readings; a reading's score is max over features of |x − median| / (MAD + 1e-3·|median| + 1e-9)
+    over its slot's earlier readings, NaN until the slot holds ``min`` of them.  Each reading is judged
+    before it joins its slot, one at a time, so batching changes nothing.  Memory: slots × depth × features."""
+
+    def __init__(self, params: LikelihoodParams) -> None:
+        self.period, self.slots = params.seasonal_period, params.seasonal_slots
+        self.depth, self.min = params.seasonal_depth, params.seasonal_min
+        self._smoothing = params.seasonal_smoothing
+        self._profile = np.zeros((self.slots, self.depth, 0))  # ring per slot, allocated at the first reading
+        self._count = np.zeros(self.slots, np.int64)  # readings ever added per slot
+        self._primed = _Primed(params.deviation_warmup, params.history, params.seasonal_smoothing)
+
+    def same_profile(self, params: LikelihoodParams) -> bool:
+        return (self.period, self.slots, self.depth, self.min, self._smoothing) == (
+            params.seasonal_period, params.seasonal_slots, params.seasonal_depth, params.seasonal_min,
+            params.seasonal_smoothing)
+
+    def slot(self, t: float) -> int:
+        return int((t % self.period) * self.slots // self.period) % self.slots
+
+    def kept(self, slot: int) -> np.ndarray:
+        """The readings slot ``slot`` holds, oldest first."""
+        k = int(self._count[slot])
+        if k <= self.depth:
+            return self._profile[slot, :k]
+        return np.roll(self._profile[slot], -(k % self.depth), axis=0)
+
+    def scores(self, rows: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        out = np.full(len(rows), np.nan)
+        if self._profile.shape[2] != rows.shape[1]:
+            self._profile = np.zeros((self.slots, self.depth, rows.shape[1]))
+            self._count[:] = 0
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slots: NaN score
+            for i, t in enumerate(timestamps.tolist()):
+                if not math.isfinite(t):
+                    continue
+                slot = self.slot(t)
+                k = int(self._count[slot])
+                if k >= self.min:
+                    block = self._profile[slot, : min(k, self.depth)]  # order does not matter for a median
+                    med = np.nanmedian(block, axis=0)
+                    mad = np.nanmedian(np.abs(block - med), axis=0)
+                    dev = np.abs(rows[i] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
+                    best = np.max(dev, initial=-np.inf, where=np.isfinite(dev))
+                    if math.isfinite(best):
+                        out[i] = float(best)
+                self._profile[slot, k % self.depth] = rows[i]
+                self._count[slot] = k + 1
+        return out
+
+    def update(self, rows: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """ℓ of each row's seasonal deviation (0 while the slot or the likelihood is warming up)."""
+        return self._primed.update(self.scores(rows, timestamps))

@@ -21,8 +21,9 @@ Optional refinements, all causal and all learned on the stream itself (no retrai
 * seasonal context — a model-free opinion on *when*: each reading's robust distance from the median of
   the readings seen before in the same time slot (hour of day × weekday, from the readings' own
   timestamps: ``seasonal_period`` / ``seasonal_slots``), in median absolute deviations, through a
-  likelihood of its own; it speaks only once a slot holds ``seasonal_min`` readings (weeks of stream),
-  so a value normal in range but unusual for its hour (a holiday, a missing daily peak) is seen;
+  likelihood of its own; a slot speaks only once it was seen in ``seasonal_min`` earlier periods (weeks
+  of stream), so a value normal in range but unusual for its hour (a holiday, a missing daily peak) is
+  seen.  It re-arms on its own (``rearm``): its alarms neither silence nor are silenced by the others';
 * onsets only — ℓ is reported only where it exceeds every value of the previous ``onset_window``
   readings (0 elsewhere), so one sustained excursion yields one alarm rather than hundreds;
 * re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``rearm_level``:
@@ -79,8 +80,8 @@ class LikelihoodParams:
     seasonal_slots: int = doc("Slots per period (168 for hour of day x weekday over a week).", default=168)
     seasonal_depth: int = doc("Readings kept per slot (the newest): the slot's median and MAD are over them.",
                               default=32)
-    seasonal_min: int = doc("Readings a slot must hold before its deviation is scored (until then: 0).",
-                            default=12)
+    seasonal_min: int = doc("Earlier periods a slot must have been seen in before its deviation is scored "
+                            "(until then: 0).", default=2)
     seasonal_smoothing: int = doc("Seasonal deviations averaged before their likelihood (its short window).",
                                   default=1)
 
@@ -94,10 +95,10 @@ class LikelihoodParams:
         if not 0 < self.rearm_level <= 1:
             raise ValueError("rearm_level must be in (0, 1]")
         if self.seasonal_period < 0 or (self.seasonal_period and not (
-                1 <= self.seasonal_slots <= self.seasonal_period and 2 <= self.seasonal_min <= self.seasonal_depth
-                and self.seasonal_smoothing >= 1)):
+                1 <= self.seasonal_slots <= self.seasonal_period and self.seasonal_min >= 1
+                and self.seasonal_depth >= 2 and self.seasonal_smoothing >= 1)):
             raise ValueError("seasonal_period >= 0; when on: 1 <= seasonal_slots <= seasonal_period, "
-                             "2 <= seasonal_min <= seasonal_depth, seasonal_smoothing >= 1")
+                             "seasonal_min >= 1, seasonal_depth >= 2, seasonal_smoothing >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -143,6 +144,7 @@ class AnomalyLikelihood:
             _Deviation(params.deviation_window, params.deviation_warmup, params.history)
             if params.deviation_window else None)
         self._seasonal: _Seasonal | None = _Seasonal(params) if params.seasonal_period else None
+        self._seasonal_crossed = np.zeros(0, dtype=bool)  # the seasonal context's own re-arm
 
     def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
         """The likelihood of a new model (same features) on this stream: the score history starts over
@@ -164,6 +166,8 @@ class AnomalyLikelihood:
             nxt._deviation = self._deviation  # the readings' own statistics: not the model's
         if self._seasonal is not None and nxt._seasonal is not None and self._seasonal.same_profile(params):
             nxt._seasonal = self._seasonal
+            if params.rearm:
+                nxt._seasonal_crossed = self._seasonal_crossed[-params.rearm :].copy()
         return nxt
 
     def update_one(self, score: float, reading: np.ndarray | None = None, timestamp: float | None = None) -> float:
@@ -184,9 +188,11 @@ class AnomalyLikelihood:
         rows = None if readings is None else np.asarray(readings, np.float64).reshape(len(scores), -1)
         if self._deviation is not None and rows is not None:
             lik = np.maximum(lik, self._deviation.update(rows))
+        out, self._crossed_tail = self._rearmed(self._onsets(lik), self._crossed_tail)
         if self._seasonal is not None and rows is not None and timestamps is not None:
-            lik = np.maximum(lik, self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1)))
-        out = self._rearmed(self._onsets(lik))
+            seasonal = self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1))
+            seasonal, self._seasonal_crossed = self._rearmed(seasonal, self._seasonal_crossed)
+            out = np.maximum(out, seasonal)
         if rows is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(rows)
             out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
@@ -316,19 +322,19 @@ class AnomalyLikelihood:
         self._onset_tail = ext[-k:].copy()
         return np.where(lik > previous, lik, 0.0)
 
-    def _rearmed(self, lik: np.ndarray) -> np.ndarray:
-        """Keep ℓ only where no value of the previous ``rearm`` readings reached the threshold."""
+    def _rearmed(self, lik: np.ndarray, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep ℓ only where no value of the previous ``rearm`` readings reached the threshold; ``tail``: the
+        previous readings' crossings (returned updated)."""
         k = self.params.rearm
         if k == 0:
-            return lik
+            return lik, tail
         crossed = lik >= self.params.rearm_level
-        ext = np.concatenate([np.zeros(max(0, k - len(self._crossed_tail)), bool), self._crossed_tail, crossed])
+        ext = np.concatenate([np.zeros(max(0, k - len(tail)), bool), tail, crossed])
         counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
         # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
         starts = np.arange(len(lik))
         before = counts[starts + k] - counts[starts]
-        self._crossed_tail = ext[-k:].copy()
-        return np.where(before == 0, lik, 0.0)
+        return np.where(before == 0, lik, 0.0), ext[-k:].copy()
 
     def _novel(self, readings: np.ndarray) -> np.ndarray:
         """Per reading: beyond the range seen before it by more than the tolerance (then widen the range)."""
@@ -415,7 +421,7 @@ class _Primed:
 class _Seasonal:
     """The seasonal context's stream state: per time slot (``(t mod period) // (period / slots)``) the newest
     ``depth`` readings; a reading's score is max over features of |x − median| / (MAD + 1e-3·|median| + 1e-9)
-    over its slot's earlier readings, NaN until the slot holds ``min`` of them.  Each reading is judged
+    over its slot's earlier readings, NaN until the slot was seen in ``min`` earlier periods.  Each reading is judged
     before it joins its slot, one at a time, so batching changes nothing.  Memory: slots × depth × features."""
 
     def __init__(self, params: LikelihoodParams) -> None:
@@ -424,6 +430,9 @@ class _Seasonal:
         self._smoothing = params.seasonal_smoothing
         self._profile = np.zeros((self.slots, self.depth, 0))  # ring per slot, allocated at the first reading
         self._count = np.zeros(self.slots, np.int64)  # readings ever added per slot
+        self._finite = np.ones(self.slots, bool)  # the slot holds no NaN
+        self._last_period = np.full(self.slots, -1, np.int64)  # the period the slot was last seen in
+        self._periods = np.zeros(self.slots, np.int64)  # distinct earlier periods the slot was seen in
         self._primed = _Primed(params.deviation_warmup, params.history, params.seasonal_smoothing)
 
     def same_profile(self, params: LikelihoodParams) -> bool:
@@ -446,23 +455,31 @@ class _Seasonal:
         if self._profile.shape[2] != rows.shape[1]:
             self._profile = np.zeros((self.slots, self.depth, rows.shape[1]))
             self._count[:] = 0
+            self._finite[:] = True
+            self._last_period[:] = -1
+            self._periods[:] = 0
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slots: NaN score
             for i, t in enumerate(timestamps.tolist()):
                 if not math.isfinite(t):
                     continue
-                slot = self.slot(t)
+                slot, period = self.slot(t), int(t // self.period)
+                if period != self._last_period[slot]:  # a new visit: the previous ones are earlier periods
+                    self._periods[slot] += self._last_period[slot] >= 0
+                    self._last_period[slot] = period
                 k = int(self._count[slot])
-                if k >= self.min:
+                if self._periods[slot] >= self.min and k >= 2:
                     block = self._profile[slot, : min(k, self.depth)]  # order does not matter for a median
-                    med = np.nanmedian(block, axis=0)
-                    mad = np.nanmedian(np.abs(block - med), axis=0)
+                    median = np.median if self._finite[slot] else np.nanmedian  # np.median: ~20x faster
+                    med = median(block, axis=0)
+                    mad = median(np.abs(block - med), axis=0)
                     dev = np.abs(rows[i] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
-                    best = np.max(dev, initial=-np.inf, where=np.isfinite(dev))
-                    if math.isfinite(best):
-                        out[i] = float(best)
+                    dev = dev[np.isfinite(dev)]
+                    if len(dev):
+                        out[i] = float(dev.max())
                 self._profile[slot, k % self.depth] = rows[i]
                 self._count[slot] = k + 1
+                self._finite[slot] = bool(np.isfinite(self._profile[slot, : min(k + 1, self.depth)]).all())
         return out
 
     def update(self, rows: np.ndarray, timestamps: np.ndarray) -> np.ndarray:

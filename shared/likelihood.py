@@ -68,6 +68,9 @@ class LikelihoodParams:
                             default=0)
     rearm: int = doc("Report the likelihood only where none of the previous N readings' reached `rearm_level` "
                      "(0 = off): one alarm per excursion, re-armed after N quiet readings.", default=0)
+    rearm_max: int = doc("Longest silence re-arming may impose: a reading reaching `rearm_level` this many "
+                         "readings after the last reported alarm is reported even if the stream never stayed quiet "
+                         "(0 = no limit).", default=0)
     rearm_level: float = doc("Likelihood that counts as an alarm for re-arming (normally the decision's "
                              "likelihood threshold).", default=0.5)
     deviation_window: int = doc("Model-free second opinion: distance of each reading from the median of the "
@@ -90,6 +93,8 @@ class LikelihoodParams:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
+        if self.rearm_max < 0:
+            raise ValueError("rearm_max >= 0")
         if self.rearm < 0 or self.deviation_window < 0 or self.deviation_window == 1 or self.deviation_warmup < 2:
             raise ValueError("rearm >= 0, deviation_window 0 (off) or >= 2, deviation_warmup >= 2")
         if not 0 < self.rearm_level <= 1:
@@ -139,12 +144,12 @@ class AnomalyLikelihood:
         self._hi = np.asarray(params.range_max, np.float64)
         self._evicted = 0
         self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
-        self._crossed_tail = np.zeros(0, dtype=bool)  # the last `rearm` readings: did ℓ reach the threshold?
+        self._rearm = _Rearm(params)
         self._deviation: _Deviation | None = (
             _Deviation(params.deviation_window, params.deviation_warmup, params.history)
             if params.deviation_window else None)
         self._seasonal: _Seasonal | None = _Seasonal(params) if params.seasonal_period else None
-        self._seasonal_crossed = np.zeros(0, dtype=bool)  # the seasonal context's own re-arm
+        self._seasonal_rearm = _Rearm(params)  # the seasonal context re-arms on its own
 
     def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
         """The likelihood of a new model (same features) on this stream: the score history starts over
@@ -159,15 +164,13 @@ class AnomalyLikelihood:
             nxt._lo, nxt._hi = self._lo.copy(), self._hi.copy()
         if params.onset_window:
             nxt._onset_tail = self._onset_tail[-params.onset_window :].copy()
-        if params.rearm:
-            nxt._crossed_tail = self._crossed_tail[-params.rearm :].copy()
+        nxt._rearm = self._rearm.continued(params)
         if self._deviation is not None and nxt._deviation is not None and \
                 self._deviation.window == nxt._deviation.window:
             nxt._deviation = self._deviation  # the readings' own statistics: not the model's
         if self._seasonal is not None and nxt._seasonal is not None and self._seasonal.same_profile(params):
             nxt._seasonal = self._seasonal
-            if params.rearm:
-                nxt._seasonal_crossed = self._seasonal_crossed[-params.rearm :].copy()
+            nxt._seasonal_rearm = self._seasonal_rearm.continued(params)
         return nxt
 
     def update_one(self, score: float, reading: np.ndarray | None = None, timestamp: float | None = None) -> float:
@@ -188,11 +191,10 @@ class AnomalyLikelihood:
         rows = None if readings is None else np.asarray(readings, np.float64).reshape(len(scores), -1)
         if self._deviation is not None and rows is not None:
             lik = np.maximum(lik, self._deviation.update(rows))
-        out, self._crossed_tail = self._rearmed(self._onsets(lik), self._crossed_tail)
+        out = self._rearm.apply(self._onsets(lik))
         if self._seasonal is not None and rows is not None and timestamps is not None:
             seasonal = self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1))
-            seasonal, self._seasonal_crossed = self._rearmed(seasonal, self._seasonal_crossed)
-            out = np.maximum(out, seasonal)
+            out = np.maximum(out, self._seasonal_rearm.apply(seasonal))
         if rows is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(rows)
             out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
@@ -322,20 +324,6 @@ class AnomalyLikelihood:
         self._onset_tail = ext[-k:].copy()
         return np.where(lik > previous, lik, 0.0)
 
-    def _rearmed(self, lik: np.ndarray, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keep ℓ only where no value of the previous ``rearm`` readings reached the threshold; ``tail``: the
-        previous readings' crossings (returned updated)."""
-        k = self.params.rearm
-        if k == 0:
-            return lik, tail
-        crossed = lik >= self.params.rearm_level
-        ext = np.concatenate([np.zeros(max(0, k - len(tail)), bool), tail, crossed])
-        counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
-        # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
-        starts = np.arange(len(lik))
-        before = counts[starts + k] - counts[starts]
-        return np.where(before == 0, lik, 0.0), ext[-k:].copy()
-
     def _novel(self, readings: np.ndarray) -> np.ndarray:
         """Per reading: beyond the range seen before it by more than the tolerance (then widen the range)."""
         out = np.zeros(len(readings), dtype=bool)
@@ -391,6 +379,43 @@ class _Deviation:
     def update(self, rows: np.ndarray) -> np.ndarray:
         """ℓ of each row's deviation (0 while warming up or without history)."""
         return self._primed.update(self.scores(rows))
+
+
+class _Rearm:
+    """Re-arming: ℓ is kept only where none of the previous ``rearm`` readings reached ``rearm_level`` —
+    one alarm per excursion — or, with ``rearm_max``, where the last reported alarm is ``rearm_max``
+    readings back (so a stream that never stays quiet is not silenced for good)."""
+
+    def __init__(self, params: LikelihoodParams) -> None:
+        self.k, self.level, self.cap = params.rearm, params.rearm_level, params.rearm_max
+        self._tail = np.zeros(0, dtype=bool)  # the last k readings: did ℓ reach the level?
+        self._since = 0  # readings since the last reported alarm (counted from the stream's start)
+
+    def continued(self, params: LikelihoodParams) -> _Rearm:
+        nxt = _Rearm(params)
+        nxt._tail = self._tail[-params.rearm :].copy() if params.rearm else nxt._tail
+        nxt._since = self._since
+        return nxt
+
+    def apply(self, lik: np.ndarray) -> np.ndarray:
+        k = self.k
+        if k == 0:
+            return lik
+        crossed = lik >= self.level
+        ext = np.concatenate([np.zeros(max(0, k - len(self._tail)), bool), self._tail, crossed])
+        counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
+        # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
+        starts = np.arange(len(lik))
+        keep = (counts[starts + k] - counts[starts]) == 0
+        self._tail = ext[-k:].copy()
+        last = -self._since - 1  # index (in this batch) of the last reported alarm
+        for i in np.flatnonzero(crossed).tolist():  # sparse: only readings reaching the level
+            if not keep[i] and self.cap and i - last >= self.cap:
+                keep[i] = True
+            if keep[i]:
+                last = i
+        self._since = len(lik) - 1 - last
+        return np.where(keep, lik, 0.0)
 
 
 class _Primed:

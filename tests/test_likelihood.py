@@ -325,3 +325,20 @@ def test_seasonal_params_validate() -> None:
                 {"seasonal_period": 86400, "seasonal_smoothing": 0}):
         with pytest.raises(ValueError):
             LikelihoodParams(prior_mean=0, prior_std=1, **bad)
+
+
+def test_rearm_max_bounds_the_silence_of_a_stream_that_never_stays_quiet() -> None:
+    """re-arm 3, rearm_max 5: an alarm at 0; the crossings at 1–6 keep it disarmed, but the one 5 readings after
+    the reported alarm is reported; after 3 quiet readings the next crossing is reported as before."""
+    from shared.likelihood import _Rearm
+
+    lik = np.array([0.9] * 7 + [0.0] * 3 + [0.9])
+    capped = LikelihoodParams(prior_mean=0, prior_std=1, rearm=3, rearm_max=5)
+    plain = LikelihoodParams(prior_mean=0, prior_std=1, rearm=3)
+    assert _Rearm(capped).apply(lik).tolist() == [0.9, 0, 0, 0, 0, 0.9, 0, 0, 0, 0, 0.9]
+    assert _Rearm(plain).apply(lik).tolist() == [0.9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.9]
+    chunked = _Rearm(capped)
+    parts = [chunked.apply(lik[i : i + k]) for i, k in ((0, 2), (2, 1), (3, 4), (7, 4))]
+    assert np.concatenate(parts).tolist() == [0.9, 0, 0, 0, 0, 0.9, 0, 0, 0, 0, 0.9]
+    with pytest.raises(ValueError):
+        LikelihoodParams(prior_mean=0, prior_std=1, rearm_max=-1)

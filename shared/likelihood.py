@@ -85,7 +85,11 @@ class LikelihoodParams:
                               default=32)
     seasonal_min: int = doc("Earlier periods a slot must have been seen in before its deviation is scored "
                             "(until then: 0).", default=2)
-    seasonal_smoothing: int = doc("Seasonal deviations averaged before their likelihood (its short window).",
+    seasonal_level: float = doc("The seasonal likelihood counts only where it reaches this level (below: 0); "
+                                "above the decision threshold it asks the context for stronger evidence than "
+                                "the other sources.", default=0.5)
+    seasonal_smoothing: int = doc("The seasonal profile holds the median of each reading and the N - 1 before it "
+                                  "(1 = the readings themselves): a sustained change, not a lone spike.",
                                   default=1)
 
     def __post_init__(self) -> None:
@@ -101,9 +105,9 @@ class LikelihoodParams:
             raise ValueError("rearm_level must be in (0, 1]")
         if self.seasonal_period < 0 or (self.seasonal_period and not (
                 1 <= self.seasonal_slots <= self.seasonal_period and self.seasonal_min >= 1
-                and self.seasonal_depth >= 2 and self.seasonal_smoothing >= 1)):
+                and self.seasonal_depth >= 2 and self.seasonal_smoothing >= 1 and 0 < self.seasonal_level <= 1)):
             raise ValueError("seasonal_period >= 0; when on: 1 <= seasonal_slots <= seasonal_period, "
-                             "seasonal_min >= 1, seasonal_depth >= 2, seasonal_smoothing >= 1")
+                             "seasonal_min >= 1, seasonal_depth >= 2, seasonal_smoothing >= 1, 0 < seasonal_level <= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -194,6 +198,7 @@ class AnomalyLikelihood:
         out = self._rearm.apply(self._onsets(lik))
         if self._seasonal is not None and rows is not None and timestamps is not None:
             seasonal = self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1))
+            seasonal = np.where(seasonal >= self.params.seasonal_level, seasonal, 0.0)
             out = np.maximum(out, self._seasonal_rearm.apply(seasonal))
         if rows is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(rows)
@@ -458,7 +463,8 @@ class _Seasonal:
         self._finite = np.ones(self.slots, bool)  # the slot holds no NaN
         self._last_period = np.full(self.slots, -1, np.int64)  # the period the slot was last seen in
         self._periods = np.zeros(self.slots, np.int64)  # distinct earlier periods the slot was seen in
-        self._primed = _Primed(params.deviation_warmup, params.history, params.seasonal_smoothing)
+        self._primed = _Primed(params.deviation_warmup, params.history)
+        self._tail = np.zeros((0, 0))  # the last smoothing - 1 readings
 
     def same_profile(self, params: LikelihoodParams) -> bool:
         return (self.period, self.slots, self.depth, self.min, self._smoothing) == (
@@ -479,12 +485,19 @@ class _Seasonal:
         out = np.full(len(rows), np.nan)
         if self._profile.shape[2] != rows.shape[1]:
             self._profile = np.zeros((self.slots, self.depth, rows.shape[1]))
+            self._tail = np.zeros((0, rows.shape[1]))
             self._count[:] = 0
             self._finite[:] = True
             self._last_period[:] = -1
             self._periods[:] = 0
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slots: NaN score
+            if self._smoothing > 1:  # each row becomes the median of itself and the smoothing - 1 rows before it
+                ext = np.vstack([self._tail, rows])  # the tail holds at most smoothing - 1 rows
+                self._tail = ext[-(self._smoothing - 1) :].copy()
+                pad = np.full((self._smoothing - 1 - (len(ext) - len(rows)), rows.shape[1]), np.nan)
+                win = np.lib.stride_tricks.sliding_window_view(np.vstack([pad, ext]), self._smoothing, axis=0)
+                rows = np.nanmedian(win[-len(rows) :], axis=2)
             for i, t in enumerate(timestamps.tolist()):
                 if not math.isfinite(t):
                     continue

@@ -342,3 +342,21 @@ def test_rearm_max_bounds_the_silence_of_a_stream_that_never_stays_quiet() -> No
     assert np.concatenate(parts).tolist() == [0.9, 0, 0, 0, 0, 0.9, 0, 0, 0, 0, 0.9]
     with pytest.raises(ValueError):
         LikelihoodParams(prior_mean=0, prior_std=1, rearm_max=-1)
+
+
+def test_seasonal_smoothing_profiles_a_running_median_so_a_lone_spike_is_ignored() -> None:
+    """smoothing 3: each reading is replaced by the median of itself and the 2 before it (fewer at the start),
+    the same however the rows are batched."""
+    from shared.likelihood import _Seasonal
+
+    params = LikelihoodParams(prior_mean=0, prior_std=1, seasonal_period=2, seasonal_slots=1, seasonal_depth=8,
+                              seasonal_min=1, seasonal_smoothing=3)
+    x = np.array([[1.0], [3.0], [1.0], [50.0], [1.0], [1.0], [2.0]])
+    t = np.arange(len(x)) * 2.0  # one slot, one period per reading
+    whole = _Seasonal(params)
+    got = whole.scores(x, t)
+    # smoothed: 1, median(1,3)=2, 1, median(3,1,50)=3, median(1,50,1)=1, 1, median(1,1,2)=1
+    assert whole.kept(0)[:, 0].tolist() == [1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    chunked = _Seasonal(params)
+    parts = [chunked.scores(x[i : i + k], t[i : i + k]) for i, k in ((0, 1), (1, 3), (4, 3))]
+    assert np.array_equal(np.concatenate(parts), got, equal_nan=True)

@@ -13,7 +13,10 @@
    event's ``detected_at`` (publish → detection: ingress, queue, scoring; detection → report: durable
    commit, publish, broker).  The same
    readings replayed through the agent's detector in process say which events must arrive; a spike that
-   raises none fell into an already open episode (``latency_spikes_reported`` counts the others);
+   raises none fell into an already open episode (``latency_spikes_reported`` counts the others).
+   The publisher writes each reading to its socket itself (``DirectWriteClient``, as a sensor would),
+   and this process neither collects garbage nor holds the GIL longer than 0.5 ms meanwhile, so its
+   own pauses do not count as the agent's;
 4. bundle and model sizes, float32 vs int8;
 5. hub ingest (``cloud_hub/ingest/bench.py``): stored anomaly events/s and sync rows/s on SQLite, in
    process and end to end through the broker, and in process on a local PostgreSQL when one is
@@ -24,6 +27,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -48,6 +52,7 @@ from shared import bundle as bundle_fmt
 from shared.inference import TFLiteModel
 from shared.metrics import cpu_seconds, percentile, rss_mb
 from shared.mqtt import BrokerConfig, connect, make_client
+from shared.mqtt_direct import DirectWriteClient
 from shared.preprocessing import preprocess_windows, sliding_windows
 from shared.protocol import (
     PROTOCOL_VERSION,
@@ -63,6 +68,9 @@ from shared.readings import ReadingsBlock, encode_readings_npy
 
 DEVICE = "bench-gw"
 BENCH_REARM = 16  # [detector] rearm_readings of the benchmarked agent
+# Single readings in the latency phase: this many times 64, at 400/s (~48 s; ~270 events, so the p99 is not
+# just the second-worst sample).
+LATENCY_SPIKES = 300
 AGENT_MAX_BATCH = DetectorConfig().max_batch  # the agent scores this many windows per interpreter call
 
 
@@ -187,7 +195,8 @@ enabled = false
                              stdout=log, stderr=subprocess.STDOUT)
     cfg = BrokerConfig(url=broker.url)
     watcher = _Watcher(cfg)
-    pub = make_client(cfg, "bench-pub", persistent=False)
+    # A sensor writes its readings itself: no hand-off to paho's network thread before they leave.
+    pub = make_client(cfg, "bench-pub", persistent=False, client_class=DirectWriteClient)
     connect(pub, cfg)
     topic = device_topic(DEVICE, Channel.READINGS)
     sim = DeviceSimulator(DEVICE, 9, 45.0, 20.0)
@@ -279,29 +288,15 @@ def _interpreter_rate(model: TFLiteModel, windows: np.ndarray, seconds: float = 
     return len(windows) * calls / elapsed, len(windows) * calls / (time.thread_time() - cpu)
 
 
-def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator, bundle: bundle_fmt.Bundle,
-                   sim_t0: float) -> dict[str, Any]:
-    """Single readings at 400/s, a spike every 64; reading → report latency and what became of each spike.
-
-    Values come from the simulator on its own 20 Hz time axis (the data the model was trained on);
-    each reading is stamped with the wall clock when it is published.  An anomaly event's ``ts`` is the
-    stamp of the reading that completed the flagged window, so ``received − ts`` is exactly reading
-    publish → report received, both through the broker.  The same readings are replayed in this process
-    through the agent's detector and episode tracker: the events it raises are the events the agent must
-    raise, and a spike that raises none fell into an episode that was already open (one event per episode).
-    """
-    from edge_agent.detector import ActiveModel, EpisodeTracker, StreamingDetector
-
-    rate, spikes, gap = 400.0, 150, 64
-    features = bundle.manifest.preprocessing.features
+def _publish_paced(pub: Any, topic: str, sim: DeviceSimulator, sim_t0: float, features: list[str], rate: float,
+                   n: int, gap: int) -> tuple[list[float], list[list[float]], list[int]]:
+    """Publish ``n`` single readings at ``rate``/s, a spike on the first feature every ``gap``; returns the
+    publish stamps (each reading's ``ts``), the values in ``features`` order and the spikes' indices."""
     sent_ts: list[float] = []
     sent_values: list[list[float]] = []
     spike_idx: list[int] = []
-    with watcher.cond:
-        watcher.events.clear()
-        watcher.detected.clear()
     t0 = time.monotonic()
-    for i in range(spikes * gap):
+    for i in range(n):
         values = sim.reading(sim_t0 + i / 20)
         if i % gap == gap - 1:
             values = {**values, FEATURES[0]: 60.0}
@@ -313,22 +308,65 @@ def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator
         delay = t0 + (i + 1) / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)  # pacing the synthetic sensor
+    return sent_ts, sent_values, spike_idx
 
-    # The reference: the agent's own detector and tracker on the same readings, in this process.
+
+def _reference_events(bundle: bundle_fmt.Bundle, ts: np.ndarray, values: np.ndarray) -> list[float]:
+    """The events the agent must raise on these readings: its own detector and tracker, in this process."""
+    from edge_agent.detector import ActiveModel, EpisodeTracker, StreamingDetector
+
     det = StreamingDetector(max_future_s=None)
     det.swap(ActiveModel.from_bundle(bundle))
     tracker = EpisodeTracker(BENCH_REARM)
-    ts_arr = np.asarray(sent_ts)
-    values_arr = np.asarray(sent_values)
+    features = tuple(bundle.manifest.preprocessing.features)
     expected: list[float] = []
-    for s in range(0, len(ts_arr), 1000):
-        scored = det.push_block(ReadingsBlock(ts_arr[s : s + 1000], tuple(features), values_arr[s : s + 1000])).scored
+    for s in range(0, len(ts), 1000):
+        scored = det.push_block(ReadingsBlock(ts[s : s + 1000], features, values[s : s + 1000])).scored
         if scored is not None:
             expected += [float(scored.ts[i]) for i in tracker.starts(scored.anomalous)]
+    return expected
+
+
+def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator, bundle: bundle_fmt.Bundle,
+                   sim_t0: float) -> dict[str, Any]:
+    """Single readings at 400/s, a spike every 64; reading → report latency and what became of each spike.
+
+    Values come from the simulator on its own 20 Hz time axis (the data the model was trained on);
+    each reading is stamped with the wall clock when it is published.  An anomaly event's ``ts`` is the
+    stamp of the reading that completed the flagged window, so ``received − ts`` is exactly reading
+    publish → report received, both through the broker.  The same readings are replayed in this process
+    through the agent's detector and episode tracker: the events it raises are the events the agent must
+    raise, and a spike that raises none fell into an episode that was already open (one event per episode).
+    """
+    rate, gap = 400.0, 64
+    features = bundle.manifest.preprocessing.features
     window = bundle.manifest.preprocessing.window
+    with watcher.cond:
+        watcher.events.clear()
+        watcher.detected.clear()
+        received_before, scored_before = watcher.received, watcher.scored
+    # This process's own pauses must not count as the agent's: no collection of its heap (the columnar
+    # phase's and, on a first run, TensorFlow's objects) while readings are in flight, and the watcher's
+    # thread gets the GIL within 0.5 ms (CPython's default switch interval is 5 ms), as in the agent.
+    switch = sys.getswitchinterval()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    sys.setswitchinterval(0.0005)
+    try:
+        sent_ts, sent_values, spike_idx = _publish_paced(pub, topic, sim, sim_t0, features, rate,
+                                                         LATENCY_SPIKES * gap, gap)
+        # Until the agent has scored every reading: the reference below must not take its CPU meanwhile.
+        n = len(sent_ts)
+        watcher.wait(lambda w: w.received >= received_before + n and w.scored >= scored_before + n, 30)
+    finally:
+        sys.setswitchinterval(switch)
+        gc.enable()
+        gc.unfreeze()
+    ts_arr = np.asarray(sent_ts)
     # Compare from the first spike the reference can score on (the agent's buffer already held older rows).
     first = ts_arr[window - 1]
-    expected = [t for t in expected if t > first]
+    expected = [t for t in _reference_events(bundle, ts_arr, np.asarray(sent_values)) if t > first]
     watcher.wait(lambda w: {t for t, _ in w.events} >= set(expected), 30)
     with watcher.cond:
         received: dict[float, float] = {}

@@ -27,6 +27,10 @@ class TrainingConfig:
         "Keras model detects fewer level shifts (persistence predicts a shift lasting past t-1 away): off by "
         "default, see docs/benchmarks.md. false = the paper's plain Dense head.",
         default=False)
+    prediction_steps: int = doc(
+        "ae-lstm: readings before the newest one that the LSTM prediction head reads (0 = all window - 1). "
+        "Fewer unrolled steps accumulate less int8 quantisation noise (docs/benchmarks.md, \"Quantization\").",
+        default=0)
     alpha: float = doc("Score weight of the reconstruction error.", default=0.5)
     beta: float = doc("Score weight of the prediction error.", default=0.5)
     threshold_quantile: float = doc("Quantile of normal validation scores used for the threshold.", default=0.999)
@@ -58,6 +62,8 @@ class TrainingConfig:
             raise ValueError("class_balance must be weights, oversample or none")
         if not 0 <= self.dropout < 1 or self.top_k < 1 or self.trees < 1:
             raise ValueError("dropout in [0, 1), top_k >= 1, trees >= 1")
+        if self.prediction_steps < 0:
+            raise ValueError("prediction_steps >= 0 (0 = the whole window before the newest reading)")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ The model lifecycle (download, checks, probation, rollback) lives in :mod:`edge_
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ from edge_agent.update import Updater, verified_announcement
 from shared import __version__
 from shared.mqtt import BrokerConfig, MessageGuard, make_client, topic_channel
 from shared.mqtt import start as start_mqtt
+from shared.mqtt_direct import DirectWriteClient
 from shared.protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -109,7 +111,8 @@ class Agent:
         self.device = cfg.device_id
         self.store = ModelStore(cfg.state_dir, [parse_public_key(k) for k in cfg.trusted_keys])
         self.detector = StreamingDetector(cfg.detector.threshold_scale, cfg.detector.max_batch,
-                                          cfg.detector.max_future_s)
+                                          cfg.detector.max_future_s,
+                                          overlap=cfg.detector.overlap and (os.cpu_count() or 1) > 1)
         self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
         self.queue = ReadingQueue(cfg.queue_size)
         self.rejects = RejectCounter(log)
@@ -143,7 +146,8 @@ class Agent:
                              synchronous=cfg.outbox.synchronous.upper())
         # A stable id and a persistent session: the broker keeps our subscriptions (and queues what the
         # hub sends, e.g. acknowledgements and model chunks) across our restarts.
-        self.client = make_client(cfg.broker, f"edge-{self.device}", persistent=True)
+        # Reports are written to the socket by the thread that publishes them (the scorer for anomaly events).
+        self.client = make_client(cfg.broker, f"edge-{self.device}", persistent=True, client_class=DirectWriteClient)
         self.sender = Sender(self.outbox, self.client, cfg.outbox, self.stop_event,
                              cfg.sync.bandwidth_bytes_s if cfg.sync.enabled else 0.0)
         offline = Status(v=PROTOCOL_VERSION, device=self.device, ts=time.time(), state=AgentState.OFFLINE)

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 
 from shared.mqtt import BrokerConfig, MessageGuard, make_client
 from shared.mqtt import start as start_mqtt
+from shared.mqtt_direct import DirectWriteClient
 from shared.protocol import npy_topic
 from shared.readings import ReadingsBlock
 
@@ -93,7 +94,8 @@ class MqttReadingSource:
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
         self._on_subscribed = on_subscribed
-        self.client = make_client(broker, client_id, persistent=True, manual_ack=True)
+        # The scorer's commit PUBACKs from its own thread (no wake-up of this client's network thread).
+        self.client = make_client(broker, client_id, persistent=True, manual_ack=True, client_class=DirectWriteClient)
         self.client.on_connect = guard.callback(self._on_connect, "connect")
         self.client.on_disconnect = guard.callback(lambda *_: self.subscribed.clear(), "disconnect")
         self.client.on_message = self._on_message

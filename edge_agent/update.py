@@ -178,17 +178,20 @@ class Health:
     def rate(self) -> float:
         return self.flagged / self.windows if self.windows else 0.0
 
-    def verdict(self, cfg: UpdateConfig, profile: FirmwareProfile | None, reference_rate: float = 0.0) -> str | None:
+    def verdict(self, cfg: UpdateConfig, profile: FirmwareProfile | None,
+                reference_rate: float | None = 0.0) -> str | None:
         """Why the model is unhealthy, or None. Non-finite scores fail at once; rates need min_windows.
 
         The flag rate is judged against ``reference_rate``, the running model's rate on the same recent
-        data: a real burst of anomalies is no reason to refuse a model that agrees it is one.
+        data: a real burst of anomalies is no reason to refuse a model that agrees it is one.  ``None``:
+        there is no model to compare with (nor to go back to), so the rate is not judged at all — a
+        gateway's first model that meets anomalies on probation must not leave it with no model.
         """
         if self.nonfinite:
             return f"non-finite scores on {self.nonfinite} of {self.windows} windows"
         if self.windows < cfg.min_windows:
             return None
-        if self.rate - reference_rate > cfg.max_anomaly_rate:
+        if reference_rate is not None and self.rate - reference_rate > cfg.max_anomaly_rate:
             return (f"flags {self.rate:.0%} of {self.windows} windows, the running model {reference_rate:.0%} "
                     f"(max_anomaly_rate {cfg.max_anomaly_rate:.0%} more)")
         if profile is not None and self.latency_p99_ms > profile.latency_p99_ms:
@@ -240,7 +243,7 @@ def verified_announcement(trusted: Sequence[TrustedKey], payload: bytes | bytear
 @dataclass
 class _Probation:
     fallback: ActiveModel | None
-    reference_rate: float = 0.0  # the running model's flag rate on the recent data before the swap
+    reference_rate: float | None = 0.0  # the running model's flag rate before the swap; None: no running model
     started: float = field(default_factory=time.monotonic)
     health: Health = field(default_factory=Health)
     first_ts: float | None = None  # end of the first window the candidate scored
@@ -363,7 +366,7 @@ class Updater:
                 fallback = self._load(self.rec.committed)
             except (BundleError, ValueError, RuntimeError) as exc:
                 log.error("committed model v%d unusable: %s", self.rec.committed, exc)
-        self._probation = _Probation(fallback)
+        self._probation = _Probation(fallback, 0.0 if fallback is not None else None)
         if restarts >= self.ucfg.max_restarts:
             self._rollback(f"agent restarted {restarts} times during probation")
             return
@@ -509,14 +512,18 @@ class Updater:
             if reason is not None:
                 self._refuse(version, f"staged check: {reason}")
             else:
-                self._probation = _Probation(self.detector.model if self.rec.committed is not None else None,
-                                             reference_rate)
+                fallback = self.detector.model if self.rec.committed is not None else None
+                self._probation = _Probation(fallback, reference_rate if fallback is not None else None)
+                if fallback is None:
+                    log.info("v%d is the gateway's first model: on probation its flag rate is not judged "
+                             "(nothing to compare with or to go back to)", version)
                 self._swap(model)  # before the transition, so the status it sends names the new model
                 self._enter(S.ACTIVE)
         self.maybe_start()
 
-    def _staged_check(self, model: ActiveModel) -> tuple[str | None, float]:
-        """(why the staged model is refused or None, the running model's flag rate on the same data)."""
+    def _staged_check(self, model: ActiveModel) -> tuple[str | None, float | None]:
+        """(why the staged model is refused or None, the running model's flag rate on the same data, None
+        when no model runs)."""
         w = model.preprocessing.window
         readings = self.detector.recent_readings(self.ucfg.recent_windows + w - 1)
         windows = len(readings) - w + 1
@@ -527,9 +534,12 @@ class Updater:
         health = staged_health(model, readings, self.cfg.detector.threshold_scale)
         with self._flags_lock:  # the running interpreter belongs to the scorer: use its decisions, not it
             flags = list(self._running_flags)
-        reference = sum(flags) / len(flags) if len(flags) >= self.ucfg.min_windows else 0.0
-        log.info("staged v%d on %d recent windows: %d flagged (running model %.0f%%), %d non-finite, "
-                 "latency p99 %.3f ms", model.version, health.windows, health.flagged, 100 * reference,
+        reference: float | None = None
+        if self.rec.committed is not None and self.detector.model is not None:
+            reference = sum(flags) / len(flags) if len(flags) >= self.ucfg.min_windows else 0.0
+        log.info("staged v%d on %d recent windows: %d flagged (running model %s), %d non-finite, "
+                 "latency p99 %.3f ms", model.version, health.windows, health.flagged,
+                 "none" if reference is None else f"{reference:.0%}",
                  health.nonfinite, health.latency_p99_ms)
         verdict = health.verdict(replace(self.ucfg, min_windows=min(self.ucfg.min_windows, health.windows)),
                                  self.profile, reference)
@@ -557,7 +567,7 @@ class Updater:
             if reason is not None:
                 self._rollback(f"probation: {reason}")
 
-    def _reference(self, p: _Probation) -> float:
+    def _reference(self, p: _Probation) -> float | None:
         """The flag rate the candidate is judged against on probation: the fallback's on the same readings.
 
         The rate before the swap is a fair reference only while the data stay alike; a real anomaly
@@ -579,7 +589,7 @@ class Updater:
             block = ReadingsBlock(recent.ts[start:], recent.features, recent.values[start:])
             log.info("v%s flags %.0f%% of %d windows on probation (the running model %.0f%% before the swap): "
                      "v%d scores the same readings", self.rec.candidate, 100 * p.health.rate, p.health.windows,
-                     100 * p.reference_rate, fb.version)
+                     100 * (p.reference_rate or 0.0), fb.version)
         else:  # the readings since the last call
             recent = self.detector.recent_readings(BUFFER_READINGS)
             new = recent.ts > p.shadow.last_ts

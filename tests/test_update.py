@@ -93,6 +93,8 @@ def test_health_verdicts() -> None:
     assert "flags 25%" in (h.verdict(cfg, profile) or "")
     # Judged against the running model on the same data: a burst both models flag is no reason to refuse.
     assert h.verdict(cfg, profile, reference_rate=0.2) is None
+    # No running model to compare with (a gateway's first model): the rate is not judged.
+    assert h.verdict(cfg, profile, reference_rate=None) is None
     assert "running model 4%" in (h.verdict(cfg, profile, reference_rate=0.04) or "")
     h = Health()
     h.add(_windows([0.1] * 20), 0.005)
@@ -144,14 +146,17 @@ class Fleet:
         self.client = make_client(cfg, "test-update", persistent=False)
         connect(self.client, cfg)
 
-    def agent(self, device: str, extra: str = "", env: dict[str, str] | None = None, csv: bool = True) -> Path:
-        """Start an agent that already runs v1 (committed); returns its state dir."""
+    def agent(self, device: str, extra: str = "", env: dict[str, str] | None = None, csv: bool = True,
+              provisioned: bool = True) -> Path:
+        """Start an agent that already runs v1 (committed), or no model at all; returns its state dir."""
         d = self.tmp / device
         state = d / "state"
         if not state.exists():
-            store = ModelStore(state, [parse_public_key(self.home.public_key())])
-            store.install(self.v1)
-            provision(state, 1)
+            state.mkdir(parents=True)
+            if provisioned:
+                store = ModelStore(state, [parse_public_key(self.home.public_key())])
+                store.install(self.v1)
+                provision(state, 1)
             ts, values = simulated_series(120, seed=1, t0=1_700_100_000.0)  # the trained device, later on
             write_csv(d / "replay.csv", ts, values)
         src = '[[sources]]\ntype = "csv"\npath = "replay.csv"\nrate_hz = 100\nloop = true\n' if csv else ""
@@ -330,6 +335,31 @@ def test_an_anomaly_on_probation_is_judged_against_the_fallback_on_the_same_read
     wait_until(lambda: _on(fleet, device, "committed", 6), 30, "v6 committed")
     rec = RecordFile(fleet.tmp / device / "state").load()
     assert (rec.state, rec.committed, rec.failed_version) == (ModelState.COMMITTED, 6, None), rec
+
+
+def test_a_first_model_meeting_anomalies_on_probation_is_kept(fleet: Fleet) -> None:
+    """A gateway's first model has nothing to be compared with or rolled back to: anomalies arriving on its
+    probation (most windows flagged from the first one) do not leave the gateway without a model."""
+    device = "gw-first"
+    _bundle(fleet.home, fleet.src, 7)  # a sound model
+    fleet.agent(device, "[update]\nmin_windows = 50\nprobation_s = 1", csv=False, provisioned=False)
+    wait_until(lambda: _state(fleet, device) is not None, 30, "agent online without a model")
+    fleet.announce(device, 7, rollout_id=22)
+    wait_until(lambda: _on(fleet, device, "active", 7), 60, "v7 on probation")
+
+    ts, values = simulated_series(20, seed=1, t0=1_700_500_000.0)  # 400 readings
+    values = values.copy()
+    values[WINDOW:] += 10 * np.nanstd(values, axis=0)  # shifted from the first window's end on
+    for i in range(0, len(ts), 50):
+        batch = Readings(v=PROTOCOL_VERSION, readings=[
+            Reading(ts=float(t), values={f: (None if np.isnan(v) else float(v)) for f, v in zip(FEATURES, row, strict=True)})
+            for t, row in zip(ts[i:i + 50], values[i:i + 50], strict=True)])
+        fleet.client.publish(device_topic(device, Channel.READINGS), encode(batch), qos=1).wait_for_publish(5)
+    wait_until(lambda: _on(fleet, device, "committed", 7), 30, "v7 committed")
+    wait_until(lambda: fleet.scored(device) == (len(ts) - WINDOW + 1, 7), 30, "every reading scored by v7")
+    assert fleet.events(device, 7) >= 1  # it did flag the shift
+    rec = RecordFile(fleet.tmp / device / "state").load()
+    assert (rec.state, rec.committed, rec.failed_version) == (ModelState.COMMITTED, 7, None), rec
 
 
 KILL_STATES = [ModelState.DOWNLOADING, ModelState.VERIFYING, ModelState.STAGED, ModelState.ACTIVE,

@@ -26,11 +26,12 @@ def dense_autoencoder(inp: Any, steps: int, channels: int, widths: list[int], la
     return layers.Reshape((steps, channels), name="reconstruction")(layers.Dense(steps * channels)(h))
 
 
-def past(inp: Any) -> Any:
-    """Readings t-w+1 .. t-1: what a prediction head may see."""
+def past(inp: Any, steps: int = 0) -> Any:
+    """Readings t-w+1 .. t-1 (or only the newest ``steps`` of them): what a prediction head may see."""
     from keras import layers
 
-    return layers.Cropping1D((0, 1))(inp)
+    skip = max(int(inp.shape[1]) - 1 - steps, 0) if steps > 0 else 0
+    return layers.Cropping1D((skip, 1))(inp)
 
 
 def prediction_head(inp: Any, features: Any, channels: int, residual: bool) -> Any:
@@ -61,6 +62,6 @@ class AELSTM(KerasDetector):
 
         inp = keras.Input((steps, channels), name="window")
         rec = dense_autoencoder(inp, steps, channels, [self.cfg.hidden], self.cfg.latent)
-        state = layers.LSTM(self.cfg.lstm_units, unroll=True)(past(inp))
+        state = layers.LSTM(self.cfg.lstm_units, unroll=True)(past(inp, self.cfg.prediction_steps))
         pred = prediction_head(inp, state, channels, self.cfg.prediction_residual)
         return keras.Model(inp, [rec, pred], name="ae_lstm")

@@ -56,11 +56,11 @@ class NabConfig:
     rearm: int = 500  # one alarm per excursion: report only after 500 readings below the threshold
     deviation_window: int = 144  # model-free second opinion: deviation from the median of the last 144 readings
     deviation_warmup: int = 300  # deviation (and seasonal) scores that prime their likelihood on the stream
-    seasonal_period: int = 0  # seasonal context: time-slot profile over this period in seconds (0 = off)
-    seasonal_slots: int = 168  # hour of day x weekday
-    seasonal_depth: int = 32  # readings kept per slot
-    seasonal_min: int = 8  # readings a slot needs before it speaks
-    seasonal_smoothing: int = 1  # seasonal deviations averaged before their likelihood
+    seasonal_period: int = 86400  # seasonal context: a profile by hour of day (a day, 24 slots)
+    seasonal_slots: int = 24
+    seasonal_depth: int = 96  # readings kept per slot
+    seasonal_min: int = 2  # earlier days a slot must have been seen in before it speaks
+    seasonal_smoothing: int = 12  # the profile holds a running median of 12 readings: sustained, not spikes
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training

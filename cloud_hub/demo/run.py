@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from shared.protocol import (
     PROTOCOL_VERSION,
     AgentState,
     Channel,
+    ModelState,
     Reading,
     Readings,
     Status,
@@ -58,11 +60,18 @@ class Phases:
     epochs: int = 30
     gap_s: tuple[float, float] = (7.0, 11.0)
     # Score weights A = α·rec + β·pred: on the demo's sensors a small β lifts int8-vs-Keras flag agreement
-    # (bundle probe 0.979-0.991 -> 0.996-0.999) *and* the Keras model's own detection (perturbed windows
-    # flagged 0.85-0.88 -> 0.93-0.94): the int8 LSTM's noise sits in the prediction error
+    # (bundle probe 0.979-0.991 -> 0.992-0.999 over 6 runs) *and* the Keras model's own detection (perturbed
+    # windows flagged 0.85-0.89 -> 0.92-0.95): the int8 LSTM's noise sits in the prediction error
     # (`cloud-hub demo-recall`, docs/benchmarks.md "Quantization").
     alpha: float = 0.9
     beta: float = 0.1
+    # The LSTM reads the newest 8 readings, not 31: fewer unrolled int8 steps, model 180 -> 73 kB, ~2-3x
+    # faster, score Pearson with Keras 0.996-0.999, same detection, 0 false alarms in 6 offline runs.
+    prediction_steps: int = 8
+
+    def training(self) -> dict[str, float | int]:
+        """The demo's [training] settings that differ from the hub's defaults."""
+        return {"epochs": self.epochs, "alpha": self.alpha, "beta": self.beta, "prediction_steps": self.prediction_steps}
 
     def training_toml(self, text: str) -> str:
         """A hub.toml written by ``HubHome.init`` with the demo's training settings."""
@@ -70,7 +79,8 @@ class Phases:
             line = f"{key} = {default}"
             if line not in text:
                 raise RuntimeError(f"hub.toml template lacks {line!r}: update Phases.training_toml")
-            text = text.replace(line, f"{key} = {value}", 1)
+            extra = f"\nprediction_steps = {self.prediction_steps}" if key == "beta" else ""
+            text = text.replace(line, f"{key} = {value}{extra}", 1)
         return text
 
 
@@ -151,8 +161,14 @@ type = "mqtt"
 interval_s = 5.0
 
 [update]
-probation_s = 10.0  # short, so the demo's second rollout is not held back by the first one's probation
+probation_s = 5.0  # short: the demo waits for it before injecting (100 windows at 20 Hz: min_windows)
 """
+
+
+def _committed(version: int, statuses: dict[str, Status]) -> bool:
+    """Every demo device runs ``version`` and it has passed probation."""
+    return all(d in statuses and statuses[d].model_version == version
+               and statuses[d].model_state == ModelState.COMMITTED for d in DEVICES)
 
 
 def label_from_truth(home: HubHome, injected: list[Injected]) -> dict[str, int]:
@@ -259,20 +275,26 @@ def run_demo(workdir: Path, summary_path: Path, broker_url: str | None, quick: b
         streamer.stop_event.wait(phases.collect_s)
 
         hub_cli("retrain", "--wait", "120")
-        fleet.wait(lambda s: all(s[d].model_version == 1 for d in DEVICES), 120, "v1 on every agent")
+        # Anomalies are injected once the model has passed probation everywhere: a health check judging a
+        # candidate's flag rate on a few seconds that are mostly anomaly is not what the phase measures.
+        fleet.wait(partial(_committed, 1), 120, "v1 committed on every agent")
         t_v1 = time.time()
         for sim in sims:
             sim.schedule(t_v1, *phases.gap_s)
-        console.print(f"[bold]detect[/] v1 active everywhere; injecting anomalies for {phases.detect1_s:.0f}s")
+        console.print(f"[bold]detect[/] v1 committed everywhere; injecting anomalies for {phases.detect1_s:.0f}s")
         streamer.stop_event.wait(phases.detect1_s)
 
+        for sim in sims:  # no injections while v2 is trained, rolled out and on probation
+            sim.stop_injecting()
         labelled = label_from_truth(home, [i for sim in sims for i in sim.injected])
         console.print(f"[bold]feedback[/] labelled {labelled['true_positive']} events true positive and "
                       f"{labelled['false_positive']} false positive (from the simulator's ground truth)")
         # --force: the demo always rolls the challenger out; `cloud-hub retrain history` shows if it beat v1
         hub_cli("retrain", "--force", "--wait", "120")
-        fleet.wait(lambda s: all(s[d].model_version == 2 for d in DEVICES), 120, "v2 on every agent")
-        console.print(f"[bold]detect[/] v2 active everywhere; injecting anomalies for {phases.detect2_s:.0f}s")
+        fleet.wait(partial(_committed, 2), 120, "v2 committed on every agent")
+        for sim in sims:
+            sim.schedule(time.time(), *phases.gap_s)
+        console.print(f"[bold]detect[/] v2 committed everywhere; injecting anomalies for {phases.detect2_s:.0f}s")
         streamer.stop_event.wait(phases.detect2_s)
         for sim in sims:
             sim.stop_injecting()

@@ -56,6 +56,7 @@ from shared.mqtt_direct import DirectWriteClient
 from shared.preprocessing import preprocess_windows, sliding_windows
 from shared.protocol import (
     PROTOCOL_VERSION,
+    Ack,
     Channel,
     Reading,
     Readings,
@@ -71,6 +72,18 @@ BENCH_REARM = 16  # [detector] rearm_readings of the benchmarked agent
 # Single readings in the latency phase: this many times 64, at 400/s (~48 s; ~270 events, so the p99 is not
 # just the second-worst sample).
 LATENCY_SPIKES = 300
+# What the machine does to any process's wake-ups meanwhile: a bare Python process sleeping 2.5 ms at a time
+# (the readings' pacing) reports how late it woke (p50 / p99 / max, ms).  On an idle machine a few tens of µs;
+# on a shared one it says how much of the agent's tail is the scheduler's.
+_WAKEUP_PROBE = """
+import json, sys, time
+end, late = time.monotonic() + float(sys.argv[1]), []
+while (t := time.monotonic()) < end:
+    time.sleep(0.0025)
+    late.append((time.monotonic() - t - 0.0025) * 1000)
+late.sort()
+print(json.dumps([late[len(late) // 2], late[int(len(late) * 0.99)], late[-1]]))
+"""
 AGENT_MAX_BATCH = DetectorConfig().max_batch  # the agent scores this many windows per interpreter call
 
 
@@ -151,6 +164,7 @@ class _Watcher:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         now = time.time()
+        event_id = None
         with self.cond:
             if msg.topic.endswith("/heartbeat"):
                 hb = decode(Channel.HEARTBEAT, msg.payload)
@@ -160,7 +174,14 @@ class _Watcher:
                 event = decode(Channel.ANOMALY, msg.payload)
                 self.events.append((event.ts, now))
                 self.detected.setdefault(event.ts, event.detected_at)
+                event_id = event.event_id
             self.cond.notify_all()
+        if event_id is not None:
+            # Acknowledged as the hub does once an event is stored: without it the agent's outbox re-sends every
+            # event after ack_timeout_s (30 s), and the re-sends of the throughput phases' events would run
+            # during the latency phase, which an agent with a hub never sees.
+            ack = Ack(v=PROTOCOL_VERSION, device=DEVICE, ids=[event_id])
+            self.client.publish(device_topic(DEVICE, Channel.ACK), encode(ack), qos=1)
 
     def wait(self, predicate: Any, timeout_s: float) -> bool:
         with self.cond:
@@ -354,6 +375,8 @@ def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator
     gc.disable()
     sys.setswitchinterval(0.0005)
     try:
+        probe = subprocess.Popen([sys.executable, "-c", _WAKEUP_PROBE, str(LATENCY_SPIKES * gap / rate)],
+                                 stdout=subprocess.PIPE, text=True)
         sent_ts, sent_values, spike_idx = _publish_paced(pub, topic, sim, sim_t0, features, rate,
                                                          LATENCY_SPIKES * gap, gap)
         # Until the agent has scored every reading: the reference below must not take its CPU meanwhile.
@@ -363,6 +386,7 @@ def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator
         sys.setswitchinterval(switch)
         gc.enable()
         gc.unfreeze()
+    wakeup = json.loads(probe.communicate(timeout=60)[0])
     ts_arr = np.asarray(sent_ts)
     # Compare from the first spike the reference can score on (the agent's buffer already held older rows).
     first = ts_arr[window - 1]
@@ -399,6 +423,10 @@ def _latency_phase(watcher: _Watcher, pub: Any, topic: str, sim: DeviceSimulator
         "latency_ms_to_detection_p99": round(percentile(to_detect, 99), 2) if to_detect else None,
         "latency_ms_detection_to_report_p50": round(percentile(to_report, 50), 2) if to_report else None,
         "latency_ms_detection_to_report_p99": round(percentile(to_report, 99), 2) if to_report else None,
+        # A bare process's lateness waking from 2.5 ms sleeps during the phase: the machine's share of the tail.
+        "machine_wakeup_late_ms_p50": round(wakeup[0], 3),
+        "machine_wakeup_late_ms_p99": round(wakeup[1], 3),
+        "machine_wakeup_late_ms_max": round(wakeup[2], 3),
     }
 
 

@@ -42,8 +42,8 @@ def test_streams_inject_every_kind_only_in_the_detection_stretch() -> None:
 @pytest.mark.integration
 def test_demo_recall_finds_injected_spikes(tmp_path: Path) -> None:
     out = tmp_path / "recall.json"
-    r = CliRunner().invoke(main, ["demo-recall", "--runs", "1", "--detect-s", "45", "--collect-s", "30", "--epochs",
-                                  "3", "--workdir", str(tmp_path / "w"), "--out", str(out)])
+    r = CliRunner().invoke(main, ["demo-recall", "--runs", "1", "--detect-s", "45", "--collect-s", "45", "--epochs",
+                                  "8", "--workdir", str(tmp_path / "w"), "--out", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     (run,) = report["runs"]
@@ -57,3 +57,17 @@ def test_demo_recall_finds_injected_spikes(tmp_path: Path) -> None:
     keras = run["score_only"]["keras"]["detected_by_kind"]  # the Keras model's own detection, next to int8's
     assert keras["spike"][1] == n and set(run["score_only"]["int8"]["detected_by_kind"]) == set(keras)
     assert "demo recall, offline" in r.output and "spike" in r.output
+
+
+def test_the_demo_writes_its_score_weights_into_the_hub_config(tmp_path: Path) -> None:
+    from cloud_hub.demo.run import QUICK, Phases
+    from cloud_hub.home import HubHome
+
+    home = HubHome(tmp_path / "hub")
+    home.init()
+    home.config_path.write_text(QUICK.training_toml(home.config_path.read_text()))
+    cfg = home.config().training
+    assert (cfg.epochs, cfg.alpha, cfg.beta, cfg.prediction_steps) == (
+        QUICK.epochs, Phases().alpha, Phases().beta, Phases().prediction_steps)
+    with pytest.raises(RuntimeError, match="template lacks"):
+        QUICK.training_toml("[training]\n")

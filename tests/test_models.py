@@ -111,3 +111,23 @@ def test_prediction_heads_predict_a_change_from_the_newest_reading_they_see(name
 
     plain = create(name, TINY, Mode.UNSUPERVISED).build(x.shape[1], x.shape[2])  # the default: plain Dense head
     assert "change" not in [layer.name for layer in plain.layers]
+
+
+def test_ae_lstm_prediction_steps_limit_what_the_lstm_reads() -> None:
+    """prediction_steps=3: the prediction depends on readings t-3..t-1 only (never on t, nor on older ones),
+    and the model still converts to int8 and runs."""
+    from dataclasses import replace
+
+    x, _ = tiny_data(16)
+    det = create("ae-lstm", replace(TINY, prediction_steps=3), Mode.UNSUPERVISED)
+    model = det.build(x.shape[1], x.shape[2])
+    pred = model.predict(x, verbose=0)[-1]
+    changed = x.copy()
+    changed[:, :4, :] += 0.3  # older than t-3
+    changed[:, -1, :] -= 0.3  # the reading being predicted
+    np.testing.assert_allclose(model.predict(changed, verbose=0)[-1], pred, atol=1e-6)
+    changed[:, -2, :] += 0.3  # t-1 is read
+    assert np.abs(model.predict(changed, verbose=0)[-1] - pred).max() > 1e-4
+    det.fit(x)
+    tfl = det.export_tflite("int8")
+    assert np.isfinite(det.tflite_scores(tfl, x, det.exported_scoring(tfl).scoring)).all()

@@ -46,7 +46,8 @@ class RecallSettings:
     period_s: float = doc("Length of the simulator's 'day' in seconds.", default=Phases().period_s)
     epochs: int = doc("Training epochs (the demo's).", default=Phases().epochs)
     model: str = doc("Model to train.", default="ae-lstm")
-    training: dict[str, Any] = doc("Overrides of the hub's [training] settings (cloud-hub train --set).",
+    training: dict[str, Any] = doc("Overrides of the hub's [training] settings (cloud-hub train --set); "
+                                   "alpha, beta and prediction_steps default to the demo's (Phases).",
                                    default_factory=dict)
     first_run: int = doc("Number of the first run (its seeds).", default=1)
 
@@ -99,8 +100,23 @@ def stream_agreement(keras: np.ndarray, int8: np.ndarray, keras_threshold: float
 
 
 def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any]:
-    """One offline demo run: train v1, replay every device through the agent's detector, score."""
+    """One offline demo run: train v1 and export its int8 bundle as the hub does, then score it."""
     from cloud_hub.retrain_policy import retrain
+
+    streams = demo_streams(run, settings)
+    home = HubHome(workdir / f"run{run}" / "hub")
+    home.init()
+    # the demo's training settings unless overridden (--set alpha=... --set beta=... --set prediction_steps=...)
+    cfg = replace(home.config().training, **{**Phases().training(), "epochs": settings.epochs, **settings.training})
+    data = TrainingData(FEATURES, [s.values[: s.detect_from] for s in streams], "demo-recall",
+                        sum(s.detect_from for s in streams), devices=[s.device for s in streams])
+    res = retrain(home, data, cfg, settings.model, Quantization.INT8)
+    return {"run": run, "detect_s": settings.detect_s, **score_bundle(home, res.version, res.archive, streams)}
+
+
+def score_bundle(home: HubHome, version: int, archive: Path, streams: list[Stream]) -> dict[str, Any]:
+    """Replay every device's stream through the agent's detector with the signed bundle (activated when the
+    detection stretch begins), turn verdicts into events, score them; and compare with the Keras model."""
     from cloud_hub.training import load_version
     from edge_agent.config import DetectorConfig
     from edge_agent.detector import EpisodeTracker
@@ -108,16 +124,10 @@ def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any
     from shared.csvdata import Series
     from shared.preprocessing import preprocess_windows, sliding_windows
 
-    streams = demo_streams(run, settings)
-    home = HubHome(workdir / f"run{run}" / "hub")
-    home.init()
-    cfg = replace(home.config().training, epochs=settings.epochs, **settings.training)
-    data = TrainingData(FEATURES, [s.values[: s.detect_from] for s in streams], "demo-recall",
-                        sum(s.detect_from for s in streams), devices=[s.device for s in streams])
-    res = retrain(home, data, cfg, settings.model, Quantization.INT8)
-    bundle = load_bundle(res.archive, [home.public_key()])
-    _, keras = load_version(home, res.version)
+    bundle = load_bundle(archive, [home.public_key()])
+    _, keras = load_version(home, version)
     pre = bundle.manifest.preprocessing
+    int8_threshold = bundle.manifest.decision.score_threshold
     rearm = DetectorConfig().rearm_readings
     events: list[tuple[str, float]] = []
     k_scores, t_scores = [], []
@@ -136,16 +146,16 @@ def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any
         k_scores.append(keras.score(x))
         t_scores.append(out.score[s.detect_from:])
         for name, scores, threshold in (("keras", k_scores[-1], keras.decision.threshold),
-                                        ("int8", t_scores[-1], res.decision.score_threshold)):
+                                        ("int8", t_scores[-1], int8_threshold)):
             flags = Decision(DecisionMode.SCORE, threshold).flags(scores)
             score_events[name] += [(s.device, float(s.ts[s.detect_from + i])) for i in EpisodeTracker(rearm).starts(flags)]
     injected = [i for s in streams for i in s.injected]
-    return {"run": run, "detect_s": settings.detect_s, "devices": len(streams),
-            **detection_summary(events, injected), "events": len(events),
-            "threshold": res.decision.score_threshold, "model_bytes": res.tflite_bytes,
-            "agreement_bundle": asdict(res.agreement),
+    agreement = bundle.manifest.quantization.agreement
+    return {"devices": len(streams), **detection_summary(events, injected), "events": len(events),
+            "threshold": int8_threshold, "model_bytes": len(bundle.model_bytes),
+            "agreement_bundle": asdict(agreement) if agreement is not None else {},
             "agreement_stream": stream_agreement(np.concatenate(k_scores), np.concatenate(t_scores),
-                                                 keras.decision.threshold, res.decision.score_threshold),
+                                                 keras.decision.threshold, int8_threshold),
             # the model's score alone (no stuck check, no likelihood): what the Keras model itself detects,
             # so agreement is never bought with detection unnoticed
             "score_only": {name: _brief(detection_summary(ev, injected)) for name, ev in score_events.items()}}

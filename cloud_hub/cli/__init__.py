@@ -254,14 +254,18 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 @click.option("--deviation-window", type=click.IntRange(min=0), default=None,
               help="Agents also score each reading's deviation from the median of the previous N readings "
                    "(0 = off; default: the corpus configuration).")
+@click.option("--seasonal-period", type=click.IntRange(min=0), default=None,
+              help="Agents also score each reading against the readings seen before in its time slot (hour of "
+                   "day x weekday over this period in seconds, e.g. 604800; 0 = off; default: the corpus "
+                   "configuration).")
 @click.option("--reuse-bundles", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A previous run's --out: replay its exported bundles with this run's post-processing "
                    "(likelihood settings, onsets, threshold) instead of training again.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
         likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
-        onset_window: int | None, rearm: int | None, deviation_window: int | None, reuse_bundles: Path | None,
-        settings: tuple[str, ...]) -> None:
+        onset_window: int | None, rearm: int | None, deviation_window: int | None, seasonal_period: int | None,
+        reuse_bundles: Path | None, settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
     stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
     nab_scores.json, NAB results files and report.md."""
@@ -284,7 +288,8 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
                                 retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows),
                                 reuse_bundles=str(reuse_bundles or ""),
                                 **{k: v for k, v in (("onset_window", onset_window), ("rearm", rearm),
-                                                     ("deviation_window", deviation_window)) if v is not None})
+                                                     ("deviation_window", deviation_window),
+                                                     ("seasonal_period", seasonal_period)) if v is not None})
     if reuse_bundles and retrain_every:
         raise click.BadParameter("--reuse-bundles replays existing models: it cannot retrain",
                                  param_hint="--retrain-every")

@@ -563,14 +563,15 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--detect-s", default=300.0, show_default=True, help="Seconds of detection per device.")
 @click.option("--collect-s", default=90.0, show_default=True, help="Seconds of normal data per device for v1.")
 @click.option("--epochs", default=30, show_default=True, help="Training epochs (the demo's).")
+@click.option("--period-s", default=45.0, show_default=True, help="The simulator's 'day' (demo --quick: 20).")
 @click.option("--model", "model_name", type=_model_choice(), default="ae-lstm", show_default=True)
 @SET_OPTION
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Where each run's hub home goes (default: a new temporary directory).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("demo-recall.json"),
               show_default=True)
-def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, epochs: int, model_name: str,
-                settings: tuple[str, ...], workdir: Path | None, out: Path) -> None:
+def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, epochs: int, period_s: float,
+                model_name: str, settings: tuple[str, ...], workdir: Path | None, out: Path) -> None:
     """The demo's recall per anomaly kind, offline: simulator → train + int8 bundle → agent replay.
 
     No wall clock, so load cannot starve it; prints recall per kind, false alarms per run and each run's
@@ -579,8 +580,8 @@ def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, ep
     from cloud_hub.demo.offline import demo_recall as measure
 
     try:
-        cfg = RecallSettings(runs=runs, detect_s=detect_s, collect_s=collect_s, epochs=epochs, model=model_name,
-                             training=parse_settings(settings), first_run=first_run)
+        cfg = RecallSettings(runs=runs, detect_s=detect_s, collect_s=collect_s, epochs=epochs, period_s=period_s,
+                             model=model_name, training=parse_settings(settings), first_run=first_run)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     report = measure(cfg, workdir.resolve() if workdir else None)

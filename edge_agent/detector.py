@@ -340,7 +340,7 @@ class StreamingDetector:
         decision = model.decision.scaled(self.threshold_scale)
         # Events report the score threshold at this agent's scale (a likelihood decision is on another axis).
         threshold = Decision(DecisionMode.SCORE, model.decision_params.score_threshold, self.threshold_scale).in_force
-        lik = likelihood.update(scored.scores, raw[w - 1 :]) if likelihood else np.zeros(n)
+        lik = likelihood.update(scored.scores, raw[w - 1 :], np.asarray(ts, np.float64)) if likelihood else np.zeros(n)
         lik_threshold = decision.in_force if decision.on_likelihood else None
         contributions = scored.contributions
         onsets = None

@@ -18,6 +18,12 @@ Optional refinements, all causal and all learned on the stream itself (no retrai
   goes through a likelihood of its own, primed on its first ``deviation_warmup`` scores on the stream;
   ℓ is the larger of the two.  It catches what a model trained on little data does not model (a
   level the model reconstructs well but the stream has never dwelt on) and carries over model swaps;
+* seasonal context — a model-free opinion on *when*: each reading's robust distance from the median of
+  the readings seen before in the same time slot (hour of day × weekday, from the readings' own
+  timestamps: ``seasonal_period`` / ``seasonal_slots``), in median absolute deviations, through a
+  likelihood of its own; a slot speaks only once it was seen in ``seasonal_min`` earlier periods (weeks
+  of stream), so a value normal in range but unusual for its hour (a holiday, a missing daily peak) is
+  seen.  It re-arms on its own (``rearm``): its alarms neither silence nor are silenced by the others';
 * onsets only — ℓ is reported only where it exceeds every value of the previous ``onset_window``
   readings (0 elsewhere), so one sustained excursion yields one alarm rather than hundreds;
 * re-arm — ℓ is reported only where none of the previous ``rearm`` readings reached ``rearm_level``:
@@ -62,23 +68,46 @@ class LikelihoodParams:
                             default=0)
     rearm: int = doc("Report the likelihood only where none of the previous N readings' reached `rearm_level` "
                      "(0 = off): one alarm per excursion, re-armed after N quiet readings.", default=0)
+    rearm_max: int = doc("Longest silence re-arming may impose: a reading reaching `rearm_level` this many "
+                         "readings after the last reported alarm is reported even if the stream never stayed quiet "
+                         "(0 = no limit).", default=0)
     rearm_level: float = doc("Likelihood that counts as an alarm for re-arming (normally the decision's "
                              "likelihood threshold).", default=0.5)
     deviation_window: int = doc("Model-free second opinion: distance of each reading from the median of the "
                                 "previous N readings in median absolute deviations, through its own likelihood; "
                                 "the larger likelihood is reported (0 = off).", default=0)
-    deviation_warmup: int = doc("Deviation scores that prime the deviation likelihood on the stream before it "
-                                "reports anything.", default=300)
+    deviation_warmup: int = doc("Deviation (and seasonal) scores that prime their likelihood on the stream before "
+                                "it reports anything.", default=300)
+    seasonal_period: int = doc("Seasonal context: the period in seconds of the time-slot profile (86400 = a day, "
+                               "604800 = a week; 0 = off). Needs the readings' timestamps.", default=0)
+    seasonal_slots: int = doc("Slots per period (168 for hour of day x weekday over a week).", default=168)
+    seasonal_depth: int = doc("Readings kept per slot (the newest): the slot's median and MAD are over them.",
+                              default=32)
+    seasonal_min: int = doc("Earlier periods a slot must have been seen in before its deviation is scored "
+                            "(until then: 0).", default=2)
+    seasonal_level: float = doc("The seasonal likelihood counts only where it reaches this level (below: 0); "
+                                "above the decision threshold it asks the context for stronger evidence than "
+                                "the other sources.", default=0.5)
+    seasonal_smoothing: int = doc("The seasonal profile holds the median of each reading and the N - 1 before it "
+                                  "(1 = the readings themselves): a sustained change, not a lone spike.",
+                                  default=1)
 
     def __post_init__(self) -> None:
         if self.prior_std <= 0 or self.history < 2 or self.short_window < 1 or self.prior_weight < 0:
             raise ValueError("prior_std > 0, history >= 2, short_window >= 1, prior_weight >= 0")
         if len(self.range_min) != len(self.range_max) or self.onset_window < 0:
             raise ValueError("range_min and range_max need one value per feature; onset_window >= 0")
+        if self.rearm_max < 0:
+            raise ValueError("rearm_max >= 0")
         if self.rearm < 0 or self.deviation_window < 0 or self.deviation_window == 1 or self.deviation_warmup < 2:
             raise ValueError("rearm >= 0, deviation_window 0 (off) or >= 2, deviation_warmup >= 2")
         if not 0 < self.rearm_level <= 1:
             raise ValueError("rearm_level must be in (0, 1]")
+        if self.seasonal_period < 0 or (self.seasonal_period and not (
+                1 <= self.seasonal_slots <= self.seasonal_period and self.seasonal_min >= 1
+                and self.seasonal_depth >= 2 and self.seasonal_smoothing >= 1 and 0 < self.seasonal_level <= 1)):
+            raise ValueError("seasonal_period >= 0; when on: 1 <= seasonal_slots <= seasonal_period, "
+                             "seasonal_min >= 1, seasonal_depth >= 2, seasonal_smoothing >= 1, 0 < seasonal_level <= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dump(self)  # type: ignore[no-any-return]
@@ -119,10 +148,12 @@ class AnomalyLikelihood:
         self._hi = np.asarray(params.range_max, np.float64)
         self._evicted = 0
         self._onset_tail = np.zeros(0)  # the last onset_window likelihoods (before onset filtering)
-        self._crossed_tail = np.zeros(0, dtype=bool)  # the last `rearm` readings: did ℓ reach the threshold?
+        self._rearm = _Rearm(params)
         self._deviation: _Deviation | None = (
             _Deviation(params.deviation_window, params.deviation_warmup, params.history)
             if params.deviation_window else None)
+        self._seasonal: _Seasonal | None = _Seasonal(params) if params.seasonal_period else None
+        self._seasonal_rearm = _Rearm(params)  # the seasonal context re-arms on its own
 
     def continued(self, params: LikelihoodParams) -> AnomalyLikelihood:
         """The likelihood of a new model (same features) on this stream: the score history starts over
@@ -137,20 +168,26 @@ class AnomalyLikelihood:
             nxt._lo, nxt._hi = self._lo.copy(), self._hi.copy()
         if params.onset_window:
             nxt._onset_tail = self._onset_tail[-params.onset_window :].copy()
-        if params.rearm:
-            nxt._crossed_tail = self._crossed_tail[-params.rearm :].copy()
+        nxt._rearm = self._rearm.continued(params)
         if self._deviation is not None and nxt._deviation is not None and \
                 self._deviation.window == nxt._deviation.window:
             nxt._deviation = self._deviation  # the readings' own statistics: not the model's
+        if self._seasonal is not None and nxt._seasonal is not None and self._seasonal.same_profile(params):
+            nxt._seasonal = self._seasonal
+            nxt._seasonal_rearm = self._seasonal_rearm.continued(params)
         return nxt
 
-    def update_one(self, score: float, reading: np.ndarray | None = None) -> float:
-        """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty)."""
+    def update_one(self, score: float, reading: np.ndarray | None = None, timestamp: float | None = None) -> float:
+        """ℓ for one window's raw score; ``reading`` is its newest raw reading (for range novelty), ``timestamp``
+        its time in epoch seconds (for the seasonal context)."""
         readings = None if reading is None else np.asarray(reading, np.float64)[None, :]
-        return float(self.update(np.array([score], dtype=np.float64), readings)[0])
+        ts = None if timestamp is None else np.array([timestamp], np.float64)
+        return float(self.update(np.array([score], dtype=np.float64), readings, ts)[0])
 
-    def update(self, scores: np.ndarray, readings: np.ndarray | None = None) -> np.ndarray:
-        """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty."""
+    def update(self, scores: np.ndarray, readings: np.ndarray | None = None,
+               timestamps: np.ndarray | None = None) -> np.ndarray:
+        """ℓ for each score in order; ``readings`` (newest raw reading per window) feed range novelty and the
+        model-free opinions, ``timestamps`` (epoch seconds per window) the seasonal context."""
         scores = np.asarray(scores, np.float64).reshape(-1)
         if not len(scores):
             return np.zeros(0)
@@ -158,7 +195,11 @@ class AnomalyLikelihood:
         rows = None if readings is None else np.asarray(readings, np.float64).reshape(len(scores), -1)
         if self._deviation is not None and rows is not None:
             lik = np.maximum(lik, self._deviation.update(rows))
-        out = self._rearmed(self._onsets(lik))
+        out = self._rearm.apply(self._onsets(lik))
+        if self._seasonal is not None and rows is not None and timestamps is not None:
+            seasonal = self._seasonal.update(rows, np.asarray(timestamps, np.float64).reshape(-1))
+            seasonal = np.where(seasonal >= self.params.seasonal_level, seasonal, 0.0)
+            out = np.maximum(out, self._seasonal_rearm.apply(seasonal))
         if rows is not None and self.params.spatial_tolerance >= 0:
             novel = self._novel(rows)
             out = np.where(novel, 1.0, out)  # novelty is reported every time; it does not mask later onsets
@@ -288,20 +329,6 @@ class AnomalyLikelihood:
         self._onset_tail = ext[-k:].copy()
         return np.where(lik > previous, lik, 0.0)
 
-    def _rearmed(self, lik: np.ndarray) -> np.ndarray:
-        """Keep ℓ only where no value of the previous ``rearm`` readings reached the threshold."""
-        k = self.params.rearm
-        if k == 0:
-            return lik
-        crossed = lik >= self.params.rearm_level
-        ext = np.concatenate([np.zeros(max(0, k - len(self._crossed_tail)), bool), self._crossed_tail, crossed])
-        counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
-        # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
-        starts = np.arange(len(lik))
-        before = counts[starts + k] - counts[starts]
-        self._crossed_tail = ext[-k:].copy()
-        return np.where(before == 0, lik, 0.0)
-
     def _novel(self, readings: np.ndarray) -> np.ndarray:
         """Per reading: beyond the range seen before it by more than the tolerance (then widen the range)."""
         out = np.zeros(len(readings), dtype=bool)
@@ -329,10 +356,9 @@ class _Deviation:
     readings are batched: every score depends only on its own window."""
 
     def __init__(self, window: int, warmup: int, history: int) -> None:
-        self.window, self.warmup, self.history = window, warmup, history
+        self.window = window
         self._recent = np.zeros((0, 0))
-        self._warm: list[float] = []
-        self._lik: AnomalyLikelihood | None = None
+        self._primed = _Primed(warmup, history)
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Deviation score of each row against the ``window`` readings before it (NaN without history)."""
@@ -357,16 +383,143 @@ class _Deviation:
 
     def update(self, rows: np.ndarray) -> np.ndarray:
         """ℓ of each row's deviation (0 while warming up or without history)."""
-        dev = self.scores(rows)
-        out = np.zeros(len(rows))
-        ok = np.flatnonzero(np.isfinite(dev))
+        return self._primed.update(self.scores(rows))
+
+
+class _Rearm:
+    """Re-arming: ℓ is kept only where none of the previous ``rearm`` readings reached ``rearm_level`` —
+    one alarm per excursion — or, with ``rearm_max``, where the last reported alarm is ``rearm_max``
+    readings back (so a stream that never stays quiet is not silenced for good)."""
+
+    def __init__(self, params: LikelihoodParams) -> None:
+        self.k, self.level, self.cap = params.rearm, params.rearm_level, params.rearm_max
+        self._tail = np.zeros(0, dtype=bool)  # the last k readings: did ℓ reach the level?
+        self._since = 0  # readings since the last reported alarm (counted from the stream's start)
+
+    def continued(self, params: LikelihoodParams) -> _Rearm:
+        nxt = _Rearm(params)
+        nxt._tail = self._tail[-params.rearm :].copy() if params.rearm else nxt._tail
+        nxt._since = self._since
+        return nxt
+
+    def apply(self, lik: np.ndarray) -> np.ndarray:
+        k = self.k
+        if k == 0:
+            return lik
+        crossed = lik >= self.level
+        ext = np.concatenate([np.zeros(max(0, k - len(self._tail)), bool), self._tail, crossed])
+        counts = np.concatenate([[0], np.cumsum(ext, dtype=np.int64)])
+        # crossings among the k values before each new one: ext[i .. i+k-1] for new value ext[i+k]
+        starts = np.arange(len(lik))
+        keep = (counts[starts + k] - counts[starts]) == 0
+        self._tail = ext[-k:].copy()
+        last = -self._since - 1  # index (in this batch) of the last reported alarm
+        for i in np.flatnonzero(crossed).tolist():  # sparse: only readings reaching the level
+            if not keep[i] and self.cap and i - last >= self.cap:
+                keep[i] = True
+            if keep[i]:
+                last = i
+        self._since = len(lik) - 1 - last
+        return np.where(keep, lik, 0.0)
+
+
+class _Primed:
+    """A likelihood for a model-free score learned on the stream itself: the first ``warmup`` finite scores
+    prime it (learned, not reported), then each finite score gets ℓ (NaN scores: 0, not learned)."""
+
+    def __init__(self, warmup: int, history: int, short_window: int = 1) -> None:
+        self.warmup, self.history, self.short_window = warmup, history, short_window
+        self._warm: list[float] = []
+        self._lik: AnomalyLikelihood | None = None
+
+    def update(self, scores: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(scores))
+        ok = np.flatnonzero(np.isfinite(scores))
         i = 0
         while i < len(ok) and self._lik is None:  # warm-up: collect, then prime on what was collected
-            self._warm.append(float(dev[ok[i]]))
+            self._warm.append(float(scores[ok[i]]))
             i += 1
             if len(self._warm) >= self.warmup:
-                self._lik = AnomalyLikelihood(fit_prior(np.array(self._warm), short_window=1, history=self.history))
+                self._lik = AnomalyLikelihood(fit_prior(np.array(self._warm), short_window=self.short_window,
+                                                        history=self.history))
                 self._lik.update(np.array(self._warm))  # learned, not reported
         if self._lik is not None and i < len(ok):
-            out[ok[i:]] = self._lik.update(dev[ok[i:]])
+            out[ok[i:]] = self._lik.update(scores[ok[i:]])
         return out
+
+
+class _Seasonal:
+    """The seasonal context's stream state: per time slot (``(t mod period) // (period / slots)``) the newest
+    ``depth`` readings; a reading's score is max over features of |x − median| / (MAD + 1e-3·|median| + 1e-9)
+    over its slot's earlier readings, NaN until the slot was seen in ``min`` earlier periods.  Each reading is judged
+    before it joins its slot, one at a time, so batching changes nothing.  Memory: slots × depth × features."""
+
+    def __init__(self, params: LikelihoodParams) -> None:
+        self.period, self.slots = params.seasonal_period, params.seasonal_slots
+        self.depth, self.min = params.seasonal_depth, params.seasonal_min
+        self._smoothing = params.seasonal_smoothing
+        self._profile = np.zeros((self.slots, self.depth, 0))  # ring per slot, allocated at the first reading
+        self._count = np.zeros(self.slots, np.int64)  # readings ever added per slot
+        self._finite = np.ones(self.slots, bool)  # the slot holds no NaN
+        self._last_period = np.full(self.slots, -1, np.int64)  # the period the slot was last seen in
+        self._periods = np.zeros(self.slots, np.int64)  # distinct earlier periods the slot was seen in
+        self._primed = _Primed(params.deviation_warmup, params.history)
+        self._tail = np.zeros((0, 0))  # the last smoothing - 1 readings
+
+    def same_profile(self, params: LikelihoodParams) -> bool:
+        return (self.period, self.slots, self.depth, self.min, self._smoothing) == (
+            params.seasonal_period, params.seasonal_slots, params.seasonal_depth, params.seasonal_min,
+            params.seasonal_smoothing)
+
+    def slot(self, t: float) -> int:
+        return int((t % self.period) * self.slots // self.period) % self.slots
+
+    def kept(self, slot: int) -> np.ndarray:
+        """The readings slot ``slot`` holds, oldest first."""
+        k = int(self._count[slot])
+        if k <= self.depth:
+            return self._profile[slot, :k]
+        return np.roll(self._profile[slot], -(k % self.depth), axis=0)
+
+    def scores(self, rows: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        out = np.full(len(rows), np.nan)
+        if self._profile.shape[2] != rows.shape[1]:
+            self._profile = np.zeros((self.slots, self.depth, rows.shape[1]))
+            self._tail = np.zeros((0, rows.shape[1]))
+            self._count[:] = 0
+            self._finite[:] = True
+            self._last_period[:] = -1
+            self._periods[:] = 0
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slots: NaN score
+            if self._smoothing > 1:  # each row becomes the median of itself and the smoothing - 1 rows before it
+                ext = np.vstack([self._tail, rows])  # the tail holds at most smoothing - 1 rows
+                self._tail = ext[-(self._smoothing - 1) :].copy()
+                pad = np.full((self._smoothing - 1 - (len(ext) - len(rows)), rows.shape[1]), np.nan)
+                win = np.lib.stride_tricks.sliding_window_view(np.vstack([pad, ext]), self._smoothing, axis=0)
+                rows = np.nanmedian(win[-len(rows) :], axis=2)
+            for i, t in enumerate(timestamps.tolist()):
+                if not math.isfinite(t):
+                    continue
+                slot, period = self.slot(t), int(t // self.period)
+                if period != self._last_period[slot]:  # a new visit: the previous ones are earlier periods
+                    self._periods[slot] += self._last_period[slot] >= 0
+                    self._last_period[slot] = period
+                k = int(self._count[slot])
+                if self._periods[slot] >= self.min and k >= 2:
+                    block = self._profile[slot, : min(k, self.depth)]  # order does not matter for a median
+                    median = np.median if self._finite[slot] else np.nanmedian  # np.median: ~20x faster
+                    med = median(block, axis=0)
+                    mad = median(np.abs(block - med), axis=0)
+                    dev = np.abs(rows[i] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
+                    dev = dev[np.isfinite(dev)]
+                    if len(dev):
+                        out[i] = float(dev.max())
+                self._profile[slot, k % self.depth] = rows[i]
+                self._count[slot] = k + 1
+                self._finite[slot] = bool(np.isfinite(self._profile[slot, : min(k + 1, self.depth)]).all())
+        return out
+
+    def update(self, rows: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """ℓ of each row's seasonal deviation (0 while the slot or the likelihood is warming up)."""
+        return self._primed.update(self.scores(rows, timestamps))

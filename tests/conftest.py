@@ -16,6 +16,10 @@ from cloud_hub.brokers import RunningBroker, mosquitto_path, start_amqtt, start_
 from cloud_hub.demo.simulator import FEATURES, DeviceSimulator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist hands its workers the controller's terminal width as COLUMNS; the CLI's console would
+    # then cut tables at it, unlike the piped output of a one-process run (cloud_hub/cli/common.py _width).
+    os.environ.pop("COLUMNS", None)
 REPO = Path(__file__).resolve().parent.parent
 
 

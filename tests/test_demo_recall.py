@@ -67,6 +67,7 @@ def test_the_demo_writes_its_score_weights_into_the_hub_config(tmp_path: Path) -
     home.init()
     home.config_path.write_text(QUICK.training_toml(home.config_path.read_text()))
     cfg = home.config().training
-    assert (cfg.epochs, cfg.alpha, cfg.beta) == (QUICK.epochs, Phases().alpha, Phases().beta)
+    assert (cfg.epochs, cfg.alpha, cfg.beta, cfg.prediction_steps) == (
+        QUICK.epochs, Phases().alpha, Phases().beta, Phases().prediction_steps)
     with pytest.raises(RuntimeError, match="template lacks"):
         QUICK.training_toml("[training]\n")

@@ -258,3 +258,105 @@ def test_rearm_and_deviation_params_validate() -> None:
     for bad in ({"rearm": -1}, {"deviation_window": 1}, {"deviation_window": -2}, {"deviation_warmup": 1}):
         with pytest.raises(ValueError):
             LikelihoodParams(prior_mean=0, prior_std=1, **bad)
+
+
+def test_seasonal_scores_against_the_same_slot_only_hand_computed() -> None:
+    """Period 4 s in 2 slots ([0, 2) and [2, 4) mod 4): a reading is compared with its own slot's earlier
+    readings — median 11, MAD 1 of {10, 12} — once the slot was seen in 2 earlier periods, and joins the
+    slot after being judged."""
+    from shared.likelihood import _Seasonal
+
+    seas = _Seasonal(LikelihoodParams(prior_mean=0, prior_std=1, seasonal_period=4, seasonal_slots=2,
+                                      seasonal_depth=3, seasonal_min=2))
+    t = np.array([0.0, 2.0, 4.5, 6.0, 8.0, 10.0, 12.0, 13.9])
+    x = np.array([[10.0], [100.0], [12.0], [104.0], [14.0], [102.0], [11.0], [11.0]])
+    got = seas.scores(x, t)
+    assert np.isnan(got[:4]).all()  # each slot seen in < 2 earlier periods until t = 8 (period 2)
+    assert got[4] == pytest.approx(3 / (1 + 1e-3 * 11 + 1e-9))  # 14 vs slot 0 {10, 12}
+    assert got[5] == pytest.approx(0 / (2 + 1e-3 * 102 + 1e-9))  # 102 vs slot 1 {100, 104}: median 102, MAD 2
+    assert got[6] == pytest.approx(1 / (2 + 1e-3 * 12 + 1e-9))  # 11 vs {10, 12, 14}: median 12, MAD 2
+    # t 13.9 (mod 4 = 1.9: slot 0); depth 3, so 10 has fallen out: {12, 14, 11}, median 12, MAD 1
+    assert got[7] == pytest.approx(1 / (1 + 1e-3 * 12 + 1e-9))
+    assert seas.kept(0)[:, 0].tolist() == [14.0, 11.0, 11.0]
+
+
+def test_seasonal_slot_is_hour_of_day_by_weekday() -> None:
+    from shared.likelihood import _Seasonal
+
+    seas = _Seasonal(LikelihoodParams(prior_mean=0, prior_std=1, seasonal_period=604800, seasonal_slots=168))
+    thursday_midnight = 0.0  # 1970-01-01 was a Thursday
+    assert seas.slot(thursday_midnight) == 0
+    assert seas.slot(thursday_midnight + 3600 * 5 + 59) == 5
+    assert seas.slot(thursday_midnight + 86400 * 7 + 3600 * 5) == 5  # a week later: the same slot
+    assert seas.slot(thursday_midnight + 86400 + 3600 * 5) == 29  # Friday 05:00
+
+
+def test_seasonal_context_catches_a_missing_daily_peak_the_range_allows() -> None:
+    """A daily cycle whose peak fails to come one day: every value stays inside the range seen, the model's
+    score is normal, the recent-median deviation sees a smooth curve — only the time-of-day profile objects.
+    Silent until the slots have seen enough days; batch-independent; off without timestamps."""
+    rng = np.random.default_rng(5)
+    step = 1800.0  # half-hourly readings, 48 a day, 20 days
+    t = np.arange(48 * 20) * step
+    hour = (t % 86400) / 3600
+    x = (10 + 8 * np.exp(-((hour - 14) ** 2) / 4) + rng.normal(0, 0.3, len(t)))[:, None]
+    day17 = (t >= 17 * 86400) & (t < 18 * 86400)
+    x[day17, 0] = 10 + rng.normal(0, 0.3, int(day17.sum()))  # no peak on day 17
+    s = normal_scores(len(t), 2)
+    params = fit_prior(normal_scores(300), short_window=1, seasonal_period=86400, seasonal_slots=24,
+                       seasonal_depth=16, seasonal_min=3, deviation_warmup=100)
+    out = AnomalyLikelihood(params).update(s, x, t)
+    off = AnomalyLikelihood(fit_prior(normal_scores(300), short_window=1)).update(s, x, t)
+    no_ts = AnomalyLikelihood(params).update(s, x)
+    assert np.array_equal(no_ts, off)
+    peak17 = day17 & (hour >= 12) & (hour < 16)
+    assert out[peak17].max() >= 0.5 > off[peak17].max()
+    assert out[: 48 * 3].max() == off[: 48 * 3].max()  # a slot speaks once seen on 3 earlier days
+    chunked = AnomalyLikelihood(params)
+    parts = [chunked.update(s[i : i + 77], x[i : i + 77], t[i : i + 77]) for i in range(0, len(t), 77)]
+    assert np.array_equal(out, np.concatenate(parts))
+    single = AnomalyLikelihood(params)
+    assert np.array_equal(out, [single.update_one(float(s[j]), x[j], float(t[j])) for j in range(len(t))])
+
+
+def test_seasonal_params_validate() -> None:
+    for bad in ({"seasonal_period": -1}, {"seasonal_period": 86400, "seasonal_slots": 0},
+                {"seasonal_period": 86400, "seasonal_min": 0}, {"seasonal_period": 86400, "seasonal_depth": 1},
+                {"seasonal_period": 86400, "seasonal_smoothing": 0}):
+        with pytest.raises(ValueError):
+            LikelihoodParams(prior_mean=0, prior_std=1, **bad)
+
+
+def test_rearm_max_bounds_the_silence_of_a_stream_that_never_stays_quiet() -> None:
+    """re-arm 3, rearm_max 5: an alarm at 0; the crossings at 1–6 keep it disarmed, but the one 5 readings after
+    the reported alarm is reported; after 3 quiet readings the next crossing is reported as before."""
+    from shared.likelihood import _Rearm
+
+    lik = np.array([0.9] * 7 + [0.0] * 3 + [0.9])
+    capped = LikelihoodParams(prior_mean=0, prior_std=1, rearm=3, rearm_max=5)
+    plain = LikelihoodParams(prior_mean=0, prior_std=1, rearm=3)
+    assert _Rearm(capped).apply(lik).tolist() == [0.9, 0, 0, 0, 0, 0.9, 0, 0, 0, 0, 0.9]
+    assert _Rearm(plain).apply(lik).tolist() == [0.9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.9]
+    chunked = _Rearm(capped)
+    parts = [chunked.apply(lik[i : i + k]) for i, k in ((0, 2), (2, 1), (3, 4), (7, 4))]
+    assert np.concatenate(parts).tolist() == [0.9, 0, 0, 0, 0, 0.9, 0, 0, 0, 0, 0.9]
+    with pytest.raises(ValueError):
+        LikelihoodParams(prior_mean=0, prior_std=1, rearm_max=-1)
+
+
+def test_seasonal_smoothing_profiles_a_running_median_so_a_lone_spike_is_ignored() -> None:
+    """smoothing 3: each reading is replaced by the median of itself and the 2 before it (fewer at the start),
+    the same however the rows are batched."""
+    from shared.likelihood import _Seasonal
+
+    params = LikelihoodParams(prior_mean=0, prior_std=1, seasonal_period=2, seasonal_slots=1, seasonal_depth=8,
+                              seasonal_min=1, seasonal_smoothing=3)
+    x = np.array([[1.0], [3.0], [1.0], [50.0], [1.0], [1.0], [2.0]])
+    t = np.arange(len(x)) * 2.0  # one slot, one period per reading
+    whole = _Seasonal(params)
+    got = whole.scores(x, t)
+    # smoothed: 1, median(1,3)=2, 1, median(3,1,50)=3, median(1,50,1)=1, 1, median(1,1,2)=1
+    assert whole.kept(0)[:, 0].tolist() == [1.0, 2.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    chunked = _Seasonal(params)
+    parts = [chunked.scores(x[i : i + k], t[i : i + k]) for i, k in ((0, 1), (1, 3), (4, 3))]
+    assert np.array_equal(np.concatenate(parts), got, equal_nan=True)

@@ -254,14 +254,18 @@ def evaluate(model_names: tuple[str, ...], data_path: Path, label_column: str, t
 @click.option("--deviation-window", type=click.IntRange(min=0), default=None,
               help="Agents also score each reading's deviation from the median of the previous N readings "
                    "(0 = off; default: the corpus configuration).")
+@click.option("--seasonal-period", type=click.IntRange(min=0), default=None,
+              help="Agents also score each reading against the readings seen before in its time slot (hour of "
+                   "day x weekday over this period in seconds, e.g. 604800; 0 = off; default: the corpus "
+                   "configuration).")
 @click.option("--reuse-bundles", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A previous run's --out: replay its exported bundles with this run's post-processing "
                    "(likelihood settings, onsets, threshold) instead of training again.")
 @SET_OPTION
 def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit: int | None, quantization: str,
         likelihood_threshold: float, workers: int, retrain_every: int, retrain_max_rows: int,
-        onset_window: int | None, rearm: int | None, deviation_window: int | None, reuse_bundles: Path | None,
-        settings: tuple[str, ...]) -> None:
+        onset_window: int | None, rearm: int | None, deviation_window: int | None, seasonal_period: int | None,
+        reuse_bundles: Path | None, settings: tuple[str, ...]) -> None:
     """Run the Numenta Anomaly Benchmark: per file, train on the probationary rows, export, and score the
     stream with the edge agent's replay (optionally retraining along it, as the hub does).  Writes
     nab_scores.json, NAB results files and report.md."""
@@ -284,7 +288,8 @@ def nab(nab_dir: Path, model_name: str, out: Path, only: tuple[str, ...], limit:
                                 retrain=RetrainPolicy(every=retrain_every, max_rows=retrain_max_rows),
                                 reuse_bundles=str(reuse_bundles or ""),
                                 **{k: v for k, v in (("onset_window", onset_window), ("rearm", rearm),
-                                                     ("deviation_window", deviation_window)) if v is not None})
+                                                     ("deviation_window", deviation_window),
+                                                     ("seasonal_period", seasonal_period)) if v is not None})
     if reuse_bundles and retrain_every:
         raise click.BadParameter("--reuse-bundles replays existing models: it cannot retrain",
                                  param_hint="--retrain-every")
@@ -558,14 +563,15 @@ def demo(broker: str | None, workdir: Path, summary: Path, quick: bool, dashboar
 @click.option("--detect-s", default=300.0, show_default=True, help="Seconds of detection per device.")
 @click.option("--collect-s", default=90.0, show_default=True, help="Seconds of normal data per device for v1.")
 @click.option("--epochs", default=30, show_default=True, help="Training epochs (the demo's).")
+@click.option("--period-s", default=45.0, show_default=True, help="The simulator's 'day' (demo --quick: 20).")
 @click.option("--model", "model_name", type=_model_choice(), default="ae-lstm", show_default=True)
 @SET_OPTION
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Where each run's hub home goes (default: a new temporary directory).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("demo-recall.json"),
               show_default=True)
-def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, epochs: int, model_name: str,
-                settings: tuple[str, ...], workdir: Path | None, out: Path) -> None:
+def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, epochs: int, period_s: float,
+                model_name: str, settings: tuple[str, ...], workdir: Path | None, out: Path) -> None:
     """The demo's recall per anomaly kind, offline: simulator → train + int8 bundle → agent replay.
 
     No wall clock, so load cannot starve it; prints recall per kind, false alarms per run and each run's
@@ -574,8 +580,8 @@ def demo_recall(runs: int, first_run: int, detect_s: float, collect_s: float, ep
     from cloud_hub.demo.offline import demo_recall as measure
 
     try:
-        cfg = RecallSettings(runs=runs, detect_s=detect_s, collect_s=collect_s, epochs=epochs, model=model_name,
-                             training=parse_settings(settings), first_run=first_run)
+        cfg = RecallSettings(runs=runs, detect_s=detect_s, collect_s=collect_s, epochs=epochs, period_s=period_s,
+                             model=model_name, training=parse_settings(settings), first_run=first_run)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     report = measure(cfg, workdir.resolve() if workdir else None)

@@ -47,7 +47,7 @@ class RecallSettings:
     epochs: int = doc("Training epochs (the demo's).", default=Phases().epochs)
     model: str = doc("Model to train.", default="ae-lstm")
     training: dict[str, Any] = doc("Overrides of the hub's [training] settings (cloud-hub train --set); "
-                                   "alpha and beta default to the demo's (Phases).",
+                                   "alpha, beta and prediction_steps default to the demo's (Phases).",
                                    default_factory=dict)
     first_run: int = doc("Number of the first run (its seeds).", default=1)
 
@@ -106,9 +106,8 @@ def run_once(run: int, settings: RecallSettings, workdir: Path) -> dict[str, Any
     streams = demo_streams(run, settings)
     home = HubHome(workdir / f"run{run}" / "hub")
     home.init()
-    demo = Phases()  # the demo's score weights unless overridden (--set alpha=... --set beta=...)
-    cfg = replace(home.config().training, **{"epochs": settings.epochs, "alpha": demo.alpha, "beta": demo.beta,
-                                             **settings.training})
+    # the demo's training settings unless overridden (--set alpha=... --set beta=... --set prediction_steps=...)
+    cfg = replace(home.config().training, **{**Phases().training(), "epochs": settings.epochs, **settings.training})
     data = TrainingData(FEATURES, [s.values[: s.detect_from] for s in streams], "demo-recall",
                         sum(s.detect_from for s in streams), devices=[s.device for s in streams])
     res = retrain(home, data, cfg, settings.model, Quantization.INT8)

@@ -55,7 +55,12 @@ class NabConfig:
     onset_window: int = 0  # report only new highs of the last N readings (off: `rearm` does this job better)
     rearm: int = 500  # one alarm per excursion: report only after 500 readings below the threshold
     deviation_window: int = 144  # model-free second opinion: deviation from the median of the last 144 readings
-    deviation_warmup: int = 300  # deviation scores that prime its likelihood on the stream
+    deviation_warmup: int = 300  # deviation (and seasonal) scores that prime their likelihood on the stream
+    seasonal_period: int = 86400  # seasonal context: a profile by hour of day (a day, 24 slots)
+    seasonal_slots: int = 24
+    seasonal_depth: int = 96  # readings kept per slot
+    seasonal_min: int = 2  # earlier days a slot must have been seen in before it speaks
+    seasonal_smoothing: int = 12  # the profile holds a running median of 12 readings: sustained, not spikes
     workers: int = 2
     retrain: RetrainPolicy = field(default_factory=RetrainPolicy)  # learn from the streamed past (every=0: off)
     reuse_bundles: str = ""  # a previous run's folder: re-export its bundles with this post-processing, no training
@@ -163,7 +168,9 @@ def post_processing(cfg: NabConfig) -> dict[str, Any]:
     return {"history": cfg.likelihood_history, "spatial_tolerance": cfg.spatial_tolerance,
             "onset_window": cfg.onset_window, "rearm": cfg.rearm, "rearm_level": cfg.likelihood_threshold,
             "deviation_window": cfg.deviation_window,
-            "deviation_warmup": cfg.deviation_warmup}
+            "deviation_warmup": cfg.deviation_warmup, "seasonal_period": cfg.seasonal_period,
+            "seasonal_slots": cfg.seasonal_slots, "seasonal_depth": cfg.seasonal_depth,
+            "seasonal_min": cfg.seasonal_min, "seasonal_smoothing": cfg.seasonal_smoothing}
 
 
 def _save_raw(out: Path, name: str, score: np.ndarray, likelihood: np.ndarray, anomalous: np.ndarray) -> None:

@@ -55,6 +55,7 @@ from shared.mqtt import BrokerConfig, connect, make_client
 from shared.mqtt_direct import DirectWriteClient
 from shared.preprocessing import preprocess_windows, sliding_windows
 from shared.protocol import (
+    MAX_ACK_IDS,
     PROTOCOL_VERSION,
     Ack,
     Channel,
@@ -156,6 +157,7 @@ class _Watcher:
         self.heartbeats = 0
         self.events: list[tuple[float, float]] = []  # (event ts, received at)
         self.detected: dict[float, float] = {}  # event ts -> the agent's detected_at (same machine, same clock)
+        self._unacked: list[str] = []  # event ids received, not yet acknowledged
         self.client = make_client(broker, "bench-watch", persistent=False)
         self.client.on_connect = lambda c, *_: c.subscribe(
             [(device_topic(DEVICE, Channel.HEARTBEAT), 0), (device_topic(DEVICE, Channel.ANOMALY), 1)])
@@ -164,7 +166,6 @@ class _Watcher:
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         now = time.time()
-        event_id = None
         with self.cond:
             if msg.topic.endswith("/heartbeat"):
                 hb = decode(Channel.HEARTBEAT, msg.payload)
@@ -174,13 +175,18 @@ class _Watcher:
                 event = decode(Channel.ANOMALY, msg.payload)
                 self.events.append((event.ts, now))
                 self.detected.setdefault(event.ts, event.detected_at)
-                event_id = event.event_id
+                self._unacked.append(event.event_id)
             self.cond.notify_all()
-        if event_id is not None:
-            # Acknowledged as the hub does once an event is stored: without it the agent's outbox re-sends every
-            # event after ack_timeout_s (30 s), and the re-sends of the throughput phases' events would run
-            # during the latency phase, which an agent with a hub never sees.
-            ack = Ack(v=PROTOCOL_VERSION, device=DEVICE, ids=[event_id])
+            # Acknowledged as the hub does once events are stored, in batches (each heartbeat, every 0.25 s, or
+            # MAX_ACK_IDS ids): without it the agent's outbox re-sends every event after ack_timeout_s (30 s), and
+            # the re-sends of the throughput phases' events would run during the latency phase, which an agent
+            # with a hub never sees.
+            if self._unacked and (msg.topic.endswith("/heartbeat") or len(self._unacked) >= MAX_ACK_IDS):
+                ids, self._unacked = self._unacked, []
+            else:
+                ids = []
+        if ids:
+            ack = Ack(v=PROTOCOL_VERSION, device=DEVICE, ids=ids)
             self.client.publish(device_topic(DEVICE, Channel.ACK), encode(ack), qos=1)
 
     def wait(self, predicate: Any, timeout_s: float) -> bool:

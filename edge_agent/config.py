@@ -55,8 +55,9 @@ class DetectorConfig:
     overlap: bool = doc(
         "When a block of at least 8 x max_batch windows queues up (columnar readings, a backlog), run the interpreter on "
         "a helper thread while the next part is preprocessed (same numbers; needs a second core: off on a "
-        "single-core machine whatever this says).",
-        default=True,
+        "single-core machine whatever this says). Off by default: it paid on a loaded 2-vCPU machine and cost "
+        "throughput on a quiet one (docs/benchmarks.md).",
+        default=False,
     )
     max_future_s: float = doc(
         "Readings stamped more than this many seconds ahead of the agent's clock are rejected (counted as "

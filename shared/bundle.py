@@ -127,7 +127,10 @@ class Manifest:
                 raise ValueError(f"illegal file name {name!r}")
 
     def to_json(self) -> bytes:
-        return json.dumps(dump(self), indent=2, sort_keys=True).encode()
+        data = dump(self)
+        if self.likelihood is not None:  # its newer keys only when used (LikelihoodParams.to_dict)
+            data["likelihood"] = self.likelihood.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True).encode()
 
 
 def upgrade_manifest(data: Any) -> Any:

@@ -110,11 +110,23 @@ class LikelihoodParams:
                              "seasonal_min >= 1, seasonal_depth >= 2, seasonal_smoothing >= 1, 0 < seasonal_level <= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return dump(self)  # type: ignore[no-any-return]
+        """Keys added after bundle format 2 shipped are written only when used: a bundle that does not use
+        them still loads on agents that predate them (an agent refuses keys it does not know)."""
+        data: dict[str, Any] = dump(self)
+        if not self.rearm_max:
+            del data["rearm_max"]
+        if not self.seasonal_period:
+            for key in SEASONAL_KEYS:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> LikelihoodParams:
         return load(cls, data)
+
+
+SEASONAL_KEYS = ("seasonal_period", "seasonal_slots", "seasonal_depth", "seasonal_min", "seasonal_level",
+                 "seasonal_smoothing")
 
 
 def fit_prior(scores: np.ndarray, **overrides: Any) -> LikelihoodParams:

@@ -225,3 +225,23 @@ def test_the_helper_checks_a_signature_once(key, helper_process, monkeypatch) ->
     with pytest.raises(signing.SignatureError):
         signing.verify(trusted, kid, signing.sign(key, b"tampered"), b"tampered!")
     assert calls == [b"announcement", b"tampered", b"tampered!"]
+
+
+@pytest.mark.parametrize("seasonal_period", [0, 86400])
+def test_the_manifest_carries_newer_likelihood_keys_only_when_used(seasonal_period: int) -> None:
+    """Agents refuse unknown manifest keys: a bundle that does not use the seasonal context must not
+    carry its keys (so agents of the previous release still load it); one that does round-trips."""
+    manifest = b.build_manifest(
+        name="ae-lstm", version=3,
+        preprocessing=PreprocessParams(features=["a", "b"], window=8, denoise_threshold=[0.1, 0.1],
+                                       scale_min=[0, 0], scale_max=[1, 1]),
+        scoring=ScoringParams(rec_ref=[1.0, 1.0], pred_ref=[1.0, 1.0]),
+        decision=DecisionParams(score_threshold=2.0), quantization=b.Quantization(mode="int8"),
+        files={b.MODEL_FILE: MODEL},
+        likelihood=LikelihoodParams(prior_mean=1.0, prior_std=0.5, seasonal_period=seasonal_period,
+                                    seasonal_slots=24 if seasonal_period else 168),
+    )
+    written = json.loads(manifest.to_json())["likelihood"]
+    assert ("seasonal_period" in written) == bool(seasonal_period)
+    assert "rearm_max" not in written
+    assert b.parse_manifest(manifest.to_json()) == manifest

@@ -360,3 +360,18 @@ def test_seasonal_smoothing_profiles_a_running_median_so_a_lone_spike_is_ignored
     chunked = _Seasonal(params)
     parts = [chunked.scores(x[i : i + k], t[i : i + k]) for i, k in ((0, 1), (1, 3), (4, 3))]
     assert np.array_equal(np.concatenate(parts), got, equal_nan=True)
+
+
+def test_keys_newer_than_format_2_are_written_only_when_used() -> None:
+    """A bundle that does not use re-arm caps or the seasonal context still loads on an agent that predates
+    them (agents refuse unknown keys); one that does carries them and round-trips."""
+    before = {"prior_mean", "prior_std", "prior_weight", "history", "short_window", "spatial_tolerance",
+              "range_min", "range_max", "onset_window", "rearm", "rearm_level", "deviation_window",
+              "deviation_warmup"}  # the keys of the release before the seasonal context
+    plain = LikelihoodParams(prior_mean=1.0, prior_std=0.5, rearm=500, deviation_window=144)
+    assert set(plain.to_dict()) == before
+    assert LikelihoodParams.from_dict(plain.to_dict()) == plain
+    used = LikelihoodParams(prior_mean=1.0, prior_std=0.5, rearm=500, rearm_max=2000, seasonal_period=86400,
+                            seasonal_slots=24)
+    assert {"rearm_max", "seasonal_period", "seasonal_slots"} <= set(used.to_dict())
+    assert LikelihoodParams.from_dict(used.to_dict()) == used

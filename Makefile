@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## Full suite: unit tests plus the integration tests (real Mosquitto, amqtt, training).
-## TEST_WORKERS=2 runs test files in two worker processes (pytest-xdist, --dist loadfile): most
-## integration tests wait on brokers, agents and paced streams, so two workers overlap that waiting.
-## Off by default until two full parallel runs are green (one was, under load; see README).
-TEST_WORKERS ?= 0
+## Test files run in two worker processes (pytest-xdist, --dist loadfile: a file's tests stay in one
+## worker): most integration tests wait on brokers, agents and paced streams, so two workers overlap that
+## waiting. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 

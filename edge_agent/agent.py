@@ -10,7 +10,6 @@ The model lifecycle (download, checks, probation, rollback) lives in :mod:`edge_
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -111,8 +110,7 @@ class Agent:
         self.device = cfg.device_id
         self.store = ModelStore(cfg.state_dir, [parse_public_key(k) for k in cfg.trusted_keys])
         self.detector = StreamingDetector(cfg.detector.threshold_scale, cfg.detector.max_batch,
-                                          cfg.detector.max_future_s,
-                                          overlap=cfg.detector.overlap and (os.cpu_count() or 1) > 1)
+                                          cfg.detector.max_future_s)
         self.tracker = EpisodeTracker(cfg.detector.rearm_readings)
         self.queue = ReadingQueue(cfg.queue_size)
         self.rejects = RejectCounter(log)

@@ -52,13 +52,6 @@ class DetectorConfig:
     num_threads: int = doc("Interpreter threads; 0 = the firmware profile's num_threads (1 without a profile).",
                            default=0)
     max_batch: int = doc("Most windows scored in one interpreter call when readings queue up.", default=64)
-    overlap: bool = doc(
-        "When a block of at least 8 x max_batch windows queues up (columnar readings, a backlog), run the interpreter on "
-        "a helper thread while the next part is preprocessed (same numbers; needs a second core: off on a "
-        "single-core machine whatever this says). Off by default: it paid on a loaded 2-vCPU machine and cost "
-        "throughput on a quiet one (docs/benchmarks.md).",
-        default=False,
-    )
     max_future_s: float = doc(
         "Readings stamped more than this many seconds ahead of the agent's clock are rejected (counted as "
         "future_timestamp). Readings not after the previous one are always rejected (stale_timestamp).",

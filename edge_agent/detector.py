@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +23,12 @@ from shared.likelihood import AnomalyLikelihood, LikelihoodParams
 from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
 from shared.protocol import RejectReason
 from shared.readings import ReadingsBlock
-from shared.scoring import Head, ScoringParams, score_outputs
+from shared.scoring import ScoringParams, score_outputs
 from shared.stuck import StuckParams, stuck_channels, stuck_onsets
 
 BUFFER_READINGS = 4096  # readings kept (the longest window any model may use, and recent_readings)
 MAX_BUFFER_FEATURES = 256
 _BUCKETS = (1, 4, 16, 64, 256)
-OVERLAP_BATCHES = 4  # interpreter calls per overlapped part; blocks of at least two parts are overlapped
 
 
 @dataclass
@@ -164,11 +162,8 @@ class StreamingDetector:
     (None = no limit, for offline replay).  Readings not after the previous one are always rejected.
     """
 
-    def __init__(self, threshold_scale: float = 1.0, max_batch: int = 64, max_future_s: float | None = None,
-                 overlap: bool = False) -> None:
+    def __init__(self, threshold_scale: float = 1.0, max_batch: int = 64, max_future_s: float | None = None) -> None:
         self.model: ActiveModel | None = None
-        # Large blocks: the interpreter on this helper thread overlaps the next part's preprocessing.
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="interpreter") if overlap else None
         self._likelihood: AnomalyLikelihood | None = None
         self._stuck_last: np.ndarray | None = None  # stuck channels of the last scored window (onsets)
         self.threshold_scale = threshold_scale
@@ -306,21 +301,6 @@ class StreamingDetector:
         scored = self._score(model, raw, rows.ts[len(rows) - n_windows :], likelihood, stream=True)
         return PushResult(k, {}, rows, scored, w)
 
-    def _preprocess_and_predict_overlapped(self, model: ActiveModel, raw_windows: np.ndarray, part: int
-                                           ) -> tuple[np.ndarray, dict[Head, np.ndarray]]:
-        """Preprocess part k + 1 while the interpreter (which releases the GIL) runs part k on the helper
-        thread: on a second core the numpy work and the interpreter overlap.  Parts are whole multiples of
-        ``max_batch``, so the interpreter sees the same calls as one ``predict_batched`` (same numbers)."""
-        assert self._helper is not None
-        xs: list[np.ndarray] = []
-        pending: list[Future[dict[Head, np.ndarray]]] = []
-        for s in range(0, len(raw_windows), part):
-            x = preprocess_windows(raw_windows[s : s + part], model.preprocessing)
-            xs.append(x)
-            pending.append(self._helper.submit(model.model.predict_batched, x, self.max_batch, _BUCKETS))
-        parts = [f.result() for f in pending]
-        return np.concatenate(xs), {h: np.concatenate([o[h] for o in parts]) for h in parts[0]}
-
     def _score(self, model: ActiveModel, raw: np.ndarray, ts: np.ndarray,
                likelihood: AnomalyLikelihood | None, stream: bool = False) -> ScoredBatch:
         """Score every window of ``raw`` (rows in the model's feature order); ``ts`` per window end.
@@ -328,12 +308,8 @@ class StreamingDetector:
         p = model.preprocessing
         w = p.window
         raw_windows = sliding_windows(raw, w)
-        part = OVERLAP_BATCHES * self.max_batch
-        if self._helper is not None and len(raw_windows) >= 2 * part:
-            x, outputs = self._preprocess_and_predict_overlapped(model, raw_windows, part)
-        else:
-            x = preprocess_windows(raw_windows, p)
-            outputs = model.model.predict_batched(x, self.max_batch, _BUCKETS)
+        x = preprocess_windows(raw_windows, p)
+        outputs = model.model.predict_batched(x, self.max_batch, _BUCKETS)
         stuck = stuck_channels(raw_windows, model.stuck) if model.stuck is not None else None
         n = len(x)
         scored = score_outputs(x, outputs, model.scoring)

@@ -360,6 +360,12 @@ class AnomalyLikelihood:
         return out
 
 
+def robust_deviation(x: np.ndarray, median: np.ndarray, mad: np.ndarray) -> np.ndarray:
+    """|x − median| in median absolute deviations; the 1e-3·|median| floor keeps a flat stretch (MAD 0)
+    from dividing by zero or turning noise into alarms.  The deviation and seasonal opinions share it."""
+    return np.abs(x - median) / (mad + 1e-3 * np.abs(median) + 1e-9)
+
+
 class _Deviation:
     """The deviation likelihood's stream state: the last ``window`` readings, the warm-up scores, then a
     likelihood primed on them.  Per reading the score is max over features of
@@ -388,7 +394,7 @@ class _Deviation:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN score
             med = np.nanmedian(win, axis=2)
             mad = np.nanmedian(np.abs(win - med[:, :, None]), axis=2)
-            dev = np.abs(rows[first:] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
+            dev = robust_deviation(rows[first:], med, mad)
             out[first:] = np.nanmax(np.where(np.isfinite(dev), dev, -np.inf), axis=1)
         out[~np.isfinite(out)] = np.nan
         return out
@@ -523,7 +529,7 @@ class _Seasonal:
                     median = np.median if self._finite[slot] else np.nanmedian  # np.median: ~20x faster
                     med = median(block, axis=0)
                     mad = median(np.abs(block - med), axis=0)
-                    dev = np.abs(rows[i] - med) / (mad + 1e-3 * np.abs(med) + 1e-9)
+                    dev = robust_deviation(rows[i], med, mad)
                     dev = dev[np.isfinite(dev)]
                     if len(dev):
                         out[i] = float(dev.max())

@@ -20,11 +20,11 @@ from shared.bundle import Bundle
 from shared.decision import Decision, DecisionMode, DecisionParams
 from shared.inference import Runtime, TFLiteModel
 from shared.likelihood import AnomalyLikelihood, LikelihoodParams
-from shared.preprocessing import PreprocessParams, preprocess_windows, sliding_windows
+from shared.preprocessing import PreprocessParams, series_windows
 from shared.protocol import RejectReason
 from shared.readings import ReadingsBlock
 from shared.scoring import ScoringParams, score_outputs
-from shared.stuck import StuckParams, stuck_channels, stuck_onsets
+from shared.stuck import StuckParams, stuck_in_series, stuck_onsets
 
 BUFFER_READINGS = 4096  # readings kept (the longest window any model may use, and recent_readings)
 MAX_BUFFER_FEATURES = 256
@@ -307,10 +307,9 @@ class StreamingDetector:
         ``stream``: these windows continue the live stream (stuck onsets carry over between batches)."""
         p = model.preprocessing
         w = p.window
-        raw_windows = sliding_windows(raw, w)
-        x = preprocess_windows(raw_windows, p)
+        x = series_windows(raw, p)
         outputs = model.model.predict_batched(x, self.max_batch, _BUCKETS)
-        stuck = stuck_channels(raw_windows, model.stuck) if model.stuck is not None else None
+        stuck = stuck_in_series(raw, w, model.stuck) if model.stuck is not None else None
         n = len(x)
         scored = score_outputs(x, outputs, model.scoring)
         decision = model.decision.scaled(self.threshold_scale)
@@ -356,8 +355,7 @@ class StreamingDetector:
         block = self.recent_readings(n + w - 1)
         if len(block) < w:
             return np.empty((0, w, model.preprocessing.n_features), dtype=np.float32)
-        return preprocess_windows(sliding_windows(_widen(block, tuple(model.preprocessing.features)).values, w),
-                                  model.preprocessing)
+        return series_windows(_widen(block, tuple(model.preprocessing.features)).values, model.preprocessing)
 
     def evaluate(self, model: ActiveModel, n: int) -> ScoredBatch | None:
         """Score the last ``n`` windows with ``model`` without touching any streaming state

@@ -11,6 +11,7 @@ readings are ignored; a window needs half of its readings present to be judged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,55 @@ def stuck_channels(windows: np.ndarray, params: StuckParams) -> np.ndarray:
     limit = np.asarray(params.min_std) * params.ratio
     with np.errstate(invalid="ignore"):
         return (limit > 0) & (std < limit)
+
+
+def _rolling_range(series: np.ndarray, k: int) -> np.ndarray:
+    """(n, f) → (n - k + 1, f): max − min of the finite values of every k consecutive rows (NaN where none),
+    in O(n·f) (van Herk / Gil-Werman: prefix and suffix extremes of k-row blocks) rather than O(n·k·f)."""
+    n, f = series.shape
+    m = -(-n // k) * k
+    x = np.full((m, f), np.nan)
+    x[:n] = series
+    x[:n][~np.isfinite(series)] = np.nan  # ±inf is no value to the nan-aware std either
+    blocks = x.reshape(m // k, k, f)
+    out = []
+    for op in (np.fmax, np.fmin):  # NaN-ignoring
+        prefix = op.accumulate(blocks, axis=1).reshape(m, f)
+        suffix = op.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].reshape(m, f)
+        out.append(op(suffix[: n - k + 1], prefix[k - 1 : n]))
+    return np.subtract(out[0], out[1], out=out[0])
+
+
+def stuck_in_series(series: np.ndarray, window: int, params: StuckParams) -> np.ndarray:
+    """``stuck_channels(sliding_windows(series, window), params)`` — the same decisions — with the exact
+    standard deviation taken only where a window could be stuck.
+
+    A population standard deviation over k values is at least range / sqrt(2k) (the spread is smallest with
+    two values at the extremes and the rest at their midpoint; over the m ≤ k finite values the nan-aware
+    path uses, range / sqrt(2m) ≥ range / sqrt(2k)).  So a channel whose rolling range (finite values, O(n)
+    on the series) reaches limit · sqrt(2k) by a margin far above the computed std's rounding (relative
+    ~k·1e-16) is not stuck; only the rest, normally none, go through ``stuck_channels``."""
+    x = np.asarray(series, np.float64)
+    if x.ndim != 2:
+        raise ValueError("series must be 2-D (rows, features)")
+    k = params.window
+    if window < k:
+        raise ValueError(f"the stuck check needs {k} readings per window, got {window}")
+    b = len(x) - window + 1
+    if b <= 0:
+        return np.zeros((0, x.shape[1]), bool)
+    limit = np.asarray(params.min_std) * params.ratio
+    rng = _rolling_range(x, k)[window - k : window - k + b]
+    with np.errstate(invalid="ignore"):
+        sure = rng >= limit * (math.sqrt(2 * k) * (1 + 1e-9))  # NaN range (no finite value): not sure
+    candidate = (limit > 0) & ~sure
+    out = np.zeros((b, x.shape[1]), bool)
+    rows = np.flatnonzero(candidate.any(axis=1))
+    if len(rows):
+        wins = np.lib.stride_tricks.sliding_window_view(x, window, axis=0)[rows]  # (r, f, window)
+        exact = stuck_channels(np.ascontiguousarray(wins.transpose(0, 2, 1)), params)
+        out[rows] = exact
+    return out
 
 
 def stuck_onsets(stuck: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:

@@ -157,3 +157,21 @@ def test_gap_filling_handles_infinities_and_never_writes_its_input() -> None:
     assert np.array_equal(windows, kept) and out.dtype == np.float32
     lo, hi = np.asarray(params.scale_min), np.asarray(params.scale_max)
     assert np.array_equal(out, ((kept - lo) / np.where(hi - lo > 0, hi - lo, 1.0)).astype(np.float32))
+
+
+def test_series_windows_equal_preprocessed_sliding_windows_with_gaps_and_infinities() -> None:
+    """The series path (channel-major windows, gaps found on the series) gives the bits the windows path
+    gives, for several window lengths, wavelets and levels."""
+    rng = np.random.default_rng(9)
+    for window, wavelet, level in ((32, "db4", 1), (16, "haar", 1), (64, "db4", 2), (33, "sym5", 1), (8, "db4", 0)):
+        values = rng.normal(20, 3, size=(400, 4))
+        params = fit_preprocessing([values], ["a", "b", "c", "d"], window=window, wavelet=wavelet,
+                                   wavelet_level=level)
+        values[rng.random(values.shape) < 0.03] = np.nan
+        values[50 : 50 + window + 3, 2] = np.nan  # a channel missing for whole windows: the fallback
+        values[120, 1], values[121, 1] = np.inf, -np.inf  # a NaN sum without a gap
+        got = series_windows(values, params)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, preprocess_windows(sliding_windows(values, window), params), equal_nan=True)
+        assert np.array_equal(series_windows(values[:window], params), got[:1])
+    assert series_windows(values[:3], params).shape == (0, 8, 4)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shared.preprocessing import sliding_windows
-from shared.stuck import StuckParams, fit_stuck, stuck_channels
+from shared.stuck import StuckParams, fit_stuck, stuck_channels, stuck_in_series
 from tests.conftest import simulated_series
 
 
@@ -117,3 +117,29 @@ def test_rolling_std_equals_numpy_std_bit_for_bit() -> None:
     for x in (w, w[:, -20:, :], w[:1]):
         assert np.array_equal(_rolling_std(x), x.std(axis=1))
     assert _rolling_std(w)[5, 1] == 0.0
+
+
+def test_series_check_with_the_range_prefilter_decides_as_the_exact_check() -> None:
+    """stuck_in_series skips the exact std where the rolling range proves a channel is not stuck: the same
+    decisions as stuck_channels on every window, with gaps, infinities, frozen stretches, channels whose
+    spread sits right at the bound (two extremes, the rest at their midpoint) and huge offsets."""
+    rng = np.random.default_rng(11)
+    n, f = 900, 5
+    min_std = [0.1, 0.3, 0.0, 0.05, 0.2]
+    for k, window in ((32, 32), (20, 32), (2, 8), (7, 64)):
+        params = StuckParams(window=k, min_std=min_std, ratio=0.05)
+        limit = np.asarray(min_std) * 0.05
+        x = rng.normal(0.0, 1.0, size=(n, f)) * limit * rng.choice([0.5, 2.0, 50.0], size=(n, 1))
+        x += rng.choice([0.0, 20.0, 1e6], size=(1, f))
+        x[100:100 + 2 * k, 0] = 3.5  # frozen
+        x[200:200 + 3 * k, 1] = np.nan  # a gap longer than the window
+        x[300:300 + k, 3] = 1.0  # at the bound: std = range / sqrt(2k) exactly when the range is limit·sqrt(2k)
+        x[300, 3], x[300 + k - 1, 3] = 1.0 - limit[3] * np.sqrt(2 * k) / 2, 1.0 + limit[3] * np.sqrt(2 * k) / 2
+        x[400:400 + k, 4] = 5.0
+        x[405, 4] = np.inf
+        x[rng.random((n, f)) < 0.02] = np.nan
+        want = stuck_channels(sliding_windows(x, window), params)
+        got = stuck_in_series(x, window, params)
+        assert got.shape == want.shape and np.array_equal(got, want)
+        assert want[:, 0].any() and not want[:, 2].any()
+    assert stuck_in_series(np.zeros((3, f)), 8, StuckParams(window=2, min_std=min_std)).shape == (0, f)

@@ -114,7 +114,8 @@ def _series_gap_lines(series: FloatArray, window: int) -> tuple[np.ndarray, np.n
         return np.empty(0, np.intp), np.empty(0, np.intp)
     counts = np.zeros((len(series) + 1, series.shape[1]), np.intp)
     np.cumsum(nan, axis=0, out=counts[1:])
-    return np.nonzero(counts[window:] - counts[:-window])
+    b_idx, f_idx = np.nonzero(counts[window:] - counts[:-window])
+    return b_idx, f_idx
 
 
 def _fill_lines(lines: FloatArray, b_idx: np.ndarray, f_idx: np.ndarray, fallback: FloatArray | None) -> None:

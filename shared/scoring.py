@@ -92,8 +92,16 @@ class WindowErrors:
 def window_errors(x: np.ndarray, reconstruction: np.ndarray | None, prediction: np.ndarray | None) -> WindowErrors:
     """MSE of the reconstruction over the window and of the prediction of its last reading (zeros for a
     head the model does not have)."""
-    b, _, f = x.shape
-    per_rec = np.zeros((b, f)) if reconstruction is None else ((np.asarray(reconstruction, np.float64) - x) ** 2).mean(axis=1)
+    b, w, f = x.shape
+    if reconstruction is None:
+        per_rec = np.zeros((b, f))
+    else:  # ((rec - x) ** 2).mean(axis=1) in float64, the same operations in the same order (the sum over
+        # the window still runs oldest to newest), laid out time-major so the sum adds whole rows at a time
+        sq = np.empty((w, b, f))
+        np.subtract(reconstruction, x, dtype=np.float64, out=sq.transpose(1, 0, 2))
+        np.square(sq, out=sq)
+        per_rec = np.add.reduce(sq, axis=0)
+        np.true_divide(per_rec, w, out=per_rec)
     pred_sq = np.zeros((b, f)) if prediction is None else (np.asarray(prediction, np.float64) - x[:, -1, :]) ** 2
     return WindowErrors(per_rec.mean(axis=1), pred_sq.mean(axis=1), per_rec, pred_sq)
 

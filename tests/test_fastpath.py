@@ -332,3 +332,19 @@ def test_a_few_windows_at_batch_one_equal_single_predictions(trained_home) -> No
         got = tfl.predict_batched(x[start : start + m], 16, (1, 4, 16))
         for head, v in got.items():
             assert np.array_equal(v, np.concatenate([alone[i][head] for i in range(start, start + m)]))
+
+
+def test_window_errors_equal_the_numpy_definition_bit_for_bit() -> None:
+    """The reconstruction error is summed time-major (whole rows at a time) for speed: the same operations in
+    the same order as ((rec - x) ** 2).mean(axis=1), so the same bits, for one window or many."""
+    from shared.scoring import window_errors
+
+    rng = np.random.default_rng(12)
+    for b, w, f in ((1, 32, 4), (7, 32, 4), (300, 32, 4), (5, 9, 1)):
+        x = rng.normal(0.5, 0.3, size=(b, w, f)).astype(np.float32)
+        rec = (x + rng.normal(0, 0.05, size=x.shape)).astype(np.float32)
+        pred = rec[:, -1, :] + np.float32(0.01)
+        got = window_errors(x, rec, pred)
+        want = ((np.asarray(rec, np.float64) - x) ** 2).mean(axis=1)
+        assert np.array_equal(got.per_feature_rec, want) and np.array_equal(got.reconstruction, want.mean(axis=1))
+        assert np.array_equal(got.per_feature_pred, (np.asarray(pred, np.float64) - x[:, -1, :]) ** 2)

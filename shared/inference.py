@@ -106,7 +106,9 @@ class TFLiteModel:
         if self.input_dtype in (np.int8, np.uint8):
             scale, zero = self._input["quantization"]
             info = np.iinfo(self.input_dtype)
-            q = np.round(x / scale + zero)
+            q = np.divide(x, scale)  # np.round(x / scale + zero) in one array (the same float32 operations)
+            np.add(q, zero, out=q)
+            np.round(q, out=q)
             # np.clip's Python wrapper costs more than the work on a few windows; the same values.
             return np.minimum(np.maximum(q, info.min, out=q), info.max, out=q).astype(self.input_dtype)
         return x.astype(self.input_dtype)
@@ -114,7 +116,8 @@ class TFLiteModel:
     def _dequantise(self, raw: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         if np.dtype(detail["dtype"]) in (np.int8, np.uint8):
             scale, zero = detail["quantization"]
-            return (raw.astype(np.float32) - zero) * scale
+            out = np.subtract(raw, zero, dtype=np.float32)  # (raw.astype(float32) - zero) * scale, one array
+            return np.multiply(out, scale, out=out)
         return raw.astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> None:

@@ -1,6 +1,7 @@
 """The edge agent: wiring of MQTT in and out, the update machine, the scoring worker, heartbeats and sync.
 
-Threads: paho's network loop (decodes and routes messages, never scores), one scoring worker,
+Threads: paho's network loops (decode and route messages; a reading source scores a small message itself
+when the scorer is idle, see ``_offer``), one scoring worker,
 one housekeeping timer (heartbeat, telemetry, sync, update ticks, outbox checkpoints), the outbox
 sender, one announcement checker (signature checks off the network thread), a short-lived installer
 per new bundle, and optional source threads.  Model swaps replace one reference; readings keep flowing.
@@ -77,6 +78,10 @@ COMMIT_S = 0.5
 # processed but not yet committed are redelivered) yields the same id and is stored once.
 EVENT_NAMESPACE = uuid.UUID("9c7d7f3e-5b7a-4f35-9d61-2f1b8a6e0c41")
 GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is 0.005)
+# A reading message of at most this many readings that finds the scorer idle and nothing queued is scored
+# by the thread that received it (no hand-off to the scorer thread); larger blocks always go through the
+# queue, so a burst keeps decoding and scoring on two threads.
+INLINE_MAX_READINGS = 8
 
 
 @dataclass
@@ -205,7 +210,7 @@ class Agent:
                 broker = replace(broker, client_id=f"{broker.client_id or f'edge-{self.device}'}-readings")
             source = MqttReadingSource(broker, broker.client_id if own else f"edge-src-{self.device}", topics,
                                        self.guard, lambda t, p: self._decode_block(t, p, t in self._npy_topics),
-                                       self.queue.put, self.ledger, float(hwm) if hwm else -float("inf"),
+                                       self._offer, self.ledger, float(hwm) if hwm else -float("inf"),
                                        on_subscribed=self._readers_subscribed if own else None)
             self.readers.append(source)
             if own:
@@ -364,16 +369,33 @@ class Agent:
     def _score_loop(self) -> None:
         while not self.stop_event.is_set() or len(self.queue):
             self.watchdog.ping()  # systemd restarts the agent when scoring hangs
-            batch = self.queue.get(max_items=1024, timeout=COMMIT_S)
-            if batch:
-                self._process(batch)
-            self._commit_readings()
+            batch = self.queue.get(max_items=1024, timeout=COMMIT_S)  # returns holding the scoring turn
+            try:
+                if batch:
+                    self._process(batch)
+                self._commit_readings()
+            finally:
+                self.queue.release()
+
+    def _offer(self, block: ReadingsBlock) -> int:
+        """A reading source's sink: queue ``block`` for the scorer, or, when it is small and the scorer is
+        idle with nothing queued, score it on this thread (the scoring turn keeps one scorer at a time, in
+        order).  Returns the block's queue position (the source's ack ledger)."""
+        position, claimed = self.queue.put_or_claim(block, INLINE_MAX_READINGS)
+        if claimed:
+            try:
+                self._process([block])
+                self._commit_readings()
+            finally:
+                self.queue.release()
+        return position
 
     def _commit_readings(self, force: bool = False) -> None:
         """Acknowledge processed MQTT messages and record CSV progress once what the agent keeps of them is
         durable.
 
-        Runs on the scorer thread, the only writer of sync rows (the sync interval's flush included), so
+        Runs holding the scoring turn (the scorer thread, or a reading source scoring a small block itself),
+        the only writer of sync rows (the sync interval's flush included), so
         the high-water mark (the newest admitted reading) and each CSV replay's next row, written in the
         same outbox transaction as the sync batches, cover exactly the rows stored: a restarted agent
         skips what this run stored and nothing else.  Anomaly events are already in the outbox (``_report``).

@@ -10,6 +10,7 @@ The model lifecycle (download, checks, probation, rollback) lives in :mod:`edge_
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -82,6 +83,21 @@ GIL_SWITCH_INTERVAL_S = 0.0005  # `edge-agent run` sets it (CPython's default is
 # by the thread that received it (no hand-off to the scorer thread); larger blocks always go through the
 # queue, so a burst keeps decoding and scoring on two threads.
 INLINE_MAX_READINGS = 8
+
+
+def collect_young_garbage() -> None:
+    """Run the cyclic collector's due work now, right after a block was scored and reported.
+
+    Why: its automatic runs start on whichever allocation crosses the threshold, often in the middle of
+    scoring a reading (0.2-1.3 ms each, ~180 in a 48 s run at 400 readings/s); here, between readings,
+    the same collections (the generation CPython would pick) cost the next reading nothing.  From half the
+    gen-0 threshold on, so the automatic trigger is rarely reached.
+    """
+    c0, c1, c2 = gc.get_count()
+    t0, t1, t2 = gc.get_threshold()
+    if not gc.isenabled() or t0 == 0 or c0 < t0 // 2:
+        return
+    gc.collect(2 if c2 >= t2 else 1 if c1 >= t1 else 0)
 
 
 @dataclass
@@ -374,6 +390,7 @@ class Agent:
                 if batch:
                     self._process(batch)
                 self._commit_readings()
+                collect_young_garbage()
             finally:
                 self.queue.release()
 
@@ -386,6 +403,7 @@ class Agent:
             try:
                 self._process([block])
                 self._commit_readings()
+                collect_young_garbage()
             finally:
                 self.queue.release()
         return position

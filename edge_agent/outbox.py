@@ -416,6 +416,7 @@ class Sender:
         # sync batches wait in the outbox (durable, bounded, resumable), never in memory.
         self._sync = TokenBucket(sync_bytes_per_s) if sync_bytes_per_s > 0 else None
         self.published = 0
+        self._capped = False  # the last pump stopped at max_inflight: a PUBACK frees room for more
         outbox.on_change(self._wake.set)
 
     # called from paho's network thread
@@ -438,11 +439,16 @@ class Sender:
     def _done(self, mid: int) -> None:
         with self._lock:
             seq = self._inflight.pop(mid, None)
+            capped = self._capped
         if seq is None:
             return
         if self.cfg.confirm == "broker":
             self.outbox.delete_seqs([seq])
-        self._wake.set()
+        # Only when the in-flight cap held something back: waking the sender on every PUBACK (an SQL query
+        # that finds nothing) competed for the CPU with the event's own delivery.  New entries wake it
+        # through the outbox, re-sends through its timed wait.
+        if capped:
+            self._wake.set()
 
     def send_now(self, id: str, kind: Kind, topic: str, payload: bytes) -> bool:
         """Store a report and, when nothing of its priority waits ahead of it and the caps allow, publish it
@@ -503,7 +509,9 @@ class Sender:
         import paho.mqtt.client as mqtt
 
         while self.connected.is_set() and not stop.is_set():
-            room = self.cfg.max_inflight - self.inflight
+            with self._lock:  # with the pop in _done: a PUBACK after this check sees the flag
+                room = self.cfg.max_inflight - len(self._inflight)
+                self._capped = room <= 0
             if room <= 0:
                 return
             entries = self.outbox.due(time.time(), min(room, 64))
